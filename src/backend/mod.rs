@@ -1,0 +1,112 @@
+//! The seam between the engine and what actually runs a service. `process` runs native programs
+//! under per-service supervisors; `microvm` (feature `microvm`) will run OCI images as BoxLite
+//! boxes. Nothing here assumes processes: an instance has an id, a state and optional details.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::spec::ServiceSpec;
+use crate::supervisor::record::{ExitInfo, State};
+
+/// What a backend knows about one service's instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    /// Stable instance id (empty when never started).
+    pub id: String,
+    /// Effective state.
+    pub state: State,
+    /// Main process id (process backend) while running.
+    pub pid: Option<u32>,
+    /// The program serving the role.
+    pub program: String,
+    /// Definition hash it runs with.
+    pub hash: String,
+    /// Host ports.
+    pub ports: BTreeMap<String, u16>,
+    /// When the current process started.
+    pub started_at: Option<String>,
+    /// Crash restarts so far.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<ExitInfo>,
+    /// Is something of the instance alive (a process, a box)?
+    pub alive: bool,
+    /// Is it under supervision (restarted when it crashes)?
+    pub supervised: bool,
+    /// Milliseconds from the start request to the instance running.
+    pub spawn_ms: Option<u64>,
+}
+
+/// A problem that prevents a service from starting, found before anything is spawned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Service.
+    pub service: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// Backend failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Starting failed.
+    #[error("cannot start `{service}`: {message}")]
+    Start {
+        /// Service.
+        service: String,
+        /// Why.
+        message: String,
+    },
+    /// Stopping failed.
+    #[error("cannot stop `{service}`: {message}")]
+    Stop {
+        /// Service.
+        service: String,
+        /// Why.
+        message: String,
+    },
+    /// An init step failed.
+    #[error("init step `{step}` of `{service}` failed ({status}):\n{output}")]
+    Init {
+        /// Service.
+        service: String,
+        /// Step name.
+        step: String,
+        /// Exit status.
+        status: String,
+        /// Its output (tail).
+        output: String,
+    },
+}
+
+/// Runs services.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// `process` or `microvm`.
+    fn name(&self) -> &'static str;
+
+    /// Problems that would stop `svc` from starting (missing program, missing user, ...).
+    fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem>;
+
+    /// The current state of `svc`'s instance.
+    fn inspect(&self, svc: &ServiceSpec) -> Instance;
+
+    /// Starts (or adopts) `svc` and returns once it is running.
+    async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError>;
+
+    /// Runs one init step for `svc`; returns its duration.
+    async fn run_step(&self, svc: &ServiceSpec, argv: &[String]) -> Result<Duration, BackendError>;
+
+    /// Stops `svc`; true when something was running.
+    async fn stop(&self, svc: &str) -> Result<bool, BackendError>;
+
+    /// Kills `svc` at once, no grace (second Ctrl-C).
+    fn kill(&self, svc: &str);
+}

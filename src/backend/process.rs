@@ -1,0 +1,322 @@
+//! The process backend: each service's real program runs natively in its own process group
+//! under a supervisor (see `crate::supervisor`), with its data under the state dir.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use super::{Backend, BackendError, Instance, Problem};
+use crate::layout::Layout;
+use crate::spec::ServiceSpec;
+use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
+
+/// Runs services as supervised native processes.
+#[derive(Debug, Clone)]
+pub struct ProcessBackend {
+    layout: Layout,
+    log_cap: u64,
+}
+
+impl ProcessBackend {
+    /// A backend writing under `layout`. `STACK_LOG_MAX_BYTES` overrides the log cap.
+    pub fn new(layout: Layout) -> ProcessBackend {
+        let log_cap = std::env::var("STACK_LOG_MAX_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_LOG_CAP);
+        ProcessBackend { layout, log_cap }
+    }
+}
+
+/// Resolves the program of an argv through PATH.
+pub fn resolve_program(program: &str) -> Option<PathBuf> {
+    which::which(program).ok()
+}
+
+/// The user a service runs as: its `user:` when `stack` runs as root, else nobody special.
+pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+    let Some(name) = svc.process.as_ref().and_then(|p| p.user.as_ref()) else {
+        return Ok(None);
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(Some(RunAs {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            home: u.dir,
+        })),
+        Ok(None) => Err(format!("user `{name}` does not exist")),
+        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+    }
+}
+
+/// Can `uid` traverse every ancestor of `dir`? Returns the first that blocks it.
+fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    for a in dir.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(a) else {
+            continue;
+        };
+        let mode = m.mode();
+        let ok = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            return Some(a.to_path_buf());
+        }
+    }
+    None
+}
+
+fn new_instance_id(service: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(service.as_bytes());
+    h.update(std::process::id().to_le_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(nanos.to_le_bytes());
+    if let Ok(b) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        h.update(b);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let Some(p) = &svc.process else {
+            out.push(Problem {
+                service: svc.name.clone(),
+                message: "has no `process:` section, so the process backend cannot run it".into(),
+                fix: "add `process.command`, or run it with `--backend microvm` on a host with working KVM".into(),
+            });
+            return out;
+        };
+        let hint = p
+            .install_hint
+            .clone()
+            .unwrap_or_else(|| "install it, or fix `process.command`".into());
+        for (what, argv) in std::iter::once(("program", &p.command))
+            .chain(svc.init.iter().map(|s| ("init step program", &s.command)))
+        {
+            if resolve_program(&argv[0]).is_none() {
+                out.push(Problem {
+                    service: svc.name.clone(),
+                    message: format!("{what} `{}` is not installed (not found on PATH)", argv[0]),
+                    fix: hint.clone(),
+                });
+            }
+        }
+        match run_as(svc) {
+            Err(e) => out.push(Problem {
+                service: svc.name.clone(),
+                message: e,
+                fix:
+                    "run `scripts/install-deps.sh`, or `useradd --system --no-create-home stacksvc`"
+                        .into(),
+            }),
+            Ok(Some(u)) => {
+                if let Some(a) = blocked_ancestor(&svc.data_dir, u.uid, u.gid) {
+                    out.push(Problem {
+                        service: svc.name.clone(),
+                        message: format!(
+                            "user `{}` cannot reach its data dir: {} is not traversable",
+                            u.name,
+                            a.display()
+                        ),
+                        fix: format!(
+                            "`chmod o+x {}`, or choose a state dir elsewhere with `--state-dir`",
+                            a.display()
+                        ),
+                    });
+                }
+            }
+            Ok(None) => {}
+        }
+        out
+    }
+
+    fn inspect(&self, svc: &ServiceSpec) -> Instance {
+        let obs = supervisor::observe(&self.layout, &svc.name);
+        let state = obs.state();
+        let program = svc
+            .process
+            .as_ref()
+            .map(|p| {
+                resolve_program(&p.command[0])
+                    .map(|x| x.display().to_string())
+                    .unwrap_or_else(|| p.command[0].clone())
+            })
+            .unwrap_or_default();
+        match obs.record {
+            None => Instance {
+                id: String::new(),
+                state,
+                pid: None,
+                program,
+                hash: String::new(),
+                ports: svc.ports.clone(),
+                started_at: None,
+                restarts: 0,
+                last_exit: None,
+                alive: false,
+                supervised: false,
+                spawn_ms: None,
+            },
+            Some(r) => Instance {
+                id: r.id,
+                state,
+                pid: r.process.filter(|_| obs.alive).map(|p| p.pid),
+                program: r.program,
+                hash: r.hash,
+                ports: r.ports,
+                started_at: r.started_at,
+                restarts: r.restarts,
+                last_exit: r.last_exit,
+                alive: obs.alive,
+                supervised: obs.supervised,
+                spawn_ms: r.spawn_ms,
+            },
+        }
+    }
+
+    async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError> {
+        let err = |message: String| BackendError::Start {
+            service: svc.name.clone(),
+            message,
+        };
+        let p = svc
+            .process
+            .as_ref()
+            .ok_or_else(|| err("it has no `process:` section".into()))?;
+        let run_as = run_as(svc).map_err(err)?;
+        std::fs::create_dir_all(&svc.data_dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", svc.data_dir.display())))?;
+        if let Some(u) = &run_as {
+            // Servers such as PostgreSQL insist on owning a private data dir.
+            let _ = nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into()));
+            let _ = std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let current = self.inspect(svc);
+        let adopt = current.alive && !current.supervised && current.hash == svc.definition_hash();
+        let instance_id = if adopt || (current.supervised && !current.id.is_empty()) {
+            current.id.clone()
+        } else {
+            new_instance_id(&svc.name)
+        };
+        let program = resolve_program(&p.command[0])
+            .map(|x| x.display().to_string())
+            .unwrap_or_else(|| p.command[0].clone());
+        let spec = SupervisorSpec {
+            service: svc.name.clone(),
+            instance_id,
+            hash: svc.definition_hash(),
+            program,
+            command: p.command.clone(),
+            env: svc.environment.clone(),
+            working_dir: p.working_dir.clone(),
+            run_as,
+            stop_signal: p.stop_signal,
+            stop_grace: p.stop_grace_period,
+            restart: svc.restart,
+            is_task: svc.is_task(),
+            ports: svc.ports.clone(),
+            log_path: self.layout.log_file(&svc.name),
+            log_cap: self.log_cap,
+            record_path: self.layout.record(&svc.name),
+            lock_path: self.layout.service_lock(&svc.name),
+        };
+        let layout = self.layout.clone();
+        tokio::task::spawn_blocking(move || supervisor::launch(&layout, &spec))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(e.to_string()))?;
+        Ok(self.inspect(svc))
+    }
+
+    async fn run_step(&self, svc: &ServiceSpec, argv: &[String]) -> Result<Duration, BackendError> {
+        use std::os::unix::process::CommandExt;
+        let t0 = Instant::now();
+        let run_as = run_as(svc).map_err(|message| BackendError::Start {
+            service: svc.name.clone(),
+            message,
+        })?;
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(&svc.environment)
+            .stdin(std::process::Stdio::null());
+        if let Some(p) = &svc.process {
+            cmd.current_dir(&p.working_dir);
+        }
+        if let Some(u) = &run_as {
+            cmd.uid(u.uid)
+                .gid(u.gid)
+                .env("HOME", &u.home)
+                .env("USER", &u.name);
+        }
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let step = argv.join(" ");
+        let out = cmd.output().await.map_err(|e| BackendError::Init {
+            service: svc.name.clone(),
+            step: step.clone(),
+            status: "not started".into(),
+            output: e.to_string(),
+        })?;
+        if out.status.success() {
+            return Ok(t0.elapsed());
+        }
+        let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        Err(BackendError::Init {
+            service: svc.name.clone(),
+            step,
+            status: out.status.to_string(),
+            output: lines[lines.len().saturating_sub(20)..].join("\n"),
+        })
+    }
+
+    async fn stop(&self, svc: &str) -> Result<bool, BackendError> {
+        let layout = self.layout.clone();
+        let name = svc.to_string();
+        tokio::task::spawn_blocking(move || supervisor::stop(&layout, &name))
+            .await
+            .map_err(|e| BackendError::Stop {
+                service: svc.into(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| BackendError::Stop {
+                service: svc.into(),
+                message: e.to_string(),
+            })
+    }
+
+    fn kill(&self, svc: &str) {
+        supervisor::kill_now(&self.layout, svc);
+    }
+}
+
+impl Instance {
+    /// Running (or starting) with something alive.
+    pub fn is_up(&self) -> bool {
+        self.alive && matches!(self.state, State::Running | State::Starting)
+    }
+}

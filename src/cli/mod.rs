@@ -1,0 +1,239 @@
+//! The command line: clap types, the shared [`Ctx`], one file per subcommand, and the mapping of
+//! every error to its exit code. Clap types never leave this module.
+
+mod doctor;
+mod down;
+mod logs;
+mod plan;
+mod restart;
+mod status;
+mod up;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::process::ProcessBackend;
+use crate::backend::Backend;
+use crate::engine::{Engine, EngineError};
+use crate::exit::{ExitStatus, EXIT_CODES_HELP};
+use crate::layout::Layout;
+use crate::progress::Progress;
+use crate::spec::{BackendChoice, LoadOptions, SpecErrors, Stack};
+
+/// Bring up a whole local development platform and keep it healthy.
+#[derive(Debug, Parser)]
+#[command(name = "stack", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// The stack file (default: `stack.yaml` here or in the nearest parent directory).
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The state directory (default: `.stack/` beside stack.yaml).
+    #[arg(long, global = true, env = "STACK_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Backend: process, microvm or auto (default: stack.yaml's `backend:`).
+    #[arg(long, global = true, value_name = "BACKEND")]
+    backend: Option<String>,
+    /// Machine-readable output where the command supports it.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Plain, timestamped progress lines even on a terminal.
+    #[arg(long, global = true)]
+    plain: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the start waves without side effects.
+    Plan(plan::Args),
+    /// Start services and their dependencies; return once all are healthy.
+    Up(up::Args),
+    /// Stop services (dependents first); data is kept.
+    Down(down::Args),
+    /// Stop then start services; dependents are re-gated.
+    Restart(restart::Args),
+    /// Show what runs, its health and timings.
+    Status(status::Args),
+    /// Show service logs, merged in time order.
+    Logs(logs::Args),
+    /// Check ports, programs, state dir, disk and KVM.
+    Doctor(doctor::Args),
+    /// Internal: supervise one service (started by `up`).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The supervisor spec file.
+        spec: PathBuf,
+    },
+}
+
+/// Errors at the edge, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Invalid stack definition.
+    #[error("{0}")]
+    Spec(#[from] SpecErrors),
+    /// Bad usage.
+    #[error("{0}")]
+    Usage(String),
+    /// Preflight failed.
+    #[error("{0}")]
+    Preflight(String),
+    /// An engine failure.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    fn status(&self) -> ExitStatus {
+        match self {
+            Self::Spec(_) | Self::Usage(_) => ExitStatus::Invalid,
+            Self::Preflight(_) => ExitStatus::Preflight,
+            Self::Engine(e) => match e {
+                EngineError::Unknown(_) => ExitStatus::Invalid,
+                EngineError::Preflight(_) => ExitStatus::Preflight,
+                EngineError::Unhealthy(_) => ExitStatus::Unhealthy,
+                EngineError::Interrupted => ExitStatus::Interrupted,
+                EngineError::Backend(_) | EngineError::Supervisor(_) => ExitStatus::Failure,
+            },
+            Self::Other(_) => ExitStatus::Failure,
+        }
+    }
+}
+
+/// What every command gets: the loaded stack, its state layout and the chosen backend.
+pub struct Ctx {
+    /// The stack.
+    pub stack: Stack,
+    /// Its state dir.
+    pub layout: Layout,
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// `--json`.
+    pub json: bool,
+    /// `--plain`.
+    pub plain: bool,
+    /// Why `auto` chose what it chose, to say once.
+    pub backend_note: Option<String>,
+}
+
+impl Ctx {
+    fn load(cli: &Cli) -> Result<Ctx, CliError> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| CliError::Other(format!("cannot read the current directory: {e}")))?;
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let stack = Stack::load(&LoadOptions {
+            file: cli.file.clone(),
+            cwd,
+            state_dir: cli.state_dir.clone(),
+            env,
+        })?;
+        let choice = match &cli.backend {
+            Some(b) => b.parse::<BackendChoice>().map_err(CliError::Usage)?,
+            None => stack.backend,
+        };
+        let layout = Layout::new(stack.state_dir.clone());
+        let (backend, backend_note): (Arc<dyn Backend>, Option<String>) = match choice {
+            BackendChoice::Process => (Arc::new(ProcessBackend::new(layout.clone())), None),
+            BackendChoice::Auto => (
+                Arc::new(ProcessBackend::new(layout.clone())),
+                Some("backend auto: using process (this build has no microVM support; see `stack doctor`)".into()),
+            ),
+            BackendChoice::Microvm => {
+                return Err(CliError::Usage(
+                    "the microvm backend is not built into this binary: rebuild with `--features microvm`, or use `--backend process`".into(),
+                ))
+            }
+        };
+        Ok(Ctx {
+            stack,
+            layout,
+            backend,
+            json: cli.json,
+            plain: cli.plain,
+            backend_note,
+        })
+    }
+
+    /// An engine with progress output.
+    pub fn engine(self) -> Engine {
+        let progress = Progress::new(self.plain, self.json);
+        if let Some(note) = &self.backend_note {
+            progress.note(note);
+        }
+        Engine::new(self.stack, self.backend, progress)
+    }
+}
+
+/// Parses the command line, runs the command and returns its exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::Supervise { spec } = &cli.command {
+        // No async runtime here: the supervisor is a small threaded program that forks children.
+        return std::process::ExitCode::from(crate::supervisor::shim::run(spec) as u8);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(ExitStatus::Failure.code());
+        }
+    };
+    let status = match rt.block_on(run(cli)) {
+        Ok(s) => s,
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!("error: {}", text.trim_end());
+            e.status()
+        }
+    };
+    std::process::ExitCode::from(status.code())
+}
+
+async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
+    let ctx = Ctx::load(&cli)?;
+    match cli.command {
+        Command::Plan(a) => plan::run(a, ctx),
+        Command::Up(a) => up::run(a, ctx).await,
+        Command::Down(a) => down::run(a, ctx).await,
+        Command::Restart(a) => restart::run(a, ctx).await,
+        Command::Status(a) => status::run(a, ctx).await,
+        Command::Logs(a) => logs::run(a, ctx).await,
+        Command::Doctor(a) => doctor::run(a, ctx),
+        Command::Supervise { .. } => Ok(ExitStatus::Ok),
+    }
+}
+
+/// A token cancelled by the first Ctrl-C (or SIGTERM).
+pub(crate) fn interrupt_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = sigterm => {},
+        }
+        t.cancel();
+    });
+    token
+}

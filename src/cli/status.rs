@@ -1,0 +1,83 @@
+//! `stack status`: a table, or `--json` with the shape documented in design.md section 5.
+
+use super::{CliError, Ctx};
+use crate::exit::ExitStatus;
+use crate::status;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
+    let rows = status::collect(&ctx.stack, ctx.backend.as_ref(), &ctx.layout).await;
+    if ctx.json {
+        let doc = serde_json::json!({ "services": rows });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Other(e.to_string()))?
+        );
+        return Ok(ExitStatus::Ok);
+    }
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.state.to_string(),
+                if r.healthy { "yes".into() } else { "no".into() },
+                r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r.ports
+                    .values()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                r.timings
+                    .ready_ms
+                    .map(|m| format!("{:.2}s", m as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{} {}", r.backend, r.program),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "STATE",
+        "HEALTHY",
+        "PID",
+        "PORTS",
+        "READY IN",
+        "BACKEND PROGRAM",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &table {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(&header.map(String::from)));
+    for row in &table {
+        println!("{}", line(row));
+    }
+    for r in rows
+        .iter()
+        .filter(|r| r.error.is_some() || r.state == "failed")
+    {
+        let why = r
+            .error
+            .clone()
+            .or_else(|| r.last_exit.clone())
+            .unwrap_or_default();
+        println!("{}: {why} (see `stack logs {}`)", r.name, r.name);
+    }
+    Ok(ExitStatus::Ok)
+}

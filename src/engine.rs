@@ -1,0 +1,605 @@
+//! The engine: `up`, `down` and `restart` over the dependency graph. Each service is a task that
+//! waits for its dependencies' conditions, so independent branches start in parallel and a
+//! service starts the moment its own dependencies are ready (never later than its wave).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, BackendError, Instance, Problem};
+use crate::graph;
+use crate::layout::Layout;
+use crate::probe::{self, ProbeFailure};
+use crate::progress::Progress;
+use crate::spec::{Condition, InitPhase, ServiceSpec, Stack};
+use crate::supervisor::{
+    self, log,
+    record::{now_rfc3339, read_json, write_json, Readiness, State},
+};
+
+/// Why an engine command failed; each maps to a documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A service name that is not in the stack (exit 2).
+    #[error(transparent)]
+    Unknown(#[from] crate::spec::UnknownService),
+    /// Preflight found problems; nothing was started (exit 4).
+    #[error("preflight failed, nothing was started:\n{}", render_problems(.0))]
+    Preflight(Vec<Problem>),
+    /// A service did not become healthy or its init failed (exit 5).
+    #[error("{}", render_unhealthy(.0))]
+    Unhealthy(Vec<Unhealthy>),
+    /// Another backend failure (exit 1).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The state dir could not be used (exit 1).
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+    /// Ctrl-C (exit 130).
+    #[error("interrupted: stopped what this command had started")]
+    Interrupted,
+}
+
+/// One service that failed to come up.
+#[derive(Debug)]
+pub struct Unhealthy {
+    /// Service.
+    pub service: String,
+    /// What went wrong.
+    pub reason: String,
+    /// The last lines of its log.
+    pub log_tail: Vec<String>,
+    /// Where the full log is.
+    pub log_path: String,
+}
+
+fn render_problems(ps: &[Problem]) -> String {
+    ps.iter()
+        .map(|p| format!("  - {}: {}\n    fix: {}", p.service, p.message, p.fix))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn render_unhealthy(us: &[Unhealthy]) -> String {
+    us.iter()
+        .map(|u| {
+            let mut s = format!("`{}` did not become ready: {}", u.service, u.reason);
+            if !u.log_tail.is_empty() {
+                s.push_str(&format!("\n  last log lines ({}):", u.log_path));
+                for l in &u.log_tail {
+                    s.push_str(&format!("\n    {l}"));
+                }
+            }
+            s.push_str(&format!("\n  see `stack logs {}`", u.service));
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What `up` did.
+#[derive(Debug, Default, Clone)]
+pub struct UpReport {
+    /// Services started (or restarted) by this call.
+    pub started: Vec<String>,
+    /// Services that were already up and left alone.
+    pub kept: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    Pending,
+    Started,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Up and ready: nothing to do.
+    Keep,
+    /// Running, but `up` has not seen it ready (or its after_healthy init) yet.
+    Verify,
+    /// Not running: start it (adopting a live process where possible).
+    Start,
+    /// Running with an outdated definition: stop, then start.
+    Replace,
+}
+
+/// Runs `up`, `down` and `restart` for one stack on one backend.
+pub struct Engine {
+    stack: Arc<Stack>,
+    layout: Layout,
+    backend: Arc<dyn Backend>,
+    progress: Arc<Progress>,
+}
+
+impl Engine {
+    /// An engine for `stack` on `backend`.
+    pub fn new(stack: Stack, backend: Arc<dyn Backend>, progress: Progress) -> Engine {
+        let layout = Layout::new(stack.state_dir.clone());
+        Engine {
+            stack: Arc::new(stack),
+            layout,
+            backend,
+            progress: Arc::new(progress),
+        }
+    }
+
+    /// The stack.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// The state dir layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
+        self.layout
+            .create()
+            .map_err(|source| supervisor::SupervisorError::Io {
+                path: self.layout.root().to_path_buf(),
+                source,
+            })?;
+        if let Some(l) = supervisor::lock_stack(&self.layout, false)? {
+            return Ok(l);
+        }
+        self.progress
+            .note("another `stack` command is running on this state dir: waiting for it");
+        match supervisor::lock_stack(&self.layout, true)? {
+            Some(l) => Ok(l),
+            None => unreachable!("a blocking lock either succeeds or errors"),
+        }
+    }
+
+    fn decide(&self, svc: &ServiceSpec, inst: &Instance) -> Action {
+        let same = inst.hash == svc.definition_hash();
+        if svc.is_task() {
+            return match inst.state {
+                State::Completed if same => Action::Keep,
+                _ if inst.is_up() => Action::Verify,
+                _ => Action::Start,
+            };
+        }
+        if !inst.is_up() {
+            return Action::Start;
+        }
+        if !same {
+            return Action::Replace;
+        }
+        if !inst.supervised {
+            return Action::Start; // adopt it under a new supervisor
+        }
+        let ready: Option<Readiness> = read_json(&self.layout.readiness(&svc.name)).ok().flatten();
+        match ready {
+            Some(r) if r.id == inst.id && r.pid == inst.pid => Action::Keep,
+            _ => Action::Verify,
+        }
+    }
+
+    /// Starts `names` and their dependencies (all services when empty) and returns once every
+    /// one is healthy or completed.
+    pub async fn up(
+        &self,
+        names: &[String],
+        cancel: CancellationToken,
+    ) -> Result<UpReport, EngineError> {
+        self.stack.check_names(names)?;
+        let _lock = self.lock()?;
+        let selected = graph::closure(&self.stack, names);
+        let mut actions = BTreeMap::new();
+        for name in &selected {
+            let svc = &self.stack.services[name];
+            let inst = self.backend.inspect(svc);
+            let action = self.decide(svc, &inst);
+            if action == Action::Replace {
+                self.progress.note(&format!(
+                    "the definition of `{name}` changed since it started: restarting it"
+                ));
+            }
+            actions.insert(name.clone(), action);
+        }
+        // Preflight everything that will be spawned, before spawning anything.
+        let to_start: Vec<String> = actions
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Start | Action::Replace))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut problems: Vec<Problem> = to_start
+            .iter()
+            .flat_map(|n| self.backend.preflight(&self.stack.services[n]))
+            .collect();
+        problems.extend(crate::doctor::port_problems(&self.stack, &to_start, |n| {
+            // A service being replaced holds its own ports until it is stopped.
+            actions.get(n) == Some(&Action::Replace)
+        }));
+        if !problems.is_empty() {
+            return Err(EngineError::Preflight(problems));
+        }
+
+        let mut senders: BTreeMap<String, watch::Sender<Reached>> = BTreeMap::new();
+        let mut receivers: BTreeMap<String, watch::Receiver<Reached>> = BTreeMap::new();
+        for n in &selected {
+            let (tx, rx) = watch::channel(Reached::Pending);
+            senders.insert(n.clone(), tx);
+            receivers.insert(n.clone(), rx);
+        }
+        let started = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in &selected {
+            let svc = self.stack.services[name].clone();
+            let action = actions[name];
+            let deps: Vec<(String, Condition, watch::Receiver<Reached>)> = svc
+                .depends_on
+                .iter()
+                .filter_map(|(d, c)| receivers.get(d).map(|r| (d.clone(), *c, r.clone())))
+                .collect();
+            let tx = senders
+                .remove(name)
+                .expect("one sender per selected service");
+            let ctx = ServiceRun {
+                backend: Arc::clone(&self.backend),
+                progress: Arc::clone(&self.progress),
+                layout: self.layout.clone(),
+                started: Arc::clone(&started),
+            };
+            tasks.spawn(async move {
+                let result = ctx.bring_up(&svc, action, deps, &tx).await;
+                let _ = tx.send(if result.is_ok() {
+                    Reached::Ready
+                } else {
+                    Reached::Failed
+                });
+                (svc.name.clone(), result)
+            });
+        }
+        let mut failures = Vec::new();
+        let mut report = UpReport::default();
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => match next {
+                    None => break,
+                    Some(Ok((name, Ok(kept)))) => {
+                        if kept { report.kept.push(name) }
+                    }
+                    Some(Ok((_, Err(Some(u))))) => failures.push(u),
+                    Some(Ok((_, Err(None)))) => {}
+                    Some(Err(e)) => failures.push(Unhealthy {
+                        service: "?".into(),
+                        reason: format!("internal task failure: {e}"),
+                        log_tail: Vec::new(),
+                        log_path: String::new(),
+                    }),
+                },
+                _ = cancel.cancelled() => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    let mine: Vec<String> = started.lock().map(|v| v.clone()).unwrap_or_default();
+                    self.progress.note("interrupted: stopping what this `up` started (Ctrl-C again to kill at once)");
+                    self.stop_set(&mine.into_iter().collect(), Some(&cancel)).await;
+                    return Err(EngineError::Interrupted);
+                }
+            }
+        }
+        report.started = started.lock().map(|v| v.clone()).unwrap_or_default();
+        report.started.sort();
+        report.kept.sort();
+        if failures.is_empty() {
+            let n = selected.len();
+            self.progress.summary(&format!(
+                "{n} service{} up ({} started, {} already running)",
+                if n == 1 { "" } else { "s" },
+                report.started.len(),
+                report.kept.len()
+            ));
+            Ok(report)
+        } else {
+            failures.sort_by(|a, b| a.service.cmp(&b.service));
+            Err(EngineError::Unhealthy(failures))
+        }
+    }
+
+    /// Stops `names` and everything that depends on them (all services when empty), dependents
+    /// first. Data is kept.
+    pub async fn down(&self, names: &[String]) -> Result<Vec<String>, EngineError> {
+        self.stack.check_names(names)?;
+        let _lock = self.lock()?;
+        let set = graph::dependents_closure(&self.stack, names);
+        let stopped = self.stop_set(&set, None).await;
+        self.progress.summary(&format!(
+            "{} service{} stopped",
+            stopped.len(),
+            if stopped.len() == 1 { "" } else { "s" }
+        ));
+        Ok(stopped)
+    }
+
+    /// Stops then starts `names` (all when empty); their dependents are stopped first and
+    /// started again after them.
+    pub async fn restart(
+        &self,
+        names: &[String],
+        cancel: CancellationToken,
+    ) -> Result<UpReport, EngineError> {
+        self.stack.check_names(names)?;
+        let set = graph::dependents_closure(&self.stack, names);
+        {
+            let _lock = self.lock()?;
+            self.stop_set(&set, None).await;
+        }
+        let all: Vec<String> = set.into_iter().collect();
+        self.up(&all, cancel).await
+    }
+
+    /// Stops every service of `set` in reverse dependency order, in parallel where possible.
+    /// With `cancel`, a second cancellation kills what is left at once.
+    async fn stop_set(
+        &self,
+        set: &BTreeSet<String>,
+        cancel: Option<&CancellationToken>,
+    ) -> Vec<String> {
+        let mut senders = BTreeMap::new();
+        let mut receivers = BTreeMap::new();
+        for n in set {
+            let (tx, rx) = watch::channel(false);
+            senders.insert(n.clone(), tx);
+            receivers.insert(n.clone(), rx);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in set {
+            // Wait for every dependent in the set to be down first.
+            let waits: Vec<(String, watch::Receiver<bool>)> = self
+                .stack
+                .services
+                .iter()
+                .filter(|(other, s)| set.contains(*other) && s.depends_on.contains_key(name))
+                .map(|(other, _)| (other.clone(), receivers[other].clone()))
+                .collect();
+            let tx = senders.remove(name).expect("one sender per service");
+            let backend = Arc::clone(&self.backend);
+            let progress = Arc::clone(&self.progress);
+            let name = name.clone();
+            tasks.spawn(async move {
+                for (other, mut rx) in waits {
+                    progress.phase(&name, &format!("waiting for {other} to stop"));
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+                let t0 = Instant::now();
+                progress.phase(&name, "stopping");
+                let r = backend.stop(&name).await;
+                match &r {
+                    Ok(true) => progress.done(
+                        &name,
+                        &format!("stopped in {} ms", t0.elapsed().as_millis()),
+                    ),
+                    Ok(false) => progress.done(&name, "not running"),
+                    Err(e) => progress.failed(&name, &e.to_string()),
+                }
+                let _ = tx.send(true);
+                (name, matches!(r, Ok(true)))
+            });
+        }
+        let mut stopped = Vec::new();
+        let second = async {
+            match cancel {
+                Some(c) => {
+                    // The first cancellation brought us here; wait for another Ctrl-C.
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = c;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(second);
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => match next {
+                    None => break,
+                    Some(Ok((name, true))) => stopped.push(name),
+                    Some(_) => {}
+                },
+                _ = &mut second => {
+                    for n in set {
+                        self.backend.kill(n);
+                    }
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        stopped.sort();
+        stopped
+    }
+}
+
+/// What one service's task needs.
+struct ServiceRun {
+    backend: Arc<dyn Backend>,
+    progress: Arc<Progress>,
+    layout: Layout,
+    started: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServiceRun {
+    fn unhealthy(&self, svc: &str, reason: String) -> Option<Unhealthy> {
+        let path = self.layout.log_file(svc);
+        Some(Unhealthy {
+            service: svc.to_string(),
+            reason,
+            log_tail: log::tail(&path, 15),
+            log_path: path.display().to_string(),
+        })
+    }
+
+    /// Brings one service up. `Ok(true)` when it was already up, `Err(None)` when it was not
+    /// attempted because a dependency failed (that failure is reported on its own).
+    async fn bring_up(
+        &self,
+        svc: &ServiceSpec,
+        action: Action,
+        deps: Vec<(String, Condition, watch::Receiver<Reached>)>,
+        tx: &watch::Sender<Reached>,
+    ) -> Result<bool, Option<Unhealthy>> {
+        let name = &svc.name;
+        for (dep, cond, mut rx) in deps {
+            if *rx.borrow() != Reached::Ready {
+                self.progress
+                    .phase(name, &format!("waiting on {dep} ({cond})"));
+            }
+            let need_started = cond == Condition::ServiceStarted;
+            let r = rx
+                .wait_for(|r| match r {
+                    Reached::Started => need_started,
+                    Reached::Ready | Reached::Failed => true,
+                    Reached::Pending => false,
+                })
+                .await
+                .map(|r| *r)
+                .unwrap_or(Reached::Failed);
+            if r == Reached::Failed {
+                self.progress
+                    .failed(name, &format!("not started: {dep} failed"));
+                return Err(None);
+            }
+        }
+        if action == Action::Keep {
+            self.progress.done(name, "already running");
+            return Ok(true);
+        }
+        let t0 = Instant::now();
+        let mut init_ms = 0u64;
+        let mut spawned_ms = 0u64;
+        if matches!(action, Action::Start | Action::Replace) {
+            if action == Action::Replace {
+                self.progress.phase(name, "stopping the outdated instance");
+                self.backend
+                    .stop(name)
+                    .await
+                    .map_err(|e| self.unhealthy(name, e.to_string()))?;
+            }
+            for step in svc
+                .init
+                .iter()
+                .filter(|s| s.phase == InitPhase::BeforeStart)
+            {
+                if step.creates.as_ref().is_some_and(|p| p.exists()) {
+                    continue;
+                }
+                self.progress.phase(name, &format!("init: {}", step.name));
+                let d = self
+                    .backend
+                    .run_step(svc, &step.command)
+                    .await
+                    .map_err(|e| self.unhealthy(name, e.to_string()))?;
+                init_ms += d.as_millis() as u64;
+            }
+            self.progress.phase(name, "starting");
+            let inst = self
+                .backend
+                .start(svc)
+                .await
+                .map_err(|e| self.unhealthy(name, e.to_string()))?;
+            spawned_ms = t0.elapsed().as_millis() as u64;
+            if let Ok(mut s) = self.started.lock() {
+                s.push(name.clone());
+            }
+            let _ = inst;
+        }
+        let _ = tx.send(Reached::Started);
+        let kind = if svc.is_task() {
+            self.progress.phase(name, "running to completion");
+            self.wait_completed(svc).await?;
+            "completed"
+        } else if let Some(hc) = &svc.healthcheck {
+            self.progress
+                .phase(name, &format!("probing ({})", hc.probe.kind()));
+            let backend = Arc::clone(&self.backend);
+            let spec = svc.clone();
+            probe::wait_ready(hc, move || {
+                let inst = backend.inspect(&spec);
+                match inst.state {
+                    State::Failed | State::Exited | State::Stopped if !inst.alive => Err(format!(
+                        "it exited ({})",
+                        inst.last_exit
+                            .map(|e| e.describe())
+                            .unwrap_or_else(|| "no status".into())
+                    )),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .map_err(|f: ProbeFailure| self.unhealthy(name, f.to_string()))?;
+            "healthy"
+        } else {
+            "running"
+        };
+        let mut healthy_init = false;
+        for step in svc
+            .init
+            .iter()
+            .filter(|s| s.phase == InitPhase::AfterHealthy)
+        {
+            if step.creates.as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            healthy_init = true;
+            self.progress.phase(name, &format!("init: {}", step.name));
+            let d = self
+                .backend
+                .run_step(svc, &step.command)
+                .await
+                .map_err(|e| self.unhealthy(name, e.to_string()))?;
+            init_ms += d.as_millis() as u64;
+        }
+        let _ = healthy_init;
+        let ready_ms = t0.elapsed().as_millis() as u64;
+        let inst = self.backend.inspect(svc);
+        let readiness = Readiness {
+            id: inst.id.clone(),
+            pid: inst.pid,
+            spawned_ms,
+            ready_ms,
+            init_ms,
+            at: now_rfc3339(),
+        };
+        let _ = write_json(&self.layout.readiness(name), &readiness);
+        self.progress
+            .done(name, &format!("{kind} in {:.2}s", ready_ms as f64 / 1000.0));
+        Ok(false)
+    }
+
+    async fn wait_completed(&self, svc: &ServiceSpec) -> Result<(), Option<Unhealthy>> {
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let inst = self.backend.inspect(svc);
+            match inst.state {
+                State::Completed => return Ok(()),
+                State::Failed | State::Exited | State::Stopped => {
+                    return Err(self.unhealthy(
+                        &svc.name,
+                        format!(
+                            "the task failed ({})",
+                            inst.last_exit
+                                .map(|e| e.describe())
+                                .unwrap_or_else(|| "no status".into())
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            // A task's end is seen through its record; poll briefly, backing off.
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+}

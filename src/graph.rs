@@ -1,0 +1,181 @@
+//! The dependency graph: start waves for `plan` and `up`, the closure of a selection, and the
+//! reverse order for `down`. Built on petgraph.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graphmap::DiGraphMap;
+use serde::Serialize;
+
+use crate::spec::Stack;
+
+/// The start order: services in one wave depend only on earlier waves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Waves in start order; names sorted within a wave.
+    pub waves: Vec<Vec<String>>,
+}
+
+impl Plan {
+    /// Every service in the plan, in start order.
+    pub fn services(&self) -> impl Iterator<Item = &String> {
+        self.waves.iter().flatten()
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.waves.iter().map(Vec::len).sum()
+    }
+
+    /// True when nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every elementary cycle's members in dependency order, one per strongly connected component.
+/// `edges` maps a service to the services it depends on.
+pub fn cycles(edges: &BTreeMap<String, Vec<String>>) -> Vec<Vec<String>> {
+    let mut g: DiGraphMap<&str, ()> = DiGraphMap::new();
+    for (n, deps) in edges {
+        g.add_node(n);
+        for d in deps {
+            g.add_edge(n, d, ());
+        }
+    }
+    let mut out = Vec::new();
+    for scc in tarjan_scc(&g) {
+        let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        // Walk from the smallest member along edges that stay in the component until we return.
+        let members: BTreeSet<&str> = scc.iter().copied().collect();
+        let start = *members.iter().next().unwrap_or(&scc[0]);
+        let mut path = vec![start];
+        let mut seen = BTreeSet::from([start]);
+        let mut cur = start;
+        loop {
+            let mut nexts: Vec<&str> = g.neighbors(cur).filter(|n| members.contains(n)).collect();
+            nexts.sort_unstable();
+            if nexts.contains(&start) && (path.len() > 1 || self_loop) {
+                break;
+            }
+            match nexts.into_iter().find(|n| !seen.contains(n)) {
+                Some(n) => {
+                    seen.insert(n);
+                    path.push(n);
+                    cur = n;
+                }
+                None => break,
+            }
+        }
+        out.push(path.into_iter().map(String::from).collect());
+    }
+    out.sort();
+    out
+}
+
+/// `names` plus everything they depend on, transitively (all services when `names` is empty).
+pub fn closure(stack: &Stack, names: &[String]) -> BTreeSet<String> {
+    if names.is_empty() {
+        return stack.services.keys().cloned().collect();
+    }
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = names.to_vec();
+    while let Some(n) = todo.pop() {
+        if out.insert(n.clone()) {
+            if let Some(s) = stack.services.get(&n) {
+                todo.extend(s.depends_on.keys().cloned());
+            }
+        }
+    }
+    out
+}
+
+/// `names` plus everything that depends on them, transitively (all services when `names` is empty).
+pub fn dependents_closure(stack: &Stack, names: &[String]) -> BTreeSet<String> {
+    if names.is_empty() {
+        return stack.services.keys().cloned().collect();
+    }
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = names.to_vec();
+    while let Some(n) = todo.pop() {
+        if out.insert(n.clone()) {
+            for (other, s) in &stack.services {
+                if s.depends_on.contains_key(&n) {
+                    todo.push(other.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The start waves of `selected` (each wave's services depend only on earlier waves).
+/// Dependencies outside `selected` are ignored, so callers pass a closed set.
+pub fn plan(stack: &Stack, selected: &BTreeSet<String>) -> Plan {
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    // The stack is acyclic (validated at load), so repeated relaxation terminates.
+    fn depth<'a>(
+        stack: &'a Stack,
+        sel: &BTreeSet<String>,
+        n: &'a str,
+        memo: &mut BTreeMap<&'a str, usize>,
+    ) -> usize {
+        if let Some(d) = memo.get(n) {
+            return *d;
+        }
+        let d = stack.services[n]
+            .depends_on
+            .keys()
+            .filter(|dep| sel.contains(*dep))
+            .map(|dep| depth(stack, sel, dep, memo) + 1)
+            .max()
+            .unwrap_or(0);
+        memo.insert(n, d);
+        d
+    }
+    for n in selected {
+        if stack.services.contains_key(n) {
+            depth(stack, selected, n, &mut level);
+        }
+    }
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for (n, d) in level {
+        if waves.len() <= d {
+            waves.resize(d + 1, Vec::new());
+        }
+        waves[d].push(n.to_string());
+    }
+    Plan { waves }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edges(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        list.iter()
+            .map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn finds_every_member_of_a_cycle_in_order() {
+        let e = edges(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"])]);
+        assert_eq!(cycles(&e), vec![vec!["a", "b", "c"]]);
+    }
+
+    #[test]
+    fn finds_self_loops_and_separate_cycles() {
+        let e = edges(&[("a", &["a"]), ("x", &["y"]), ("y", &["x"]), ("z", &[])]);
+        assert_eq!(cycles(&e), vec![vec!["a"], vec!["x", "y"]]);
+    }
+
+    #[test]
+    fn acyclic_graphs_have_no_cycles() {
+        let e = edges(&[("a", &["b", "c"]), ("b", &["d"]), ("c", &["d"]), ("d", &[])]);
+        assert!(cycles(&e).is_empty());
+    }
+}

@@ -1,0 +1,90 @@
+//! Every path of the state directory, in one type. Nothing the tool writes lives elsewhere.
+//!
+//! ```text
+//! <state>/stack.lock            serialises mutating commands
+//! <state>/data/<service>/       the service's data (${data_dir})
+//! <state>/logs/<service>.log    its log (rotated to .log.1)
+//! <state>/run/<service>.json    its supervisor record (pid + start time, hash, ports, state)
+//! <state>/run/<service>.lock    held by its supervisor for as long as it lives
+//! <state>/run/<service>.spec.json  what its supervisor runs
+//! <state>/run/<service>.ready.json  health and timings learned by `up`
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The state directory of one stack.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `root` (not created until [`Layout::create`]).
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    /// Creates the directories.
+    pub fn create(&self) -> io::Result<()> {
+        for d in [self.data_root(), self.logs_dir(), self.run_dir()] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `data/`.
+    pub fn data_root(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// `data/<service>/`.
+    pub fn data_dir(&self, service: &str) -> PathBuf {
+        self.data_root().join(service)
+    }
+
+    /// `logs/`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// `logs/<service>.log`.
+    pub fn log_file(&self, service: &str) -> PathBuf {
+        self.logs_dir().join(format!("{service}.log"))
+    }
+
+    /// `run/`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// `run/<service>.json`.
+    pub fn record(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.json"))
+    }
+
+    /// `run/<service>.lock`.
+    pub fn service_lock(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.lock"))
+    }
+
+    /// `run/<service>.spec.json`.
+    pub fn supervisor_spec(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.spec.json"))
+    }
+
+    /// `run/<service>.ready.json`.
+    pub fn readiness(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.ready.json"))
+    }
+
+    /// `stack.lock`.
+    pub fn stack_lock(&self) -> PathBuf {
+        self.root.join("stack.lock")
+    }
+}

@@ -1,0 +1,19 @@
+//! `stack`: bring up a whole local development platform on one machine and keep it healthy.
+//!
+//! The CLI (`cli`) is a thin layer over this library: `spec` loads and validates the stack,
+//! `graph` orders it, `engine` drives a `backend` to start, probe (`probe`) and stop services,
+//! `supervisor` keeps native processes alive, `layout` owns every path of the state dir.
+//! See `docs/architecture.md`.
+
+pub mod backend;
+pub mod cli;
+pub mod doctor;
+pub mod engine;
+pub mod exit;
+pub mod graph;
+pub mod layout;
+pub mod probe;
+pub mod progress;
+pub mod spec;
+pub mod status;
+pub mod supervisor;

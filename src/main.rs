@@ -1,0 +1,5 @@
+//! The `stack` binary: parse, run, map the outcome to an exit code.
+
+fn main() -> std::process::ExitCode {
+    stack::cli::main()
+}

@@ -1,0 +1,194 @@
+//! Health probes (tcp, http, exec, postgres, redis), each attempt bounded by its timeout, and
+//! [`wait_ready`], which polls fast at first and then at the configured interval.
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::spec::{Healthcheck, ProbeSpec};
+
+/// Why a service did not become healthy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason} after {attempts} probe attempts in {:.1}s; last probe error: {last_error}", .elapsed.as_secs_f64())]
+pub struct ProbeFailure {
+    /// Attempts made.
+    pub attempts: u32,
+    /// Time spent.
+    pub elapsed: Duration,
+    /// The last attempt's error.
+    pub last_error: String,
+    /// Why waiting stopped.
+    pub reason: String,
+}
+
+/// Runs one probe attempt.
+pub async fn check(probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, attempt(probe)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{} probe timed out after {}",
+            probe.kind(),
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+async fn attempt(probe: &ProbeSpec) -> Result<(), String> {
+    match probe {
+        ProbeSpec::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("tcp {host}:{port}: {e}")),
+        ProbeSpec::Http { url, status } => {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let resp = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+            let code = resp.status().as_u16();
+            let ok = if status.is_empty() {
+                (200..400).contains(&code)
+            } else {
+                status.contains(&code)
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("GET {url} answered {code}"))
+            }
+        }
+        ProbeSpec::Exec(argv) => {
+            let out = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| format!("cannot run `{}`: {e}", argv[0]))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                let text = String::from_utf8_lossy(if out.stderr.is_empty() {
+                    &out.stdout
+                } else {
+                    &out.stderr
+                });
+                Err(format!(
+                    "`{}` exited with {}: {}",
+                    argv.join(" "),
+                    out.status,
+                    text.trim()
+                ))
+            }
+        }
+        ProbeSpec::Postgres {
+            host,
+            port,
+            user,
+            password,
+            database,
+        } => {
+            let mut opts = sqlx::postgres::PgConnectOptions::new()
+                .host(host)
+                .port(*port)
+                .username(user)
+                .database(database);
+            if let Some(p) = password {
+                opts = opts.password(p);
+            }
+            let mut conn = sqlx::PgConnection::connect_with(&opts)
+                .await
+                .map_err(|e| format!("postgres {host}:{port}/{database} as {user}: {e}"))?;
+            let one: (i32,) = sqlx::query_as("SELECT 1")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| format!("postgres SELECT 1: {e}"))?;
+            let _ = conn.close().await;
+            if one.0 == 1 {
+                Ok(())
+            } else {
+                Err("postgres SELECT 1 returned something else".into())
+            }
+        }
+        ProbeSpec::Redis { host, port } => {
+            let mut s = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| format!("redis {host}:{port}: {e}"))?;
+            s.write_all(b"*1\r\n$4\r\nPING\r\n")
+                .await
+                .map_err(|e| format!("redis PING: {e}"))?;
+            let mut buf = [0u8; 64];
+            let n = s
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("redis PING: {e}"))?;
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            if reply.starts_with("+PONG") {
+                Ok(())
+            } else {
+                Err(format!("redis PING answered {:?}", reply.trim()))
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Polls the probe until it passes. The first polls come fast (10 ms, doubling) so a service that
+/// is up in 50 ms is seen at once; then the configured interval. Failures during `start_period`
+/// do not count against `retries`. `alive` is asked before each attempt so a service that exited
+/// fails at once instead of after every retry.
+pub async fn wait_ready<F>(hc: &Healthcheck, mut alive: F) -> Result<Duration, ProbeFailure>
+where
+    F: FnMut() -> Result<(), String>,
+{
+    let t0 = Instant::now();
+    let mut delay = Duration::from_millis(10).min(hc.interval);
+    let mut attempts = 0u32;
+    let mut counted = 0u32;
+    let mut last_error = String::from("no attempt made");
+    loop {
+        if let Err(reason) = alive() {
+            return Err(ProbeFailure {
+                attempts,
+                elapsed: t0.elapsed(),
+                last_error,
+                reason,
+            });
+        }
+        attempts += 1;
+        match check(&hc.probe, hc.timeout).await {
+            Ok(()) => return Ok(t0.elapsed()),
+            Err(e) => last_error = e,
+        }
+        if t0.elapsed() >= hc.start_period {
+            counted += 1;
+        }
+        if counted > hc.retries {
+            return Err(ProbeFailure {
+                attempts,
+                elapsed: t0.elapsed(),
+                last_error,
+                reason: format!("not healthy after {} retries", hc.retries),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(hc.interval);
+    }
+}

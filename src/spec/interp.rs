@@ -1,0 +1,137 @@
+//! `${VAR}` interpolation: environment and `.env` values, `${VAR:-default}`, `${VAR-default}`,
+//! `${VAR:?message}`, the stack's own variables (`${port.NAME}`, `${data_dir}`, `${state_dir}`,
+//! `${project_dir}`) and `$$` for a literal dollar.
+
+use std::collections::BTreeMap;
+
+/// The variables visible to one service's definition.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    /// Environment: the process environment over `.env` (compose precedence).
+    pub env: BTreeMap<String, String>,
+    /// The stack's own variables (`port.http`, `data_dir`, ...); they shadow the environment.
+    pub own: BTreeMap<String, String>,
+}
+
+impl Vars {
+    /// Expands every `${...}` in `input`; the error says which variable and what to do.
+    pub fn expand(&self, input: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(input.len());
+        let mut rest = input;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+            } else if let Some(body_start) = after.strip_prefix('{') {
+                let end = body_start
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed `${{` in `{input}`: add the closing `}}`"))?;
+                out.push_str(&self.resolve(&body_start[..end])?);
+                rest = &body_start[end + 1..];
+            } else {
+                // A bare `$NAME` is left alone: commands often carry shell-like text on purpose.
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.own
+            .get(name)
+            .or_else(|| self.env.get(name))
+            .map(String::as_str)
+    }
+
+    fn resolve(&self, body: &str) -> Result<String, String> {
+        let (name, op, arg) = split_body(body);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return Err(format!("`${{{body}}}` is not a valid variable reference"));
+        }
+        let value = self.lookup(name);
+        match (op, value) {
+            (":-", Some(v)) if !v.is_empty() => Ok(v.to_string()),
+            (":-", _) => Ok(arg.to_string()),
+            ("-", Some(v)) => Ok(v.to_string()),
+            ("-", None) => Ok(arg.to_string()),
+            (":?" | "?", Some(v)) if op == "?" || !v.is_empty() => Ok(v.to_string()),
+            (":?" | "?", _) => Err(format!("`{name}` is required: {arg}")),
+            (_, Some(v)) => Ok(v.to_string()),
+            (_, None) if name.starts_with("port.") => Err(format!(
+                "`${{{name}}}` names no port of this service: add `{}` under `ports:`",
+                &name[5..]
+            )),
+            (_, None) => Err(format!(
+                "variable `{name}` is not set: export it, add it to the env_file, or write `${{{name}:-default}}`"
+            )),
+        }
+    }
+}
+
+fn split_body(body: &str) -> (&str, &str, &str) {
+    for op in [":-", ":?", "-", "?"] {
+        if let Some(i) = body.find(op) {
+            // The earliest operator wins, so `${A-b:-c}` splits at `-`.
+            let earlier = [":-", ":?", "-", "?"]
+                .iter()
+                .filter_map(|o| body.find(o))
+                .min()
+                .unwrap_or(i);
+            if earlier == i {
+                return (&body[..i], op, &body[i + op.len()..]);
+            }
+        }
+    }
+    (body, "", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vars {
+        let mut v = Vars::default();
+        v.env.insert("HOST".into(), "127.0.0.1".into());
+        v.env.insert("EMPTY".into(), String::new());
+        v.own.insert("port.http".into(), "28090".into());
+        v
+    }
+
+    #[test]
+    fn expands_env_own_defaults_and_escapes() {
+        let v = vars();
+        assert_eq!(
+            v.expand("http://${HOST}:${port.http}/").unwrap(),
+            "http://127.0.0.1:28090/"
+        );
+        assert_eq!(v.expand("${MISSING:-x}").unwrap(), "x");
+        assert_eq!(v.expand("${EMPTY:-x}").unwrap(), "x");
+        assert_eq!(v.expand("${EMPTY-x}").unwrap(), "");
+        assert_eq!(v.expand("${MISSING-a-b}").unwrap(), "a-b");
+        assert_eq!(v.expand("cost $$5 and $HOME").unwrap(), "cost $5 and $HOME");
+    }
+
+    #[test]
+    fn unset_and_required_variables_are_errors_with_a_remedy() {
+        let v = vars();
+        let e = v.expand("${NOPE}").unwrap_err();
+        assert!(
+            e.contains("`NOPE` is not set") && e.contains(":-default"),
+            "{e}"
+        );
+        let e = v.expand("${port.grpc}").unwrap_err();
+        assert!(e.contains("add `grpc` under `ports:`"), "{e}");
+        let e = v.expand("${NOPE:?set NOPE to the token}").unwrap_err();
+        assert!(e.contains("set NOPE to the token"), "{e}");
+        assert!(v.expand("${unclosed").is_err());
+        assert!(v.expand("${}").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! `stack status`: what runs, which program serves each role, is it healthy, and how long each
+//! phase of its last start took.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::layout::Layout;
+use crate::probe;
+use crate::spec::Stack;
+use crate::supervisor::record::{read_json, Readiness, State};
+
+/// Per-phase timings of the last start, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Start request to process spawned.
+    pub spawned_ms: Option<u64>,
+    /// Start request to healthy (or completed).
+    pub ready_ms: Option<u64>,
+    /// Time spent in init steps.
+    pub init_ms: Option<u64>,
+}
+
+/// One row of `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Service.
+    pub name: String,
+    /// Backend running it.
+    pub backend: String,
+    /// Program serving the role.
+    pub program: String,
+    /// State.
+    pub state: &'static str,
+    /// Did a probe pass just now (or, without a healthcheck, is it running)?
+    pub healthy: bool,
+    /// Main pid while running.
+    pub pid: Option<u32>,
+    /// Host ports.
+    pub ports: BTreeMap<String, u16>,
+    /// When the current process started.
+    pub started_at: Option<String>,
+    /// Crash restarts.
+    pub restarts: u32,
+    /// Instance id.
+    pub id: String,
+    /// Last exit, e.g. `exit 1`.
+    pub last_exit: Option<String>,
+    /// Timings of the last start.
+    pub timings: Timings,
+    /// Probe error, when unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Collects the status of every service, probing the running ones in parallel.
+pub async fn collect(stack: &Stack, backend: &dyn Backend, layout: &Layout) -> Vec<ServiceStatus> {
+    let mut rows = Vec::new();
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, svc) in stack.services.values().enumerate() {
+        let inst = backend.inspect(svc);
+        let ready: Option<Readiness> = read_json(&layout.readiness(&svc.name)).ok().flatten();
+        let timings = ready
+            .filter(|r| r.id == inst.id)
+            .map(|r| Timings {
+                spawned_ms: Some(r.spawned_ms),
+                ready_ms: Some(r.ready_ms),
+                init_ms: Some(r.init_ms),
+            })
+            .unwrap_or(Timings {
+                spawned_ms: inst.spawn_ms,
+                ..Timings::default()
+            });
+        let up = inst.is_up();
+        if up {
+            if let Some(hc) = svc.healthcheck.clone() {
+                probes.spawn(async move {
+                    (
+                        i,
+                        probe::check(&hc.probe, hc.timeout.min(Duration::from_secs(2))).await,
+                    )
+                });
+            }
+        }
+        rows.push(ServiceStatus {
+            name: svc.name.clone(),
+            backend: backend.name().into(),
+            program: inst.program.clone(),
+            state: inst.state.as_str(),
+            healthy: match inst.state {
+                State::Completed => true,
+                _ => up && svc.healthcheck.is_none(),
+            },
+            pid: inst.pid,
+            ports: inst.ports.clone(),
+            started_at: inst.started_at.clone(),
+            restarts: inst.restarts,
+            id: inst.id.clone(),
+            last_exit: inst.last_exit.as_ref().map(|e| e.describe()),
+            timings,
+            error: None,
+        });
+    }
+    while let Some(Ok((i, r))) = probes.join_next().await {
+        match r {
+            Ok(()) => rows[i].healthy = true,
+            Err(e) => {
+                if rows[i].state == "running" && rows[i].timings.ready_ms.is_none() {
+                    rows[i].state = State::Starting.as_str();
+                }
+                rows[i].error = Some(e);
+            }
+        }
+    }
+    rows
+}

@@ -1,0 +1,461 @@
+//! The per-service supervisor process (`stack __supervise SPEC`). It outlives the `stack`
+//! command that started it, owns exactly one service's process group, restarts it per policy,
+//! writes its logs and record, and stops it on SIGTERM. One supervisor per service is enforced
+//! by an exclusive lock on `run/<service>.lock`, held for the supervisor's whole life.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
+
+use super::log::{LogSink, Stream};
+use super::proc::{self, ExitWatch, ProcRef};
+use super::record::{now_rfc3339, read_json, write_json, ExitInfo, Record, State};
+use super::{Handshake, SupervisorSpec};
+use crate::spec::RestartPolicy;
+
+/// First restart delay; doubles per consecutive crash up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A process that ran this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+enum Event {
+    Exited(u32, ExitInfo),
+    Stop,
+}
+
+/// Runs the supervisor for the spec at `spec_path`; returns the process exit code.
+pub fn run(spec_path: &Path) -> i32 {
+    let spec: SupervisorSpec = match read_json(spec_path) {
+        Ok(Some(s)) => s,
+        other => {
+            handshake(&Handshake::failed(format!(
+                "cannot read supervisor spec {}: {other:?}",
+                spec_path.display()
+            )));
+            return 2;
+        }
+    };
+    let lock = match File::create(&spec.lock_path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.to_string())
+        }) {
+        Ok(l) => l,
+        Err(e) => {
+            handshake(&Handshake::failed(format!(
+                "`{}` already has a supervisor ({e})",
+                spec.service
+            )));
+            return 3;
+        }
+    };
+    let mut sup = match Supervisor::new(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            handshake(&Handshake::failed(e));
+            return 2;
+        }
+    };
+    let code = sup.run();
+    drop(lock);
+    code
+}
+
+/// Sends the one-line handshake on stdout, then detaches stdout from the launching command.
+fn handshake(h: &Handshake) {
+    let mut out = std::io::stdout();
+    let _ = serde_json::to_writer(&mut out, h);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+        let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 2);
+    }
+}
+
+struct Supervisor {
+    spec: SupervisorSpec,
+    log: Arc<Mutex<LogSink>>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    record: Record,
+    handshaken: bool,
+}
+
+impl Supervisor {
+    fn new(spec: SupervisorSpec) -> Result<Supervisor, String> {
+        let log = LogSink::open(&spec.log_path, spec.log_cap)
+            .map_err(|e| format!("cannot open log {}: {e}", spec.log_path.display()))?;
+        let (tx, rx) = mpsc::channel();
+        // Stop requests arrive as signals; a thread turns them into events.
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let stop_tx = tx.clone();
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if stop_tx.send(Event::Stop).is_err() {
+                    break;
+                }
+            }
+        });
+        // Orphaned grandchildren are re-parented to us, so we can reap them and see the group empty.
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only changes this process's own attribute.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let me = ProcRef::of(std::process::id()).ok_or("cannot read own /proc entry")?;
+        let previous: Option<Record> = read_json(&spec.record_path).ok().flatten();
+        let record = Record {
+            id: spec.instance_id.clone(),
+            service: spec.service.clone(),
+            backend: "process".into(),
+            program: spec.program.clone(),
+            hash: spec.hash.clone(),
+            ports: spec.ports.clone(),
+            supervisor: me,
+            process: None,
+            state: State::Starting,
+            started_at: None,
+            spawn_ms: None,
+            restarts: previous
+                .as_ref()
+                .filter(|p| p.id == spec.instance_id)
+                .map_or(0, |p| p.restarts),
+            last_exit: previous.and_then(|p| p.last_exit),
+        };
+        Ok(Supervisor {
+            spec,
+            log: Arc::new(Mutex::new(log)),
+            tx,
+            rx,
+            record,
+            handshaken: false,
+        })
+    }
+
+    fn note(&self, text: &str) {
+        if let Ok(mut l) = self.log.lock() {
+            l.line(Stream::Sup, text);
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = write_json(&self.spec.record_path, &self.record) {
+            self.note(&format!("cannot write record: {e}"));
+        }
+    }
+
+    fn reply(&mut self, h: Handshake) {
+        if !self.handshaken {
+            handshake(&h);
+            self.handshaken = true;
+        }
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut backoff = FIRST_BACKOFF;
+        // Adopt a live process of the same instance left by a supervisor that died.
+        let mut current: Option<(ProcRef, Instant)> = self.adoptable().map(|p| {
+            self.note(&format!("adopted running pid {}", p.pid));
+            self.record.process = Some(p.clone());
+            self.record.state = State::Running;
+            self.save();
+            self.watch_adopted(p.pid);
+            (p, Instant::now())
+        });
+        if current.is_some() {
+            let pid = self.record.process.as_ref().map(|p| p.pid);
+            self.reply(Handshake::ok(pid, State::Running));
+        }
+        loop {
+            let (child, since) = match current.take() {
+                Some(c) => c,
+                None => match self.spawn() {
+                    Ok(c) => (c, Instant::now()),
+                    Err(e) => {
+                        self.note(&e);
+                        self.record.state = State::Failed;
+                        self.record.process = None;
+                        self.save();
+                        self.reply(Handshake::failed(e));
+                        return 1;
+                    }
+                },
+            };
+            let pid = child.pid;
+            self.reply(Handshake::ok(Some(pid), State::Running));
+            let exit = loop {
+                match self.rx.recv() {
+                    Ok(Event::Exited(p, info)) if p == pid => break Some(info),
+                    Ok(Event::Exited(..)) => {}
+                    Ok(Event::Stop) | Err(_) => break None,
+                }
+            };
+            let Some(info) = exit else {
+                self.stop(pid);
+                return 0;
+            };
+            // The leader is gone; stragglers of its group must not keep ports or files busy.
+            self.drain(pid, Duration::from_secs(2));
+            let clean = info.is_clean(false);
+            self.note(&format!("exited: {}", info.describe()));
+            self.record.last_exit = Some(info);
+            self.record.process = None;
+            let restart = match self.spec.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !clean,
+                RestartPolicy::No => false,
+            };
+            if !restart {
+                self.record.state = if clean && self.spec.is_task {
+                    State::Completed
+                } else if clean {
+                    State::Exited
+                } else {
+                    State::Failed
+                };
+                self.save();
+                return 0;
+            }
+            if since.elapsed() >= STABLE_AFTER {
+                backoff = FIRST_BACKOFF;
+            }
+            self.record.restarts += 1;
+            self.record.state = State::Starting;
+            self.save();
+            self.note(&format!(
+                "restarting in {} (restart {})",
+                humantime::format_duration(backoff),
+                self.record.restarts
+            ));
+            match self.rx.recv_timeout(backoff) {
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    self.record.state = State::Stopped;
+                    self.save();
+                    return 0;
+                }
+                Ok(Event::Exited(..)) | Err(RecvTimeoutError::Timeout) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The previous record's process, when it is alive, ours, and runs the same definition.
+    fn adoptable(&self) -> Option<ProcRef> {
+        let prev: Record = read_json(&self.spec.record_path).ok().flatten()?;
+        let p = prev.process?;
+        (prev.id == self.spec.instance_id && prev.hash == self.spec.hash && p.is_alive())
+            .then_some(p)
+    }
+
+    fn watch_adopted(&self, pid: u32) {
+        let tx = self.tx.clone();
+        let watch = ExitWatch::open(pid);
+        std::thread::spawn(move || {
+            match watch {
+                Some(w) => while !w.wait(Duration::from_secs(3600)) {},
+                None => {
+                    while proc::start_time(pid).is_some() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+            let _ = tx.send(Event::Exited(
+                pid,
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                    at: now_rfc3339(),
+                },
+            ));
+        });
+    }
+
+    fn spawn(&mut self) -> Result<ProcRef, String> {
+        let spec = &self.spec;
+        let mut cmd = Command::new(&spec.command[0]);
+        cmd.args(&spec.command[1..])
+            .envs(&spec.env)
+            .current_dir(&spec.working_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so a stop reaches every process it forks and nothing else.
+            .process_group(0);
+        if let Some(u) = &spec.run_as {
+            cmd.uid(u.uid).gid(u.gid);
+            cmd.env("HOME", &u.home)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
+        }
+        let t0 = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot run `{}` for `{}`: {e}",
+                spec.command[0], spec.service
+            )
+        })?;
+        let pid = child.id();
+        let me = ProcRef::of(pid).unwrap_or(ProcRef {
+            pid,
+            start: 0,
+            boot: proc::boot_id(),
+        });
+        for (stream, pipe) in [
+            (
+                Stream::Out,
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
+            (
+                Stream::Err,
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
+        ] {
+            if let Some(pipe) = pipe {
+                let log = Arc::clone(&self.log);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(pipe);
+                    let mut buf = Vec::new();
+                    while reader
+                        .read_until(b'\n', &mut buf)
+                        .map(|n| n > 0)
+                        .unwrap_or(false)
+                    {
+                        if let Ok(mut l) = log.lock() {
+                            l.line(stream, &String::from_utf8_lossy(&buf));
+                        }
+                        buf.clear();
+                    }
+                });
+            }
+        }
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            let info = match child.wait() {
+                Ok(st) => ExitInfo {
+                    code: st.code(),
+                    signal: st.signal(),
+                    at: now_rfc3339(),
+                },
+                Err(_) => ExitInfo {
+                    code: None,
+                    signal: None,
+                    at: now_rfc3339(),
+                },
+            };
+            let _ = tx.send(Event::Exited(pid, info));
+        });
+        self.record.process = Some(me.clone());
+        self.record.state = State::Running;
+        self.record.started_at = Some(now_rfc3339());
+        self.record.spawn_ms = Some(t0.elapsed().as_millis() as u64);
+        self.save();
+        self.note(&format!("spawned pid {pid}: {}", spec.command.join(" ")));
+        Ok(me)
+    }
+
+    /// Stop on request: the configured signal to the group, the grace period, then SIGKILL, then
+    /// wait until the group is empty.
+    fn stop(&mut self, pid: u32) {
+        let t0 = Instant::now();
+        self.record.state = State::Stopping;
+        self.save();
+        let sig = self.spec.stop_signal;
+        self.note(&format!(
+            "stop requested: {} to process group {pid}",
+            sig.as_str()
+        ));
+        proc::signal_group(pid, sig);
+        let deadline = t0 + self.spec.stop_grace;
+        let mut exit = self.wait_exit(pid, deadline);
+        if exit.is_none() {
+            self.note(&format!(
+                "still running after {}: SIGKILL to process group {pid}",
+                humantime::format_duration(self.spec.stop_grace)
+            ));
+            proc::signal_group(pid, Signal::SIGKILL);
+            exit = self.wait_exit(pid, Instant::now() + Duration::from_secs(5));
+        }
+        self.drain(pid, Duration::from_secs(5));
+        let info = exit.unwrap_or(ExitInfo {
+            code: None,
+            signal: Some(libc::SIGKILL),
+            at: now_rfc3339(),
+        });
+        self.note(&format!(
+            "stopped ({}) in {} ms",
+            info.describe(),
+            t0.elapsed().as_millis()
+        ));
+        self.record.last_exit = Some(info);
+        self.record.process = None;
+        self.record.state = State::Stopped;
+        self.save();
+    }
+
+    fn wait_exit(&self, pid: u32, deadline: Instant) -> Option<ExitInfo> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Event::Exited(p, info)) if p == pid => return Some(info),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Kills what is left of the group after its leader exited and reaps re-parented members.
+    fn drain(&self, pgid: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut killed = false;
+        while proc::group_alive(pgid) {
+            reap_orphans(pgid);
+            if !proc::group_alive(pgid) || Instant::now() >= deadline {
+                break;
+            }
+            if !killed {
+                proc::signal_group(pgid, Signal::SIGKILL);
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Reaps exited children other than the group leader (whose waiter thread owns it).
+fn reap_orphans(leader: u32) {
+    loop {
+        let peek = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let pid = match peek {
+            Ok(status) => status.pid(),
+            Err(_) => None,
+        };
+        match pid {
+            Some(p) if p.as_raw() as u32 != leader => {
+                let _ = waitpid(p, None);
+            }
+            _ => return,
+        }
+    }
+}
