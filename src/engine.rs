@@ -103,8 +103,11 @@ enum Action {
     Keep,
     /// Running, but `up` has not seen it ready (or its after_healthy init) yet.
     Verify,
-    /// Not running: start it (adopting a live process where possible).
+    /// Not running: start it.
     Start,
+    /// Alive, but its supervisor died: its log pipes are gone with it, so it is stopped
+    /// (checked by pid and start time) and started again under a new supervisor.
+    Orphaned,
     /// Running with an outdated definition: stop, then start.
     Replace,
 }
@@ -178,7 +181,7 @@ impl Engine {
             return Action::Replace;
         }
         if !inst.supervised {
-            return Action::Start; // adopt it under a new supervisor
+            return Action::Orphaned;
         }
         let ready: Option<Readiness> = read_json(&self.layout.readiness(&svc.name)).ok().flatten();
         match ready {
@@ -202,17 +205,22 @@ impl Engine {
             let svc = &self.stack.services[name];
             let inst = self.backend.inspect(svc);
             let action = self.decide(svc, &inst);
-            if action == Action::Replace {
-                self.progress.note(&format!(
+            match action {
+                Action::Replace => self.progress.note(&format!(
                     "the definition of `{name}` changed since it started: restarting it"
-                ));
+                )),
+                Action::Orphaned => self.progress.note(&format!(
+                    "`{name}` lost its supervisor (pid {}): restarting it under a new one",
+                    inst.pid.unwrap_or(0)
+                )),
+                _ => {}
             }
             actions.insert(name.clone(), action);
         }
         // Preflight everything that will be spawned, before spawning anything.
         let to_start: Vec<String> = actions
             .iter()
-            .filter(|(_, a)| matches!(a, Action::Start | Action::Replace))
+            .filter(|(_, a)| matches!(a, Action::Start | Action::Replace | Action::Orphaned))
             .map(|(n, _)| n.clone())
             .collect();
         let mut problems: Vec<Problem> = to_start
@@ -221,7 +229,7 @@ impl Engine {
             .collect();
         problems.extend(crate::doctor::port_problems(&self.stack, &to_start, |n| {
             // A service being replaced holds its own ports until it is stopped.
-            actions.get(n) == Some(&Action::Replace)
+            matches!(actions.get(n), Some(Action::Replace | Action::Orphaned))
         }));
         if !problems.is_empty() {
             return Err(EngineError::Preflight(problems));
@@ -479,8 +487,8 @@ impl ServiceRun {
         let t0 = Instant::now();
         let mut init_ms = 0u64;
         let mut spawned_ms = 0u64;
-        if matches!(action, Action::Start | Action::Replace) {
-            if action == Action::Replace {
+        if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
+            if action != Action::Start {
                 self.progress.phase(name, "stopping the outdated instance");
                 self.backend
                     .stop(name)
@@ -498,7 +506,7 @@ impl ServiceRun {
                 self.progress.phase(name, &format!("init: {}", step.name));
                 let d = self
                     .backend
-                    .run_step(svc, &step.command)
+                    .run_step(svc, step)
                     .await
                     .map_err(|e| self.unhealthy(name, e.to_string()))?;
                 init_ms += d.as_millis() as u64;
@@ -556,7 +564,7 @@ impl ServiceRun {
             self.progress.phase(name, &format!("init: {}", step.name));
             let d = self
                 .backend
-                .run_step(svc, &step.command)
+                .run_step(svc, step)
                 .await
                 .map_err(|e| self.unhealthy(name, e.to_string()))?;
             init_ms += d.as_millis() as u64;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::spec::ServiceSpec;
+use crate::spec::{InitStep, ServiceSpec};
 use crate::supervisor::record::{ExitInfo, State};
 
 /// What a backend knows about one service's instance.
@@ -101,8 +101,9 @@ pub trait Backend: Send + Sync {
     /// Starts (or adopts) `svc` and returns once it is running.
     async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError>;
 
-    /// Runs one init step for `svc`; returns its duration.
-    async fn run_step(&self, svc: &ServiceSpec, argv: &[String]) -> Result<Duration, BackendError>;
+    /// Runs one init step for `svc`; returns its duration. `before_start` steps prepare the
+    /// service's data and run as the service; `after_healthy` steps are clients of it.
+    async fn run_step(&self, svc: &ServiceSpec, step: &InitStep) -> Result<Duration, BackendError>;
 
     /// Stops `svc`; true when something was running.
     async fn stop(&self, svc: &str) -> Result<bool, BackendError>;

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Backend, BackendError, Instance, Problem};
 use crate::layout::Layout;
-use crate::spec::ServiceSpec;
+use crate::spec::{InitPhase, InitStep, ServiceSpec};
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
 
 /// Runs services as supervised native processes.
@@ -76,6 +76,26 @@ fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Creates the service's data dir; when it runs as another user, hands the dir to that user
+/// with mode 0700 (servers such as PostgreSQL insist on a private data dir).
+fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+    let run_as = run_as(svc)?;
+    std::fs::create_dir_all(&svc.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", svc.data_dir.display()))?;
+    if let Some(u) = &run_as {
+        nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into())).map_err(|e| {
+            format!(
+                "cannot hand {} to user `{}`: {e}",
+                svc.data_dir.display(),
+                u.name
+            )
+        })?;
+        std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", svc.data_dir.display()))?;
+    }
+    Ok(run_as)
 }
 
 fn new_instance_id(service: &str) -> String {
@@ -206,13 +226,22 @@ impl Backend for ProcessBackend {
             .process
             .as_ref()
             .ok_or_else(|| err("it has no `process:` section".into()))?;
-        let run_as = run_as(svc).map_err(err)?;
-        std::fs::create_dir_all(&svc.data_dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", svc.data_dir.display())))?;
-        if let Some(u) = &run_as {
-            // Servers such as PostgreSQL insist on owning a private data dir.
-            let _ = nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into()));
-            let _ = std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700));
+        let run_as = prepare_data_dir(svc).map_err(err)?;
+        if supervisor::lock_held(&self.layout, &svc.name) {
+            // A supervisor is already starting it (its launcher was killed mid-launch): wait
+            // for it to record the process rather than start a second one.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let inst = self.inspect(svc);
+                if inst.supervised && inst.alive {
+                    return Ok(inst);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return Err(err(
+                "another supervisor holds its lock but never reported a process: see `stack logs`"
+                    .into(),
+            ));
         }
         let current = self.inspect(svc);
         let adopt = current.alive && !current.supervised && current.hash == svc.definition_hash();
@@ -251,13 +280,15 @@ impl Backend for ProcessBackend {
         Ok(self.inspect(svc))
     }
 
-    async fn run_step(&self, svc: &ServiceSpec, argv: &[String]) -> Result<Duration, BackendError> {
+    async fn run_step(&self, svc: &ServiceSpec, step: &InitStep) -> Result<Duration, BackendError> {
         use std::os::unix::process::CommandExt;
         let t0 = Instant::now();
-        let run_as = run_as(svc).map_err(|message| BackendError::Start {
+        let argv = &step.command;
+        let run_as = prepare_data_dir(svc).map_err(|message| BackendError::Start {
             service: svc.name.clone(),
             message,
         })?;
+        let run_as = run_as.filter(|_| step.phase == InitPhase::BeforeStart);
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .envs(&svc.environment)
@@ -273,10 +304,9 @@ impl Backend for ProcessBackend {
         }
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
-        let step = argv.join(" ");
         let out = cmd.output().await.map_err(|e| BackendError::Init {
             service: svc.name.clone(),
-            step: step.clone(),
+            step: step.name.clone(),
             status: "not started".into(),
             output: e.to_string(),
         })?;
@@ -288,7 +318,7 @@ impl Backend for ProcessBackend {
         let lines: Vec<&str> = text.lines().collect();
         Err(BackendError::Init {
             service: svc.name.clone(),
-            step,
+            step: step.name.clone(),
             status: out.status.to_string(),
             output: lines[lines.len().saturating_sub(20)..].join("\n"),
         })

@@ -28,7 +28,8 @@ use crate::spec::{BackendChoice, LoadOptions, SpecErrors, Stack};
 #[command(name = "stack", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// The stack file (default: `stack.yaml` here or in the nearest parent directory).
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    /// Give it before the command: `logs -f` means follow.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// The state directory (default: `.stack/` beside stack.yaml).
     #[arg(long, global = true, env = "STACK_STATE_DIR", value_name = "DIR")]
@@ -236,4 +237,14 @@ pub(crate) fn interrupt_token() -> tokio_util::sync::CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -178,8 +178,8 @@ impl Observed {
             None => State::Stopped,
             Some(r) => match r.state {
                 State::Running | State::Starting | State::Stopping if self.alive => r.state,
-                // A supervisor is between restarts.
-                State::Starting if self.supervised => State::Starting,
+                // The supervisor is between restarts, or has not yet written what it saw.
+                State::Running | State::Starting if self.supervised => State::Starting,
                 // Both the supervisor and the process died without a word: report the failure.
                 State::Running | State::Starting => State::Failed,
                 State::Stopping => State::Stopped,

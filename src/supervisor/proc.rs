@@ -60,6 +60,20 @@ fn is_zombie(pid: u32) -> bool {
     stat_fields(pid).and_then(|f| f.first().cloned()).as_deref() == Some("Z")
 }
 
+/// Pids whose parent is `parent` (from `/proc/*/stat`).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // After the name, field 4 (ppid) is index 1.
+            stat_fields(*pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
 /// The process's command line, space-joined (empty when unreadable).
 pub fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -93,9 +107,24 @@ pub fn user_of(pid: u32) -> String {
     }
 }
 
-/// Does any process of the group still exist (zombies included)?
+/// Does any process of the group still run? Zombies do not count: a group whose members were
+/// re-parented to an init that never reaps would otherwise look alive forever.
 pub fn group_alive(pgid: u32) -> bool {
-    !matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH))
+    if matches!(killpg(Pid::from_raw(pgid as i32), None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            // After the name: state is index 0, pgrp (field 5) index 2.
+            stat_fields(pid).is_some_and(|f| {
+                f.first().map(String::as_str) != Some("Z")
+                    && f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            })
+        })
 }
 
 /// Sends `sig` to the whole process group; a group that is already gone is fine.

@@ -1,6 +1,8 @@
 //! The per-service supervisor process (`stack __supervise SPEC`). It outlives the `stack`
 //! command that started it, owns exactly one service's process group, restarts it per policy,
-//! writes its logs and record, and stops it on SIGTERM. One supervisor per service is enforced
+//! writes its logs and record, and stops it on SIGTERM. The service's stdout and stderr are
+//! pipes to this process, so a service is never left running without its supervisor on purpose:
+//! if a supervisor is killed, the next `up` restarts the service under a new one. One supervisor per service is enforced
 //! by an exclusive lock on `run/<service>.lock`, held for the supervisor's whole life.
 
 use std::fs::File;
@@ -17,7 +19,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
 
 use super::log::{LogSink, Stream};
-use super::proc::{self, ExitWatch, ProcRef};
+use super::proc::{self, ProcRef};
 use super::record::{now_rfc3339, read_json, write_json, ExitInfo, Record, State};
 use super::{Handshake, SupervisorSpec};
 use crate::spec::RestartPolicy;
@@ -31,6 +33,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 enum Event {
     Exited(u32, ExitInfo),
     Stop,
+    /// SIGCHLD: an orphaned descendant may need reaping.
+    Reap,
 }
 
 /// Runs the supervisor for the spec at `spec_path`; returns the process exit code.
@@ -102,12 +106,18 @@ impl Supervisor {
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGCHLD,
         ])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let stop_tx = tx.clone();
         std::thread::spawn(move || {
-            for _ in signals.forever() {
-                if stop_tx.send(Event::Stop).is_err() {
+            for sig in signals.forever() {
+                let ev = if sig == signal_hook::consts::SIGCHLD {
+                    Event::Reap
+                } else {
+                    Event::Stop
+                };
+                if stop_tx.send(ev).is_err() {
                     break;
                 }
             }
@@ -166,40 +176,25 @@ impl Supervisor {
 
     fn run(&mut self) -> i32 {
         let mut backoff = FIRST_BACKOFF;
-        // Adopt a live process of the same instance left by a supervisor that died.
-        let mut current: Option<(ProcRef, Instant)> = self.adoptable().map(|p| {
-            self.note(&format!("adopted running pid {}", p.pid));
-            self.record.process = Some(p.clone());
-            self.record.state = State::Running;
-            self.save();
-            self.watch_adopted(p.pid);
-            (p, Instant::now())
-        });
-        if current.is_some() {
-            let pid = self.record.process.as_ref().map(|p| p.pid);
-            self.reply(Handshake::ok(pid, State::Running));
-        }
         loop {
-            let (child, since) = match current.take() {
-                Some(c) => c,
-                None => match self.spawn() {
-                    Ok(c) => (c, Instant::now()),
-                    Err(e) => {
-                        self.note(&e);
-                        self.record.state = State::Failed;
-                        self.record.process = None;
-                        self.save();
-                        self.reply(Handshake::failed(e));
-                        return 1;
-                    }
-                },
+            let since = Instant::now();
+            let pid = match self.spawn() {
+                Ok(child) => child.pid,
+                Err(e) => {
+                    self.note(&e);
+                    self.record.state = State::Failed;
+                    self.record.process = None;
+                    self.save();
+                    self.reply(Handshake::failed(e));
+                    return 1;
+                }
             };
-            let pid = child.pid;
             self.reply(Handshake::ok(Some(pid), State::Running));
             let exit = loop {
                 match self.rx.recv() {
                     Ok(Event::Exited(p, info)) if p == pid => break Some(info),
                     Ok(Event::Exited(..)) => {}
+                    Ok(Event::Reap) => reap_orphans(pid),
                     Ok(Event::Stop) | Err(_) => break None,
                 }
             };
@@ -240,47 +235,24 @@ impl Supervisor {
                 humantime::format_duration(backoff),
                 self.record.restarts
             ));
-            match self.rx.recv_timeout(backoff) {
-                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.record.state = State::Stopped;
-                    self.save();
-                    return 0;
+            let resume = Instant::now() + backoff;
+            loop {
+                match self
+                    .rx
+                    .recv_timeout(resume.saturating_duration_since(Instant::now()))
+                {
+                    Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                        self.record.state = State::Stopped;
+                        self.save();
+                        return 0;
+                    }
+                    Ok(Event::Reap) => reap_orphans(pid),
+                    Ok(Event::Exited(..)) => {}
+                    Err(RecvTimeoutError::Timeout) => break,
                 }
-                Ok(Event::Exited(..)) | Err(RecvTimeoutError::Timeout) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    }
-
-    /// The previous record's process, when it is alive, ours, and runs the same definition.
-    fn adoptable(&self) -> Option<ProcRef> {
-        let prev: Record = read_json(&self.spec.record_path).ok().flatten()?;
-        let p = prev.process?;
-        (prev.id == self.spec.instance_id && prev.hash == self.spec.hash && p.is_alive())
-            .then_some(p)
-    }
-
-    fn watch_adopted(&self, pid: u32) {
-        let tx = self.tx.clone();
-        let watch = ExitWatch::open(pid);
-        std::thread::spawn(move || {
-            match watch {
-                Some(w) => while !w.wait(Duration::from_secs(3600)) {},
-                None => {
-                    while proc::start_time(pid).is_some() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-            let _ = tx.send(Event::Exited(
-                pid,
-                ExitInfo {
-                    code: None,
-                    signal: None,
-                    at: now_rfc3339(),
-                },
-            ));
-        });
     }
 
     fn spawn(&mut self) -> Result<ProcRef, String> {
@@ -368,7 +340,7 @@ impl Supervisor {
         self.record.started_at = Some(now_rfc3339());
         self.record.spawn_ms = Some(t0.elapsed().as_millis() as u64);
         self.save();
-        self.note(&format!("spawned pid {pid}: {}", spec.command.join(" ")));
+        self.note(&format!("spawned pid {pid}: {}", show_argv(&spec.command)));
         Ok(me)
     }
 
@@ -416,24 +388,52 @@ impl Supervisor {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(Event::Exited(p, info)) if p == pid => return Some(info),
+                Ok(Event::Reap) => reap_orphans(pid),
                 Ok(_) => {}
                 Err(_) => return None,
             }
         }
     }
 
-    /// Kills what is left of the group after its leader exited and reaps re-parented members.
+    /// After the leader exited (and was reaped): kills what is left of its group, then reaps
+    /// every descendant that was re-parented to us. Processes that left the group (PostgreSQL's
+    /// backends call setsid) get a moment to notice their parent's death, then SIGKILL.
     fn drain(&self, pgid: u32, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut killed = false;
-        while proc::group_alive(pgid) {
-            reap_orphans(pgid);
-            if !proc::group_alive(pgid) || Instant::now() >= deadline {
-                break;
+        let t0 = Instant::now();
+        let me = std::process::id();
+        if proc::group_alive(pgid) {
+            proc::signal_group(pgid, Signal::SIGKILL);
+        }
+        let mut killed_orphans = false;
+        loop {
+            // The leader is already reaped, so reaping any child here steals nobody's status.
+            while let Ok(st) = waitpid(None::<nix::unistd::Pid>, Some(WaitPidFlag::WNOHANG)) {
+                if st == nix::sys::wait::WaitStatus::StillAlive {
+                    break;
+                }
             }
-            if !killed {
-                proc::signal_group(pgid, Signal::SIGKILL);
-                killed = true;
+            let orphans = proc::children_of(me);
+            if orphans.is_empty() && !proc::group_alive(pgid) {
+                return;
+            }
+            if t0.elapsed() >= timeout {
+                self.note(&format!(
+                    "{} orphaned processes did not exit",
+                    orphans.len()
+                ));
+                return;
+            }
+            if !killed_orphans && t0.elapsed() >= timeout / 2 {
+                for pid in orphans {
+                    if let Some(p) = ProcRef::of(pid) {
+                        self.note(&format!(
+                            "killing orphaned pid {pid}: {}",
+                            proc::cmdline(pid)
+                        ));
+                        proc::signal(p.pid, Signal::SIGKILL);
+                    }
+                }
+                killed_orphans = true;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -458,4 +458,21 @@ fn reap_orphans(leader: u32) {
             _ => return,
         }
     }
+}
+
+/// An argv as one readable line: arguments with spaces or control characters are quoted.
+fn show_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+            {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

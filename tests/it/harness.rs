@@ -1,0 +1,219 @@
+//! A small builder for integration tests: a project in a temporary directory, the real `stack`
+//! binary run against it, free loopback ports, and cleanup (`stack down`) when the test ends.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stack"))
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Is something listening on 127.0.0.1:`port`?
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
+
+/// Polls `f` until it is true or `timeout` passes (tests wait on conditions, not on sleeps).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The result of one `stack` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A project directory with a stack.yaml and services, torn down on drop.
+pub struct Project {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+impl Project {
+    /// An empty project named `name` (stack.yaml with the process backend).
+    pub fn new(name: &str) -> Project {
+        let tmp = tempfile::Builder::new()
+            .prefix("stack-it-")
+            .tempdir()
+            .expect("tempdir");
+        // Services may run as an unprivileged user that must be able to reach their data dirs.
+        set_mode(tmp.path(), 0o755);
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(dir.join("services")).expect("mkdir");
+        let p = Project { _tmp: tmp, dir };
+        p.write("stack.yaml", &format!("name: {name}\nbackend: process\n"));
+        p
+    }
+
+    /// Writes a file relative to the project.
+    pub fn write(&self, rel: &str, text: &str) -> &Project {
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, text).expect("write");
+        self
+    }
+
+    /// Adds `services/<name>.yaml`.
+    pub fn service(&self, name: &str, yaml: &str) -> &Project {
+        self.write(&format!("services/{name}.yaml"), yaml)
+    }
+
+    /// A python http.server service on `port`, healthy when it answers.
+    pub fn http_service(&self, name: &str, port: u16, deps: &[&str]) -> &Project {
+        let mut y = format!(
+            "ports: {{ http: {port} }}\nprocess:\n  command: [python3, -m, http.server, \"${{port.http}}\", --bind, 127.0.0.1, --directory, \"${{data_dir}}\"]\nhealthcheck:\n  http: {{ url: \"http://127.0.0.1:${{port.http}}/\" }}\n  interval: 100ms\n"
+        );
+        if !deps.is_empty() {
+            y.push_str("depends_on:\n");
+            for d in deps {
+                y.push_str(&format!("  {d}: {{ condition: service_healthy }}\n"));
+            }
+        }
+        self.service(name, &y)
+    }
+
+    /// Copies a default service of the repository (and its config dir), replacing its port.
+    pub fn default_service(&self, name: &str, old_port: u16, new_port: u16) -> &Project {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join(format!("services/{name}.yaml")))
+            .expect("default service file");
+        assert!(
+            text.contains(&old_port.to_string()),
+            "{name} uses {old_port}"
+        );
+        self.service(
+            name,
+            &text.replace(&old_port.to_string(), &new_port.to_string()),
+        );
+        let extra = root.join("services").join(name);
+        if extra.is_dir() {
+            for e in std::fs::read_dir(extra).expect("read dir").flatten() {
+                let rel = format!("services/{name}/{}", e.file_name().to_string_lossy());
+                self.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));
+            }
+        }
+        self
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(".state")
+    }
+
+    /// A `stack` command in this project.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("NO_COLOR", "1")
+            .env("STACK_STATE_DIR", self.state_dir())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `stack ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().expect("run stack").into()
+    }
+
+    /// `status --json` as (name -> service object).
+    pub fn status(&self) -> serde_json::Map<String, serde_json::Value> {
+        let r = self.run(&["status", "--json"]);
+        assert_eq!(r.code, 0, "{}", r.text());
+        r.json()["services"]
+            .as_array()
+            .expect("services array")
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    s.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The pid `status` reports for `svc`.
+    pub fn pid(&self, svc: &str) -> Option<u32> {
+        self.status()[svc]["pid"].as_u64().map(|p| p as u32)
+    }
+
+    /// Live processes whose command line contains this project's state dir and `needle`.
+    pub fn processes(&self, needle: &str) -> Vec<u32> {
+        let marker = self.state_dir().display().to_string();
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'));
+                !zombie && cmd.contains(&marker) && cmd.contains(needle)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}

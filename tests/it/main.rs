@@ -1,0 +1,9 @@
+//! Integration tests: the real `stack` binary against real processes on free loopback ports in
+//! temporary directories. One test binary, one module per area.
+
+mod harness;
+
+mod engine;
+mod lifecycle;
+mod services;
+mod spec;

@@ -1,0 +1,168 @@
+//! Stack definition errors: each kind is reported with file, line and key path, all at once,
+//! with exit code 2 and nothing started.
+
+use crate::harness::Project;
+
+fn plan_error(p: &Project) -> String {
+    let r = p.run(&["plan"]);
+    assert_eq!(r.code, 2, "invalid definitions exit 2: {}", r.text());
+    assert!(!r.text().contains("panicked"), "{}", r.text());
+    assert!(
+        !p.state_dir().exists(),
+        "validation must not create the state dir"
+    );
+    r.stderr
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_file_line_and_key_path() {
+    let p = Project::new("broken");
+    p.service(
+        "a",
+        "ports: { http: 39990 }\nprocess:\n  command: [python3]\n  stop_signal: SIGNOPE\n  stop_grace_period: soon\nhealthcheck:\n  tcp: { port: http }\n  interval: fast\nrestart: sometimes\ncolour: blue\n",
+    )
+    .service(
+        "b",
+        "ports: { web: 39990 }\ndepends_on:\n  a: { condition: service_ready }\nprocess:\n  command: \"python3 -m http.server\"\n",
+    )
+    .service("c", "description: nothing to run\n")
+    .service("d", "process:\n  command: [\"${UNSET_VARIABLE_FOR_TEST}\"]\n")
+    .service("e", "depends_on:\n  c: { condition: service_healthy }\nprocess:\n  command: [true]\n")
+    .service("f", "process: [unclosed\n");
+    insta::assert_snapshot!(plan_error(&p));
+}
+
+#[test]
+fn cycles_name_every_member_in_order_and_unknown_dependencies_name_the_target() {
+    let p = Project::new("cycles");
+    for (n, dep) in [("x", "y"), ("y", "z"), ("z", "x"), ("w", "nowhere")] {
+        p.service(
+            n,
+            &format!("depends_on:\n  {dep}: {{ condition: service_started }}\nprocess:\n  command: [sleep, \"60\"]\n"),
+        );
+    }
+    insta::assert_snapshot!(plan_error(&p));
+}
+
+#[test]
+fn unknown_stack_keys_bad_backend_and_missing_env_file_are_reported() {
+    let p = Project::new("badstack");
+    p.write(
+        "stack.yaml",
+        "name: badstack\nbackend: docker\nenv_file: missing.env\nvolumes: []\n",
+    )
+    .service("ok", "process:\n  command: [sleep, \"1\"]\n");
+    insta::assert_snapshot!(plan_error(&p));
+}
+
+#[test]
+fn interpolation_reads_env_file_defaults_ports_and_dirs() {
+    let p = Project::new("interp");
+    p.write("stack.yaml", "name: interp\nbackend: process\nenv_file: .env\n")
+        .write(".env", "GREETING=hello\nPORT_FROM_ENV=39991\n")
+        .service(
+            "web",
+            "ports: { http: \"${PORT_FROM_ENV}\" }\nenvironment:\n  MSG: \"${GREETING} from ${port.http}\"\n  DEFAULTED: \"${NOT_SET_ANYWHERE:-fallback}\"\n  DATA: \"${data_dir}\"\n  LITERAL: \"$$HOME\"\nprocess:\n  command: [sleep, \"60\"]\n",
+        );
+    let cwd = p.dir.clone();
+    let stack = stack::spec::Stack::load(&stack::spec::LoadOptions {
+        file: None,
+        cwd,
+        state_dir: Some(p.state_dir()),
+        env: std::collections::HashMap::new(),
+    })
+    .expect("valid");
+    let web = &stack.services["web"];
+    assert_eq!(web.ports["http"], 39991);
+    assert_eq!(web.environment["MSG"], "hello from 39991");
+    assert_eq!(web.environment["DEFAULTED"], "fallback");
+    assert_eq!(
+        web.environment["DATA"],
+        p.state_dir().join("data/web").display().to_string()
+    );
+    assert_eq!(web.environment["LITERAL"], "$HOME");
+}
+
+#[test]
+fn the_process_environment_wins_over_the_env_file() {
+    let p = Project::new("precedence");
+    p.write("stack.yaml", "name: precedence\nenv_file: .env\n")
+        .write(".env", "WHO=file\n")
+        .service(
+            "s",
+            "environment: { WHO: \"${WHO}\" }\nprocess:\n  command: [sleep, \"1\"]\n",
+        );
+    let load = |env: &[(&str, &str)]| {
+        stack::spec::Stack::load(&stack::spec::LoadOptions {
+            file: None,
+            cwd: p.dir.clone(),
+            state_dir: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .expect("valid")
+        .services["s"]
+            .environment["WHO"]
+            .clone()
+    };
+    assert_eq!(load(&[]), "file");
+    assert_eq!(load(&[("WHO", "shell")]), "shell");
+}
+
+#[test]
+fn plan_orders_chains_diamonds_and_independent_sets() {
+    let p = Project::new("shapes");
+    let svc = |deps: &[&str]| {
+        let mut y = String::from("process:\n  command: [sleep, \"60\"]\n");
+        if !deps.is_empty() {
+            y.push_str("depends_on:\n");
+            for d in deps {
+                y.push_str(&format!("  {d}: {{ condition: service_started }}\n"));
+            }
+        }
+        y
+    };
+    // diamond: top <- (left, right) <- bottom; chain: c1 <- c2 <- c3; lone: solo
+    p.service("bottom", &svc(&[]))
+        .service("left", &svc(&["bottom"]))
+        .service("right", &svc(&["bottom"]))
+        .service("top", &svc(&["left", "right"]))
+        .service("c1", &svc(&[]))
+        .service("c2", &svc(&["c1"]))
+        .service("c3", &svc(&["c2"]))
+        .service("solo", &svc(&[]));
+    let waves = |args: &[&str]| {
+        let mut a = vec!["plan", "--json"];
+        a.extend_from_slice(args);
+        let r = p.run(&a);
+        assert_eq!(r.code, 0, "{}", r.text());
+        serde_json::from_value::<Vec<Vec<String>>>(r.json()["waves"].clone()).expect("waves")
+    };
+    assert_eq!(
+        waves(&[]),
+        vec![
+            vec!["bottom", "c1", "solo"],
+            vec!["c2", "left", "right"],
+            vec!["c3", "top"]
+        ]
+    );
+    assert_eq!(
+        waves(&["top"]),
+        vec![vec!["bottom"], vec!["left", "right"], vec!["top"]]
+    );
+    assert_eq!(waves(&["c2", "solo"]), vec![vec!["c1", "solo"], vec!["c2"]]);
+    let r = p.run(&["plan", "nope"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("no service named `nope`") && r.stderr.contains("valid names are"),
+        "{}",
+        r.stderr
+    );
+    let text = p.run(&["plan", "top"]).stdout;
+    assert_eq!(
+        text,
+        "wave 1: bottom\nwave 2: left (after bottom started), right (after bottom started)\nwave 3: top (after left started, right started)\n"
+    );
+}
