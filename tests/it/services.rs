@@ -168,7 +168,7 @@ fn postgres_runs_unprivileged_and_binds_loopback_only() {
         .to_string();
     if nix_is_root() {
         assert!(
-            !uid_line.split_whitespace().nth(1).is_some_and(|u| u == "0"),
+            uid_line.split_whitespace().nth(1).is_some_and(|u| u != "0"),
             "not root: {uid_line}"
         );
     }
