@@ -150,18 +150,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Polls the probe until it passes. The first polls come fast (10 ms, doubling) so a service that
-/// is up in 50 ms is seen at once; then the configured interval. Failures during `start_period`
-/// do not count against `retries`. `alive` is asked before each attempt so a service that exited
-/// fails at once instead of after every retry.
+/// How long after the start the probe keeps polling at the fast rate.
+const FAST_PHASE: Duration = Duration::from_secs(5);
+/// The fast rate: a refused connect costs microseconds, so being late costs more than polling.
+const FAST_DELAY: Duration = Duration::from_millis(5);
+
+/// Polls the probe until it passes. For the first seconds it polls every 5 ms (or `interval`
+/// if that is shorter), so a service that is up in 300 ms is seen at 300 ms, not at the next
+/// 250 ms tick; then at the configured interval. The time allowed is the same as with plain
+/// interval polling: `start_period + retries × interval`. `alive` is asked before each attempt
+/// so a service that exited fails at once instead of after every retry.
 pub async fn wait_ready<F>(hc: &Healthcheck, mut alive: F) -> Result<Duration, ProbeFailure>
 where
     F: FnMut() -> Result<(), String>,
 {
     let t0 = Instant::now();
-    let mut delay = Duration::from_millis(10).min(hc.interval);
+    let budget = hc.start_period + hc.interval * hc.retries;
     let mut attempts = 0u32;
-    let mut counted = 0u32;
     let mut last_error = String::from("no attempt made");
     loop {
         if let Err(reason) = alive() {
@@ -177,18 +182,24 @@ where
             Ok(()) => return Ok(t0.elapsed()),
             Err(e) => last_error = e,
         }
-        if t0.elapsed() >= hc.start_period {
-            counted += 1;
-        }
-        if counted > hc.retries {
+        if t0.elapsed() >= budget {
             return Err(ProbeFailure {
                 attempts,
                 elapsed: t0.elapsed(),
                 last_error,
-                reason: format!("not healthy after {} retries", hc.retries),
+                reason: format!(
+                    "not healthy within {} (start_period + {} retries x {} interval)",
+                    humantime::format_duration(budget),
+                    hc.retries,
+                    humantime::format_duration(hc.interval)
+                ),
             });
         }
+        let delay = if t0.elapsed() < FAST_PHASE {
+            FAST_DELAY.min(hc.interval)
+        } else {
+            hc.interval
+        };
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(hc.interval);
     }
 }

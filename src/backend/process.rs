@@ -80,7 +80,7 @@ fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
 
 /// Creates the service's data dir; when it runs as another user, hands the dir to that user
 /// with mode 0700 (servers such as PostgreSQL insist on a private data dir).
-fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
     let run_as = run_as(svc)?;
     std::fs::create_dir_all(&svc.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", svc.data_dir.display()))?;

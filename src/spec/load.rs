@@ -364,6 +364,7 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
 
     let mut services: BTreeMap<String, ServiceSpec> = BTreeMap::new();
     let mut dep_lines: BTreeMap<String, (PathBuf, BTreeMap<String, usize>)> = BTreeMap::new();
+    let mut wrote_healthcheck: BTreeMap<String, bool> = BTreeMap::new();
     let svc_dir = root.join("services");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&svc_dir)
         .map(|rd| {
@@ -424,6 +425,7 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
             continue;
         }
         dep_lines.insert(svc.name.clone(), (rel.clone(), deps.dep_lines));
+        wrote_healthcheck.insert(svc.name.clone(), deps.has_healthcheck_key);
         services.insert(svc.name.clone(), svc);
     }
 
@@ -445,9 +447,13 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
                     services.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))),
                 Some(target) => match cond {
-                    Condition::ServiceHealthy if target.healthcheck.is_none() => errors.push(err(format!(
+                    Condition::ServiceHealthy
+                        if target.healthcheck.is_none() && !wrote_healthcheck[dep] =>
+                    {
+                        errors.push(err(format!(
                         "`{dep}` has no healthcheck, so it can never be `service_healthy`: add a healthcheck to `{dep}` or use `service_started`"
-                    ))),
+                    )))
+                    }
                     Condition::ServiceCompletedSuccessfully if !target.is_task() => errors.push(err(format!(
                         "`{dep}` is not a one-shot task (it needs `restart: \"no\"` and no healthcheck) so it never completes: use `service_healthy` or `service_started`"
                     ))),
@@ -486,6 +492,7 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
         });
     }
 
+    errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     if errors.is_empty() {
         Ok(Stack {
             name,
@@ -504,6 +511,8 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
 struct Lines {
     port_lines: BTreeMap<String, usize>,
     dep_lines: BTreeMap<String, usize>,
+    /// A healthcheck was written, even if invalid (its own error is already reported).
+    has_healthcheck_key: bool,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -520,7 +529,6 @@ fn service(
     state_dir: &Path,
     root: &Path,
 ) -> Option<(ServiceSpec, Lines)> {
-    let errors_before = c.errors.len();
     let entries = c.map(doc, "", SERVICE_KEYS);
     let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, n)| *n);
     let mut vars = Vars {
@@ -674,9 +682,8 @@ fn service(
         }
     }
 
-    if c.errors.len() > errors_before {
-        return None;
-    }
+    // Returned even when parts were invalid, so cross-service checks (ports, dependencies)
+    // still see it; the caller refuses the whole stack if any error was reported.
     Some((
         ServiceSpec {
             name,
@@ -696,6 +703,7 @@ fn service(
         Lines {
             port_lines,
             dep_lines,
+            has_healthcheck_key: get("healthcheck").is_some(),
         },
     ))
 }

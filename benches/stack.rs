@@ -1,0 +1,362 @@
+//! `cargo bench --bench stack` (or `scripts/bench.sh`): the default stack's cold `up`, warm `up`,
+//! `down` and warm start after `down`, each against a limit measured in the same run with the
+//! same programs and probes but no orchestrator:
+//!
+//! * standalone: each service alone, fresh data dir, its init steps, spawn, probe every 5 ms;
+//! * critical-path limit: those times summed along the longest dependency chain (what a perfect
+//!   parallel orchestrator could reach);
+//! * sequential baseline: the services started one after another, each polled until healthy
+//!   (the reference's shell-script way);
+//! * down limit: for each reverse wave the slowest service's own clean stop, summed.
+//!
+//! Results are ratios, never assertions. Ports of the default stack must be free.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stack::backend::process::{prepare_data_dir, ProcessBackend};
+use stack::backend::Backend;
+use stack::graph;
+use stack::layout::Layout;
+use stack::spec::{InitPhase, LoadOptions, ServiceSpec, Stack};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+fn load(root: &Path, state: &Path) -> Stack {
+    Stack::load(&LoadOptions {
+        file: Some(root.join("stack.yaml")),
+        cwd: root.to_path_buf(),
+        state_dir: Some(state.to_path_buf()),
+        env: std::env::vars().collect(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Standalone {
+    cold: Duration,
+    warm: Duration,
+    stop: Duration,
+}
+
+async fn wait_probe(svc: &ServiceSpec, child: &mut Child) {
+    if let Some(hc) = &svc.healthcheck {
+        while let Err(e) = stack::probe::check(&hc.probe, hc.timeout).await {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "`{}` exited ({status}) before its probe passed: {e}",
+                    svc.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn spawn(svc: &ServiceSpec) -> Child {
+    let p = svc.process.as_ref().expect("process section");
+    let mut cmd = Command::new(&p.command[0]);
+    cmd.args(&p.command[1..])
+        .envs(&svc.environment)
+        .current_dir(&p.working_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    if let Some(u) = prepare_data_dir(svc).expect("data dir and service user") {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    cmd.spawn().expect("spawn the service program")
+}
+
+fn stop(svc: &ServiceSpec, mut child: Child) -> Duration {
+    let t0 = Instant::now();
+    let sig = svc.process.as_ref().expect("process").stop_signal;
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+    let _ = child.wait();
+    t0.elapsed()
+}
+
+/// Starts one service without the orchestrator; returns the running child and the time to ready.
+async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Duration) {
+    let t0 = Instant::now();
+    for step in svc
+        .init
+        .iter()
+        .filter(|s| s.phase == InitPhase::BeforeStart)
+    {
+        if !step.creates.as_ref().is_some_and(|c| c.exists()) {
+            backend.run_step(svc, step).await.expect("init step");
+        }
+    }
+    let mut child = spawn(svc);
+    wait_probe(svc, &mut child).await;
+    for step in svc
+        .init
+        .iter()
+        .filter(|s| s.phase == InitPhase::AfterHealthy)
+    {
+        backend.run_step(svc, step).await.expect("init step");
+    }
+    (child, t0.elapsed())
+}
+
+/// One standalone measurement of one service: cold start, stop, warm start, stop.
+async fn standalone(root: &Path, name: &str) -> Standalone {
+    let tmp = tempdir();
+    let stack = load(root, &tmp);
+    let backend = ProcessBackend::new(Layout::new(tmp.clone()));
+    let svc = &stack.services[name];
+    let (child, cold) = start_alone(&backend, svc).await;
+    let stop1 = stop(svc, child);
+    let (child, warm) = start_alone(&backend, svc).await;
+    let stop2 = stop(svc, child);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Standalone {
+        cold,
+        warm,
+        stop: stop1.max(stop2),
+    }
+}
+
+fn tempdir() -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("stack-bench-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    // The unprivileged service user must reach its data dir.
+    let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    dir
+}
+
+fn stack_cmd(root: &Path, state: &Path, args: &[&str]) -> Duration {
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_stack"))
+        .args(["-f"])
+        .arg(root.join("stack.yaml"))
+        .args(["--state-dir"])
+        .arg(state)
+        .args(["--backend", "process", "--plain"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stack");
+    let t = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "stack {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t
+}
+
+/// Longest path through the dependency graph, weighting each service by `w`.
+fn critical_path(stack: &Stack, w: &BTreeMap<String, Duration>) -> Duration {
+    fn finish(
+        stack: &Stack,
+        w: &BTreeMap<String, Duration>,
+        n: &str,
+        memo: &mut BTreeMap<String, Duration>,
+    ) -> Duration {
+        if let Some(d) = memo.get(n) {
+            return *d;
+        }
+        let before = stack.services[n]
+            .depends_on
+            .keys()
+            .map(|d| finish(stack, w, d, memo))
+            .max()
+            .unwrap_or_default();
+        let d = before + w[n];
+        memo.insert(n.to_string(), d);
+        d
+    }
+    let mut memo = BTreeMap::new();
+    stack
+        .services
+        .keys()
+        .map(|n| finish(stack, w, n, &mut memo))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Everything measured in one round; rounds interleave the baselines and `stack` so that both
+/// see the same machine conditions (fsync speed on these disks varies by 2x over minutes).
+struct Round {
+    alone: BTreeMap<String, Standalone>,
+    cold_limit: Duration,
+    warm_limit: Duration,
+    down_limit: Duration,
+    serial_sum: Duration,
+    sequential: Duration,
+    cold: Duration,
+    warm: Duration,
+    down: Duration,
+    warm_start: Duration,
+}
+
+fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
+    let plan = graph::plan(stack, &stack.services.keys().cloned().collect());
+    let mut alone = BTreeMap::new();
+    for name in stack.services.keys() {
+        alone.insert(name.clone(), rt.block_on(standalone(root, name)));
+    }
+    let cold_w: BTreeMap<_, _> = alone.iter().map(|(n, s)| (n.clone(), s.cold)).collect();
+    let warm_w: BTreeMap<_, _> = alone.iter().map(|(n, s)| (n.clone(), s.warm)).collect();
+    let down_limit = plan
+        .waves
+        .iter()
+        .map(|w| w.iter().map(|n| alone[n].stop).max().unwrap_or_default())
+        .sum();
+
+    // Sequential baseline: one service after another, each polled until healthy.
+    let tmp = tempdir();
+    let st = load(root, &tmp);
+    let backend = ProcessBackend::new(Layout::new(tmp.clone()));
+    let t0 = Instant::now();
+    let mut running = Vec::new();
+    for name in plan.services() {
+        let svc = &st.services[name];
+        let (child, _) = rt.block_on(start_alone(&backend, svc));
+        running.push((svc.clone(), child));
+    }
+    let sequential = t0.elapsed();
+    for (svc, child) in running.into_iter().rev() {
+        stop(&svc, child);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let state = tempdir();
+    let cold = stack_cmd(root, &state, &["up"]);
+    let warm = median((0..5).map(|_| stack_cmd(root, &state, &["up"])).collect());
+    let down = stack_cmd(root, &state, &["down"]);
+    let warm_start = stack_cmd(root, &state, &["up"]);
+    stack_cmd(root, &state, &["down"]);
+    let _ = std::fs::remove_dir_all(&state);
+    Round {
+        cold_limit: critical_path(stack, &cold_w),
+        warm_limit: critical_path(stack, &warm_w),
+        serial_sum: cold_w.values().sum(),
+        alone,
+        down_limit,
+        sequential,
+        cold,
+        warm,
+        down,
+        warm_start,
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo test --all-targets` runs this binary without `--bench`: it is not a test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmarks run with `cargo bench --bench stack` (or scripts/bench.sh): 0 passed, 0 failed");
+        return;
+    }
+    let root = std::env::var_os("STACK_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let probe_state = tempdir();
+    let stack = load(&root, &probe_state);
+    for svc in stack.services.values() {
+        for port in svc.ports.values() {
+            assert!(
+                stack::doctor::port_free(*port),
+                "port {port} of `{}` is busy: run `stack down` first",
+                svc.name
+            );
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!(
+        "benchmark of {} ({} services, {runs} interleaved rounds, medians)",
+        root.display(),
+        stack.services.len()
+    );
+    let rounds: Vec<Round> = (0..runs).map(|_| round(&rt, &root, &stack)).collect();
+    let med = |f: &dyn Fn(&Round) -> Duration| median(rounds.iter().map(f).collect());
+    let medr = |f: &dyn Fn(&Round) -> f64| median_f(rounds.iter().map(f).collect());
+    for name in stack.services.keys() {
+        println!(
+            "  standalone {name:<10} cold {}  warm {}  stop {}",
+            secs(med(&|r| r.alone[name].cold)),
+            secs(med(&|r| r.alone[name].warm)),
+            secs(med(&|r| r.alone[name].stop))
+        );
+    }
+    println!();
+    println!(
+        "  {:<34} {:>9} {:>9} {:>8} {:>9}",
+        "measure", "stack", "limit", "ratio", "target"
+    );
+    let row = |label: &str, a: Duration, b: Duration, r: f64, target: &str| {
+        println!(
+            "  {label:<34} {:>9} {:>9} {r:>8.2} {target:>9}",
+            secs(a),
+            secs(b)
+        );
+    };
+    row(
+        "cold up vs critical path",
+        med(&|r| r.cold),
+        med(&|r| r.cold_limit),
+        medr(&|r| ratio(r.cold, r.cold_limit)),
+        "<= 1.15",
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>8} {:>9}",
+        "warm up (all running)",
+        secs(med(&|r| r.warm)),
+        "-",
+        "-",
+        "<= 0.150s"
+    );
+    row(
+        "down vs slowest stop per wave",
+        med(&|r| r.down),
+        med(&|r| r.down_limit),
+        medr(&|r| ratio(r.down, r.down_limit)),
+        "<= 1.10",
+    );
+    row(
+        "warm start after down vs limit",
+        med(&|r| r.warm_start),
+        med(&|r| r.warm_limit),
+        medr(&|r| ratio(r.warm_start, r.warm_limit)),
+        "<= 1.15",
+    );
+    println!();
+    println!(
+        "  sequential baseline {} -> speed-up {:.2}x; graph bound {:.2}x (sum of standalone {} / critical path {})",
+        secs(med(&|r| r.sequential)),
+        medr(&|r| ratio(r.sequential, r.cold)),
+        medr(&|r| ratio(r.serial_sum, r.cold_limit)),
+        secs(med(&|r| r.serial_sum)),
+        secs(med(&|r| r.cold_limit)),
+    );
+    let _ = std::fs::remove_dir_all(&probe_state);
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what `stack` and its default services need on Debian/Ubuntu (run as root, or with sudo
+# available). Idempotent: what is already present is skipped. Usage:
+#   scripts/install-deps.sh            # servers of the default stack + the service user
+set -euo pipefail
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "run as root or install sudo"
+  SUDO="sudo"
+fi
+command -v apt-get >/dev/null || die "this script installs Debian packages; install the equivalents of: postgresql-15 redis-server"
+
+# Debian packages of the default stack's servers (and the clients its init steps use).
+PACKAGES=(postgresql-15 postgresql-client-15 redis-server python3)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  # Keep the package from creating and starting its own cluster on :5432; stack runs its own.
+  $SUDO mkdir -p /etc/postgresql-common
+  if [ ! -f /etc/postgresql-common/createcluster.conf ]; then
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  say "installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "Debian packages already installed"
+fi
+
+# PostgreSQL refuses to run as root: when stack runs as root it starts postgres as this user.
+if ! id stacksvc >/dev/null 2>&1; then
+  say "creating the unprivileged service user stacksvc"
+  $SUDO useradd --system --no-create-home --shell /usr/sbin/nologin stacksvc
+fi
+
+command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+say "dependencies ready"
