@@ -15,7 +15,11 @@ fi
 command -v apt-get >/dev/null || die "this script installs Debian packages; install the equivalents of: postgresql-15 redis-server"
 
 # Debian packages of the default stack's servers (and the clients its init steps use).
-PACKAGES=(postgresql-15 postgresql-client-15 redis-server python3)
+PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates)
+# Node.js 20+ runs the OIDC provider; machines that already have it (nodesource) keep theirs.
+if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -41,4 +45,27 @@ if ! id stacksvc >/dev/null 2>&1; then
 fi
 
 command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+
+# Garage serves the S3 role. It is built from crates.io once (about 15 minutes on 2 cores) into
+# a cache that later runs reuse, and linked onto PATH.
+GARAGE_VERSION=2.5.0
+TOOLS=${STACK_TOOLS_DIR:-/opt/stack-tools}
+garage_bin="$TOOLS/garage-$GARAGE_VERSION/bin/garage"
+if [ ! -x "$garage_bin" ] || ! "$garage_bin" --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+  say "building garage $GARAGE_VERSION (once; about 15 minutes)"
+  $SUDO mkdir -p "$TOOLS"
+  $SUDO env "PATH=$PATH" cargo install garage --version "$GARAGE_VERSION" --locked --quiet --root "$TOOLS/garage-$GARAGE_VERSION"
+else
+  say "garage $GARAGE_VERSION already built"
+fi
+$SUDO ln -sf "$garage_bin" /usr/local/bin/garage
+
+# The OIDC provider's packages, exactly as locked.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -f "$here/services/dex/package-lock.json" ]; then
+  if [ ! -d "$here/services/dex/node_modules" ] || [ "$here/services/dex/package-lock.json" -nt "$here/services/dex/node_modules" ]; then
+    say "installing the OIDC provider's npm packages"
+    (cd "$here/services/dex" && npm ci --no-audit --no-fund --loglevel=error && touch node_modules)
+  fi
+fi
 say "dependencies ready"

@@ -487,41 +487,22 @@ impl ServiceRun {
         let t0 = Instant::now();
         let mut init_ms = 0u64;
         let mut spawned_ms = 0u64;
+        let fail = |e: BackendError| self.unhealthy(name, e.to_string());
         if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
             if action != Action::Start {
                 self.progress.phase(name, "stopping the outdated instance");
-                self.backend
-                    .stop(name)
-                    .await
-                    .map_err(|e| self.unhealthy(name, e.to_string()))?;
+                self.backend.stop(name).await.map_err(fail)?;
             }
-            for step in svc
-                .init
-                .iter()
-                .filter(|s| s.phase == InitPhase::BeforeStart)
-            {
-                if step.creates.as_ref().is_some_and(|p| p.exists()) {
-                    continue;
-                }
-                self.progress.phase(name, &format!("init: {}", step.name));
-                let d = self
-                    .backend
-                    .run_step(svc, step)
-                    .await
-                    .map_err(|e| self.unhealthy(name, e.to_string()))?;
-                init_ms += d.as_millis() as u64;
-            }
+            self.backend.prepare(svc).await.map_err(fail)?;
+            init_ms += self.run_steps(svc, InitPhase::BeforeStart).await?;
             self.progress.phase(name, "starting");
-            let inst = self
-                .backend
-                .start(svc)
-                .await
-                .map_err(|e| self.unhealthy(name, e.to_string()))?;
+            self.backend.start(svc).await.map_err(fail)?;
             spawned_ms = t0.elapsed().as_millis() as u64;
             if let Ok(mut s) = self.started.lock() {
                 s.push(name.clone());
             }
-            let _ = inst;
+            let _ = tx.send(Reached::Started);
+            init_ms += self.run_steps(svc, InitPhase::AfterStart).await?;
         }
         let _ = tx.send(Reached::Started);
         let kind = if svc.is_task() {
@@ -533,43 +514,14 @@ impl ServiceRun {
                 .phase(name, &format!("probing ({})", hc.probe.kind()));
             let backend = Arc::clone(&self.backend);
             let spec = svc.clone();
-            probe::wait_ready(hc, move || {
-                let inst = backend.inspect(&spec);
-                match inst.state {
-                    State::Failed | State::Exited | State::Stopped if !inst.alive => Err(format!(
-                        "it exited ({})",
-                        inst.last_exit
-                            .map(|e| e.describe())
-                            .unwrap_or_else(|| "no status".into())
-                    )),
-                    _ => Ok(()),
-                }
-            })
-            .await
-            .map_err(|f: ProbeFailure| self.unhealthy(name, f.to_string()))?;
+            probe::wait_ready(hc, move || exited(backend.as_ref(), &spec))
+                .await
+                .map_err(|f: ProbeFailure| self.unhealthy(name, f.to_string()))?;
             "healthy"
         } else {
             "running"
         };
-        let mut healthy_init = false;
-        for step in svc
-            .init
-            .iter()
-            .filter(|s| s.phase == InitPhase::AfterHealthy)
-        {
-            if step.creates.as_ref().is_some_and(|p| p.exists()) {
-                continue;
-            }
-            healthy_init = true;
-            self.progress.phase(name, &format!("init: {}", step.name));
-            let d = self
-                .backend
-                .run_step(svc, step)
-                .await
-                .map_err(|e| self.unhealthy(name, e.to_string()))?;
-            init_ms += d.as_millis() as u64;
-        }
-        let _ = healthy_init;
+        init_ms += self.run_steps(svc, InitPhase::AfterHealthy).await?;
         let ready_ms = t0.elapsed().as_millis() as u64;
         let inst = self.backend.inspect(svc);
         let readiness = Readiness {
@@ -584,6 +536,54 @@ impl ServiceRun {
         self.progress
             .done(name, &format!("{kind} in {:.2}s", ready_ms as f64 / 1000.0));
         Ok(false)
+    }
+
+    /// Runs `svc`'s init steps of `phase`, skipping those whose `creates` path exists. Steps
+    /// right after the start talk to a server that may still be coming up, so they are retried
+    /// (fast at first) until they pass, the service exits, or the healthcheck budget is spent.
+    /// Returns the milliseconds spent.
+    async fn run_steps(
+        &self,
+        svc: &ServiceSpec,
+        phase: InitPhase,
+    ) -> Result<u64, Option<Unhealthy>> {
+        let t0 = Instant::now();
+        let budget = svc
+            .healthcheck
+            .as_ref()
+            .map_or(Duration::from_secs(60), |h| {
+                h.start_period + h.interval * h.retries
+            });
+        for step in svc.init.iter().filter(|s| s.phase == phase) {
+            if step.creates.as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            self.progress
+                .phase(&svc.name, &format!("init: {}", step.name));
+            let mut delay = Duration::from_millis(20);
+            loop {
+                match self.backend.run_step(svc, step).await {
+                    Ok(_) => break,
+                    Err(e) if phase != InitPhase::AfterStart => {
+                        return Err(self.unhealthy(&svc.name, e.to_string()))
+                    }
+                    Err(e) => {
+                        if let Err(why) = exited(self.backend.as_ref(), svc) {
+                            return Err(self.unhealthy(
+                                &svc.name,
+                                format!("{why} during init step `{}`; {e}", step.name),
+                            ));
+                        }
+                        if t0.elapsed() >= budget {
+                            return Err(self.unhealthy(&svc.name, e.to_string()));
+                        }
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+        Ok(t0.elapsed().as_millis() as u64)
     }
 
     async fn wait_completed(&self, svc: &ServiceSpec) -> Result<(), Option<Unhealthy>> {
@@ -609,5 +609,19 @@ impl ServiceRun {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
         }
+    }
+}
+
+/// `Err` with the exit status when the service's process has exited for good.
+fn exited(backend: &dyn Backend, svc: &ServiceSpec) -> Result<(), String> {
+    let inst = backend.inspect(svc);
+    match inst.state {
+        State::Failed | State::Exited | State::Stopped if !inst.alive => Err(format!(
+            "it exited ({})",
+            inst.last_exit
+                .map(|e| e.describe())
+                .unwrap_or_else(|| "no status".into())
+        )),
+        _ => Ok(()),
     }
 }

@@ -8,6 +8,7 @@
 //! <state>/run/<service>.lock    held by its supervisor for as long as it lives
 //! <state>/run/<service>.spec.json  what its supervisor runs
 //! <state>/run/<service>.ready.json  health and timings learned by `up`
+//! <state>/secrets/<name>        generated secrets, mode 0600
 //! ```
 
 use std::io;
@@ -81,6 +82,16 @@ impl Layout {
     /// `run/<service>.ready.json`.
     pub fn readiness(&self, service: &str) -> PathBuf {
         self.run_dir().join(format!("{service}.ready.json"))
+    }
+
+    /// `secrets/`.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+
+    /// `secrets/<name>` (mode 0600).
+    pub fn secret(&self, name: &str) -> PathBuf {
+        self.secrets_dir().join(name)
     }
 
     /// `stack.lock`.

@@ -14,6 +14,8 @@ pub mod graph;
 pub mod layout;
 pub mod probe;
 pub mod progress;
+pub mod s3;
+pub mod secrets;
 pub mod spec;
 pub mod status;
 pub mod supervisor;

@@ -42,12 +42,7 @@ async fn attempt(probe: &ProbeSpec) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| format!("tcp {host}:{port}: {e}")),
         ProbeSpec::Http { url, status } => {
-            let client = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .map_err(|e| e.to_string())?;
-            let resp = client
+            let resp = http_client()?
                 .get(url)
                 .send()
                 .await
@@ -117,6 +112,34 @@ async fn attempt(probe: &ProbeSpec) -> Result<(), String> {
                 Err("postgres SELECT 1 returned something else".into())
             }
         }
+        ProbeSpec::Oidc { issuer } => {
+            let url = format!("{issuer}/.well-known/openid-configuration");
+            let body = http_client()?
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+            let code = body.status().as_u16();
+            if code != 200 {
+                return Err(format!("GET {url} answered {code}"));
+            }
+            let bytes = body.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+            let doc: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not JSON: {e}"))?;
+            match doc.get("issuer").and_then(|i| i.as_str()) {
+                Some(i) if i == issuer => Ok(()),
+                other => Err(format!("{url} names issuer {other:?}, expected {issuer:?}")),
+            }
+        }
+        ProbeSpec::S3 {
+            endpoint,
+            region,
+            access_key,
+            secret_key,
+        } => crate::s3::list_buckets(endpoint, region, access_key, secret_key)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("s3 ListBuckets at {endpoint}: {e}")),
         ProbeSpec::Redis { host, port } => {
             let mut s = TcpStream::connect((host.as_str(), *port))
                 .await
@@ -137,6 +160,14 @@ async fn attempt(probe: &ProbeSpec) -> Result<(), String> {
             }
         }
     }
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

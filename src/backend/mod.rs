@@ -98,6 +98,10 @@ pub trait Backend: Send + Sync {
     /// The current state of `svc`'s instance.
     fn inspect(&self, svc: &ServiceSpec) -> Instance;
 
+    /// Makes `svc`'s files ready before its init steps and start: its data dir, and its
+    /// `configs:` rendered (secrets filled in) where it will read them.
+    async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError>;
+
     /// Starts (or adopts) `svc` and returns once it is running.
     async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError>;
 

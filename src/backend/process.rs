@@ -98,6 +98,28 @@ pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
     Ok(run_as)
 }
 
+/// Writes a rendered config file when its content changed, readable by the service's user.
+fn write_config(
+    target: &Path,
+    text: &str,
+    mode: u32,
+    run_as: Option<&RunAs>,
+) -> std::io::Result<()> {
+    if std::fs::read_to_string(target).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = target.with_extension("stack-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    if let Some(u) = run_as {
+        nix::unistd::chown(&tmp, Some(u.uid.into()), Some(u.gid.into()))?;
+    }
+    std::fs::rename(&tmp, target)
+}
+
 fn new_instance_id(service: &str) -> String {
     let mut h = Sha256::new();
     h.update(service.as_bytes());
@@ -215,6 +237,25 @@ impl Backend for ProcessBackend {
                 spawn_ms: r.spawn_ms,
             },
         }
+    }
+
+    async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError> {
+        let err = |message: String| BackendError::Start {
+            service: svc.name.clone(),
+            message,
+        };
+        let run_as = prepare_data_dir(svc).map_err(err)?;
+        for cfg in &svc.configs {
+            let text = crate::secrets::fill(&self.layout, &cfg.content).map_err(|e| {
+                err(format!(
+                    "cannot fill the secrets of {}: {e}",
+                    cfg.source.display()
+                ))
+            })?;
+            write_config(&cfg.target, &text, cfg.mode, run_as.as_ref())
+                .map_err(|e| err(format!("cannot write {}: {e}", cfg.target.display())))?;
+        }
+        Ok(())
     }
 
     async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError> {

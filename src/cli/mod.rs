@@ -3,6 +3,7 @@
 
 mod doctor;
 mod down;
+mod env;
 mod logs;
 mod plan;
 mod restart;
@@ -63,6 +64,8 @@ enum Command {
     Logs(logs::Args),
     /// Check ports, programs, state dir, disk and KVM.
     Doctor(doctor::Args),
+    /// Print the services' connection details as shell exports (`--json` for an object).
+    Env(env::Args),
     /// Internal: supervise one service (started by `up`).
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -211,6 +214,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Status(a) => status::run(a, ctx).await,
         Command::Logs(a) => logs::run(a, ctx).await,
         Command::Doctor(a) => doctor::run(a, ctx),
+        Command::Env(a) => env::run(a, ctx),
         Command::Supervise { .. } => Ok(ExitStatus::Ok),
     }
 }

@@ -16,6 +16,15 @@ pub struct Vars {
 impl Vars {
     /// Expands every `${...}` in `input`; the error says which variable and what to do.
     pub fn expand(&self, input: &str) -> Result<String, String> {
+        self.expand_with(input, false)
+    }
+
+    /// Like [`Vars::expand`] but leaves `${secret.NAME}` in place, to be filled at start time.
+    pub fn expand_keeping_secrets(&self, input: &str) -> Result<String, String> {
+        self.expand_with(input, true)
+    }
+
+    fn expand_with(&self, input: &str, keep_secrets: bool) -> Result<String, String> {
         let mut out = String::with_capacity(input.len());
         let mut rest = input;
         while let Some(pos) = rest.find('$') {
@@ -28,7 +37,14 @@ impl Vars {
                 let end = body_start
                     .find('}')
                     .ok_or_else(|| format!("unclosed `${{` in `{input}`: add the closing `}}`"))?;
-                out.push_str(&self.resolve(&body_start[..end])?);
+                let body = &body_start[..end];
+                if keep_secrets && body.starts_with("secret.") {
+                    out.push_str("${");
+                    out.push_str(body);
+                    out.push('}');
+                } else {
+                    out.push_str(&self.resolve(body)?);
+                }
                 rest = &body_start[end + 1..];
             } else {
                 // A bare `$NAME` is left alone: commands often carry shell-like text on purpose.

@@ -46,6 +46,8 @@ const SERVICE_KEYS: &[&str] = &[
     "healthcheck",
     "restart",
     "init",
+    "configs",
+    "exports",
 ];
 const PROCESS_KEYS: &[&str] = &[
     "command",
@@ -70,6 +72,8 @@ const HEALTH_KEYS: &[&str] = &[
     "exec",
     "postgres",
     "redis",
+    "s3",
+    "oidc",
     "interval",
     "timeout",
     "start_period",
@@ -381,21 +385,52 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
         })
         .unwrap_or_default();
     files.sort();
-    let mut port_owner: BTreeMap<u16, (String, PathBuf, usize)> = BTreeMap::new();
+    let mut docs = Vec::new();
     for path in files {
         let rel = display_path(&path, &root);
-        let Some(doc) = read_yaml(&path, &rel, &mut errors) else {
+        if let Some(doc) = read_yaml(&path, &rel, &mut errors) {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            docs.push((rel, stem, doc));
+        }
+    }
+    // Every service's ports, so any service can refer to another's: ${services.NAME.ports.PORT}.
+    let env_vars = Vars {
+        env: env.clone(),
+        own: BTreeMap::new(),
+    };
+    let mut shared = BTreeMap::new();
+    for (_, stem, doc) in &docs {
+        let Value::Map(entries) = &doc.value else {
             continue;
         };
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
+        let field = |k: &str| {
+            entries
+                .iter()
+                .find(|(key, _)| key.scalar_text().as_deref() == Some(k))
+                .map(|(_, v)| v)
+        };
+        let name = field("name")
+            .and_then(|n| n.scalar_text())
+            .unwrap_or_else(|| stem.clone());
+        if let Some(Value::Map(ports)) = field("ports").map(|n| &n.value) {
+            for (k, v) in ports {
+                let port = v.scalar_text().and_then(|t| env_vars.expand(&t).ok());
+                if let (Some(k), Some(port)) = (k.scalar_text(), port) {
+                    shared.insert(format!("services.{name}.ports.{k}"), port);
+                }
+            }
+        }
+    }
+    let mut port_owner: BTreeMap<u16, (String, PathBuf, usize)> = BTreeMap::new();
+    for (rel, stem, doc) in docs {
         let mut c = Checker {
             file: rel.clone(),
             errors: &mut errors,
         };
-        let parsed = service(&mut c, &doc, &stem, &env, &state_dir, &root);
+        let parsed = service(&mut c, &doc, &stem, &env, &shared, &state_dir, &root);
         let Some((svc, deps)) = parsed else { continue };
         for (pname, port) in &svc.ports {
             let line = deps.port_lines.get(pname).copied().unwrap_or(0);
@@ -526,6 +561,7 @@ fn service(
     doc: &Node,
     stem: &str,
     env: &BTreeMap<String, String>,
+    shared: &BTreeMap<String, String>,
     state_dir: &Path,
     root: &Path,
 ) -> Option<(ServiceSpec, Lines)> {
@@ -533,7 +569,7 @@ fn service(
     let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, n)| *n);
     let mut vars = Vars {
         env: env.clone(),
-        own: BTreeMap::new(),
+        own: shared.clone(),
     };
     let name = match get("name") {
         Some(n) => c
@@ -664,6 +700,50 @@ fn service(
         }
     };
 
+    let mut exports = BTreeMap::new();
+    if let Some(node) = get("exports") {
+        for (k, v) in c.map(node, "exports", &[]) {
+            if !k
+                .chars()
+                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+            {
+                c.err(
+                    v.line,
+                    &format!("exports.{k}"),
+                    "must be an environment variable name (A-Z, 0-9, _)",
+                );
+            } else if let Some(text) = v.scalar_text() {
+                match vars.expand_keeping_secrets(&text) {
+                    Ok(val) => {
+                        exports.insert(k, val);
+                    }
+                    Err(e) => c.err(v.line, &format!("exports.{k}"), e),
+                }
+            }
+        }
+    }
+
+    let mut configs = Vec::new();
+    if let Some(node) = get("configs") {
+        match &node.value {
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(cfg) = config_file(c, item, &format!("configs[{i}]"), &vars, root) {
+                        configs.push(cfg);
+                    }
+                }
+            }
+            _ => c.err(
+                node.line,
+                "configs",
+                format!(
+                    "must be a list of {{source, target}}, found {}",
+                    node.kind()
+                ),
+            ),
+        }
+    }
+
     let mut init = Vec::new();
     if let Some(node) = get("init") {
         match &node.value {
@@ -698,6 +778,8 @@ fn service(
             healthcheck,
             restart,
             init,
+            configs,
+            exports,
             data_dir,
         },
         Lines {
@@ -945,6 +1027,60 @@ fn healthcheck(
                     None => c.err(v.line, &format!("{path}.url"), "is required"),
                 }
             }
+            "s3" => {
+                let mut f: BTreeMap<String, String> = BTreeMap::new();
+                let mut port = None;
+                for (k, n) in c.map(
+                    v,
+                    &path,
+                    &["host", "port", "region", "access_key", "secret_key"],
+                ) {
+                    let p = format!("{path}.{k}");
+                    if k == "port" {
+                        port = named_port(c, n, &p, vars, ports);
+                    } else if let Some(val) = c.string(n, &p, vars) {
+                        f.insert(k, val);
+                    }
+                }
+                let (Some(access_key), Some(secret_key)) =
+                    (f.remove("access_key"), f.remove("secret_key"))
+                else {
+                    c.err(v.line, &path, "needs `access_key` and `secret_key`");
+                    continue;
+                };
+                let Some(port) = port.or_else(only_port) else {
+                    c.err(
+                        v.line,
+                        &format!("{path}.port"),
+                        "is required when the service has more than one port",
+                    );
+                    continue;
+                };
+                let host = f.remove("host").unwrap_or_else(|| "127.0.0.1".into());
+                probes.push(ProbeSpec::S3 {
+                    endpoint: format!("http://{host}:{port}"),
+                    region: f.remove("region").unwrap_or_else(|| "us-east-1".into()),
+                    access_key,
+                    secret_key,
+                });
+            }
+            "oidc" => {
+                let mut issuer = None;
+                for (k, n) in c.map(v, &path, &["issuer"]) {
+                    issuer = c.string(n, &format!("{path}.{k}"), vars);
+                }
+                match issuer {
+                    Some(i) if i.starts_with("http://") || i.starts_with("https://") => probes
+                        .push(ProbeSpec::Oidc {
+                            issuer: i.trim_end_matches('/').to_string(),
+                        }),
+                    _ => c.err(
+                        v.line,
+                        &format!("{path}.issuer"),
+                        "is required: the issuer URL, e.g. http://localhost:25556/dex",
+                    ),
+                }
+            }
             "tcp" | "redis" | "postgres" => {
                 let allowed: &[&str] = if key == "postgres" {
                     &["host", "port", "user", "password", "database"]
@@ -999,7 +1135,7 @@ fn healthcheck(
             c.err(
                 node.line,
                 "healthcheck",
-                "names no probe: add one of tcp, http, exec, postgres, redis",
+                "names no probe: add one of tcp, http, exec, postgres, redis, s3, oidc",
             );
             None
         }
@@ -1007,7 +1143,7 @@ fn healthcheck(
             c.err(
                 node.line,
                 "healthcheck",
-                "names more than one probe: keep exactly one of tcp, http, exec, postgres, redis",
+                "names more than one probe: keep exactly one of tcp, http, exec, postgres, redis, s3, oidc",
             );
             None
         }
@@ -1033,11 +1169,14 @@ fn init_step(
             "creates" => creates = c.string(v, &p, vars).map(|s| root.join(s)),
             "when" => match c.string(v, &p, vars).as_deref() {
                 Some("before_start") => phase = InitPhase::BeforeStart,
+                Some("after_start") => phase = InitPhase::AfterStart,
                 Some("after_healthy") => phase = InitPhase::AfterHealthy,
                 Some(other) => c.err(
                     v.line,
                     &p,
-                    format!("unknown phase `{other}`: use before_start or after_healthy"),
+                    format!(
+                        "unknown phase `{other}`: use before_start, after_start or after_healthy"
+                    ),
                 ),
                 None => {}
             },
@@ -1059,4 +1198,79 @@ fn init_step(
         creates,
         phase,
     })
+}
+
+const CONFIG_KEYS: &[&str] = &["source", "target", "mode"];
+
+/// A `configs:` entry: a template in the project rendered into the service's files at start.
+fn config_file(
+    c: &mut Checker<'_>,
+    node: &Node,
+    path: &str,
+    vars: &Vars,
+    root: &Path,
+) -> Option<ConfigFile> {
+    let mut source = None;
+    let mut target = None;
+    let mut mode = 0o644;
+    for (k, v) in c.map(node, path, CONFIG_KEYS) {
+        let p = format!("{path}.{k}");
+        match k.as_str() {
+            "source" => source = c.string(v, &p, vars).map(|s| (root.join(s), v.line)),
+            "target" => target = c.string(v, &p, vars).map(PathBuf::from),
+            "mode" => match c
+                .string(v, &p, vars)
+                .map(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8))
+            {
+                Some(Ok(m)) => mode = m,
+                Some(Err(_)) => c.err(v.line, &p, "must be an octal file mode such as 0600"),
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    let (Some((source, line)), Some(target)) = (source, target) else {
+        c.err(
+            node.line,
+            path,
+            "needs both `source` (a template in the project) and `target`",
+        );
+        return None;
+    };
+    if !target.is_absolute() {
+        c.err(
+            node.line,
+            &format!("{path}.target"),
+            "must be an absolute path, e.g. `${data_dir}/app.conf`",
+        );
+        return None;
+    }
+    let text = match std::fs::read_to_string(&source) {
+        Ok(t) => t,
+        Err(e) => {
+            c.err(
+                line,
+                &format!("{path}.source"),
+                format!("cannot read {}: {e}", source.display()),
+            );
+            return None;
+        }
+    };
+    // Secrets are filled in at start (they may not exist yet, and `plan` must not create them).
+    match vars.expand_keeping_secrets(&text) {
+        Ok(content) => Some(ConfigFile {
+            source,
+            target,
+            content,
+            mode,
+        }),
+        Err(e) => {
+            c.err(
+                line,
+                &format!("{path}.source"),
+                format!("in {}: {e}", display_path(&source, root).display()),
+            );
+            None
+        }
+    }
 }

@@ -120,6 +120,10 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     /// Idempotent initialisation steps.
     pub init: Vec<InitStep>,
+    /// Files rendered from templates before each start.
+    pub configs: Vec<ConfigFile>,
+    /// Connection details printed by `stack env` (secrets still as `${secret.NAME}`).
+    pub exports: BTreeMap<String, String>,
     /// This service's data directory (`${data_dir}`).
     pub data_dir: PathBuf,
 }
@@ -154,6 +158,9 @@ impl ServiceSpec {
         }
         for (k, v) in &self.ports {
             feed(k, &v.to_string());
+        }
+        for cfg in &self.configs {
+            feed(&cfg.target.to_string_lossy(), &cfg.content);
         }
         hex::encode(&h.finalize()[..12])
     }
@@ -283,6 +290,22 @@ pub enum ProbeSpec {
         /// Port.
         port: u16,
     },
+    /// A signed S3 `ListBuckets` with the stack's key.
+    S3 {
+        /// Endpoint URL, e.g. `http://127.0.0.1:29000`.
+        endpoint: String,
+        /// Region the server signs with.
+        region: String,
+        /// Access key id.
+        access_key: String,
+        /// Secret access key.
+        secret_key: String,
+    },
+    /// The OIDC discovery document answers 200 and names this issuer.
+    Oidc {
+        /// The issuer URL.
+        issuer: String,
+    },
 }
 
 impl ProbeSpec {
@@ -294,6 +317,8 @@ impl ProbeSpec {
             Self::Exec(_) => "exec",
             Self::Postgres { .. } => "postgres",
             Self::Redis { .. } => "redis",
+            Self::S3 { .. } => "s3",
+            Self::Oidc { .. } => "oidc",
         }
     }
 }
@@ -303,8 +328,24 @@ impl ProbeSpec {
 pub enum InitPhase {
     /// Before the service's process is spawned (e.g. `initdb`).
     BeforeStart,
+    /// Right after it is spawned, before its healthcheck; retried until it succeeds, since the
+    /// server may still be starting (e.g. a bootstrap the healthcheck depends on).
+    AfterStart,
     /// Once the service is healthy (e.g. creating a database or buckets).
     AfterHealthy,
+}
+
+/// A file rendered from a template in the project (`configs:`).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The template.
+    pub source: PathBuf,
+    /// Where it is written (absolute; usually under `${data_dir}`).
+    pub target: PathBuf,
+    /// The rendered text, `${secret.NAME}` references still in place.
+    pub content: String,
+    /// File mode.
+    pub mode: u32,
 }
 
 /// One idempotent initialisation step.

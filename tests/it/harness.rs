@@ -123,19 +123,25 @@ impl Project {
 
     /// Copies a default service of the repository (and its config dir), replacing its port.
     pub fn default_service(&self, name: &str, old_port: u16, new_port: u16) -> &Project {
+        self.default_service_ports(name, &[(old_port, new_port)])
+    }
+
+    /// Copies a default service of the repository, replacing each `(old, new)` port. Its config
+    /// dir is copied, or linked when it holds installed packages (node_modules).
+    pub fn default_service_ports(&self, name: &str, ports: &[(u16, u16)]) -> &Project {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(root.join(format!("services/{name}.yaml")))
+        let mut text = std::fs::read_to_string(root.join(format!("services/{name}.yaml")))
             .expect("default service file");
-        assert!(
-            text.contains(&old_port.to_string()),
-            "{name} uses {old_port}"
-        );
-        self.service(
-            name,
-            &text.replace(&old_port.to_string(), &new_port.to_string()),
-        );
+        for (old, new) in ports {
+            assert!(text.contains(&old.to_string()), "{name} uses {old}");
+            text = text.replace(&old.to_string(), &new.to_string());
+        }
+        self.service(name, &text);
         let extra = root.join("services").join(name);
-        if extra.is_dir() {
+        if extra.join("node_modules").is_dir() {
+            std::os::unix::fs::symlink(&extra, self.dir.join("services").join(name))
+                .expect("symlink");
+        } else if extra.is_dir() {
             for e in std::fs::read_dir(extra).expect("read dir").flatten() {
                 let rel = format!("services/{name}/{}", e.file_name().to_string_lossy());
                 self.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));

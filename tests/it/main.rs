@@ -5,5 +5,6 @@ mod harness;
 
 mod engine;
 mod lifecycle;
+mod platform;
 mod services;
 mod spec;

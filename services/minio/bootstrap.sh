@@ -1,0 +1,31 @@
+#!/bin/sh
+# First-boot bootstrap of the single-node Garage that serves the `minio` (S3) role, run by
+# `stack up` right after Garage starts (and retried until Garage answers). Idempotent: every
+# step checks first, so a re-run changes nothing and a missing piece is repaired.
+#   bootstrap.sh CONFIG KEY_ID KEY_SECRET BUCKET...
+set -eu
+config=$1 key_id=$2 key_secret=$3
+shift 3
+g() { garage -c "$config" "$@"; }
+
+node=$(g node id -q)
+node=${node%%@*}
+# A fresh node has no role; give it one (1 GB nominal capacity) and apply the layout.
+if g layout show 2>/dev/null | grep -q "${node%"${node#????????????????}"}"; then
+  :
+else
+  g layout assign -z dc1 -c 1G "$node" >/dev/null
+  version=$(g layout show | sed -n 's/.*--version \([0-9][0-9]*\).*/\1/p' | head -n 1)
+  g layout apply --version "${version:-1}" >/dev/null
+fi
+
+if ! g key info "$key_id" >/dev/null 2>&1; then
+  g key import --yes -n stack "$key_id" "$key_secret" >/dev/null
+fi
+g key allow --create-bucket "$key_id" >/dev/null
+
+for bucket in "$@"; do
+  g bucket info "$bucket" >/dev/null 2>&1 || g bucket create "$bucket" >/dev/null
+  g bucket allow --read --write --owner "$bucket" --key "$key_id" >/dev/null
+done
+echo "garage ready: node ${node%"${node#????????????????}"}, key $key_id, buckets: $*"

@@ -1,0 +1,44 @@
+//! The S3 client the stack uses for its own checks (the `s3` probe) and, later, for backups:
+//! aws-sdk-s3 with static credentials, path-style addressing and no retries of its own.
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::DisplayErrorContext;
+
+/// A client for `endpoint` signing with `region` and the given key.
+pub fn client(
+    endpoint: &str,
+    region: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            access_key, secret_key, None, None, "stack",
+        ))
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// A signed `ListBuckets`; the bucket names on success, the server's error otherwise.
+pub async fn list_buckets(
+    endpoint: &str,
+    region: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> Result<Vec<String>, String> {
+    let out = client(endpoint, region, access_key, secret_key)
+        .list_buckets()
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())?;
+    Ok(out
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(String::from))
+        .collect())
+}
