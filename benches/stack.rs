@@ -99,6 +99,17 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
         }
     }
     let mut child = spawn(svc);
+    for step in svc.init.iter().filter(|s| s.phase == InitPhase::AfterStart) {
+        // Talks to a server that is still starting: retry, as `up` does.
+        while backend.run_step(svc, step).await.is_err() {
+            assert!(
+                child.try_wait().ok().flatten().is_none(),
+                "`{}` exited during init",
+                svc.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     wait_probe(svc, &mut child).await;
     for step in svc
         .init

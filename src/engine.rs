@@ -487,6 +487,7 @@ impl ServiceRun {
         let t0 = Instant::now();
         let mut init_ms = 0u64;
         let mut spawned_ms = 0u64;
+        let mut version = None;
         let fail = |e: BackendError| self.unhealthy(name, e.to_string());
         if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
             if action != Action::Start {
@@ -498,6 +499,11 @@ impl ServiceRun {
             self.progress.phase(name, "starting");
             self.backend.start(svc).await.map_err(fail)?;
             spawned_ms = t0.elapsed().as_millis() as u64;
+            // Learn the program's version while the service comes up, for `status`.
+            let spec = svc.clone();
+            version = Some(tokio::spawn(async move {
+                crate::backend::process::program_version(&spec).await
+            }));
             if let Ok(mut s) = self.started.lock() {
                 s.push(name.clone());
             }
@@ -524,6 +530,11 @@ impl ServiceRun {
         init_ms += self.run_steps(svc, InitPhase::AfterHealthy).await?;
         let ready_ms = t0.elapsed().as_millis() as u64;
         let inst = self.backend.inspect(svc);
+        let previous: Option<Readiness> = read_json(&self.layout.readiness(name)).ok().flatten();
+        let program = match version {
+            Some(task) => task.await.ok().flatten(),
+            None => previous.and_then(|r| r.program),
+        };
         let readiness = Readiness {
             id: inst.id.clone(),
             pid: inst.pid,
@@ -531,6 +542,7 @@ impl ServiceRun {
             ready_ms,
             init_ms,
             at: now_rfc3339(),
+            program,
         };
         let _ = write_json(&self.layout.readiness(name), &readiness);
         self.progress

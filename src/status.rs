@@ -62,6 +62,10 @@ pub async fn collect(stack: &Stack, backend: &dyn Backend, layout: &Layout) -> V
     for (i, svc) in stack.services.values().enumerate() {
         let inst = backend.inspect(svc);
         let ready: Option<Readiness> = read_json(&layout.readiness(&svc.name)).ok().flatten();
+        let program = ready
+            .as_ref()
+            .and_then(|r| r.program.clone())
+            .unwrap_or_else(|| inst.program.clone());
         let timings = ready
             .filter(|r| r.id == inst.id)
             .map(|r| Timings {
@@ -87,7 +91,7 @@ pub async fn collect(stack: &Stack, backend: &dyn Backend, layout: &Layout) -> V
         rows.push(ServiceStatus {
             name: svc.name.clone(),
             backend: backend.name().into(),
-            program: inst.program.clone(),
+            program,
             state: inst.state.as_str(),
             healthy: match inst.state {
                 State::Completed => true,

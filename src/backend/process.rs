@@ -98,6 +98,50 @@ pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
     Ok(run_as)
 }
 
+/// The program that serves `svc`, as `name version` from its `process.version` command
+/// (e.g. `garage 2.5.0`), or `None` when it has none or it fails.
+pub async fn program_version(svc: &ServiceSpec) -> Option<String> {
+    let p = svc.process.as_ref()?;
+    let argv = p.version.as_ref()?;
+    let out = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&p.working_dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .into_owned();
+    let name = Path::new(&p.command[0])
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    summarize_version(&name, text.lines().next()?)
+}
+
+/// The first word and the first version-like token: `garage cargo:2.5.0 [features: …]` →
+/// `garage 2.5.0`; a bare `2.6.2` (caddy) → `caddy 2.6.2`.
+fn summarize_version(name: &str, line: &str) -> Option<String> {
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let at = tokens
+        .iter()
+        .position(|t| t.chars().any(|c| c.is_ascii_digit()) && t.contains('.'))?;
+    let version = tokens[at]
+        .rsplit([':', '='])
+        .next()
+        .unwrap_or(tokens[at])
+        .trim_start_matches('v');
+    Some(format!(
+        "{} {version}",
+        if at == 0 { name } else { tokens[0] }
+    ))
+}
+
 /// Writes a rendered config file when its content changed, readable by the service's user.
 fn write_config(
     target: &Path,
@@ -389,5 +433,46 @@ impl Instance {
     /// Running (or starting) with something alive.
     pub fn is_up(&self) -> bool {
         self.alive && matches!(self.state, State::Running | State::Starting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize_version;
+
+    #[test]
+    fn versions_are_summarized_from_each_servers_own_format() {
+        let cases = [
+            (
+                "garage",
+                "garage cargo:2.5.0 [features: bundled-libs, k2v, lmdb]",
+                "garage 2.5.0",
+            ),
+            ("caddy", "2.6.2", "caddy 2.6.2"),
+            (
+                "postgres",
+                "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)",
+                "postgres 15.18",
+            ),
+            (
+                "redis-server",
+                "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc",
+                "Redis 7.0.15",
+            ),
+            (
+                "docker-registry",
+                "docker-registry github.com/docker/distribution 2.8.2+ds1",
+                "docker-registry 2.8.2+ds1",
+            ),
+            ("node", "oidc-provider 9.13.3", "oidc-provider 9.13.3"),
+        ];
+        for (name, line, want) in cases {
+            assert_eq!(
+                summarize_version(name, line).as_deref(),
+                Some(want),
+                "{line}"
+            );
+        }
+        assert_eq!(summarize_version("x", "no version here"), None);
     }
 }

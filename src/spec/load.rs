@@ -56,6 +56,7 @@ const PROCESS_KEYS: &[&str] = &[
     "user",
     "working_dir",
     "install",
+    "version",
 ];
 const BOX_KEYS: &[&str] = &[
     "cpus",
@@ -800,6 +801,7 @@ fn process(c: &mut Checker<'_>, node: &Node, vars: &Vars, root: &Path) -> Option
         user: None,
         working_dir: root.to_path_buf(),
         install_hint: None,
+        version: None,
     };
     for (key, v) in entries {
         let path = format!("process.{key}");
@@ -831,6 +833,7 @@ fn process(c: &mut Checker<'_>, node: &Node, vars: &Vars, root: &Path) -> Option
                 }
             }
             "install" => spec.install_hint = c.string(v, &path, vars),
+            "version" => spec.version = c.argv(v, &path, vars),
             _ => {}
         }
     }

@@ -203,6 +203,8 @@ pub struct ProcessSpec {
     pub working_dir: PathBuf,
     /// What to tell a user whose machine lacks the program.
     pub install_hint: Option<String>,
+    /// A command printing the program's version, for `status` (e.g. `[garage, --version]`).
+    pub version: Option<Vec<String>>,
 }
 
 /// MicroVM options (`box:`).

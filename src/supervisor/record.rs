@@ -128,6 +128,9 @@ pub struct Readiness {
     pub init_ms: u64,
     /// When it became ready (RFC 3339).
     pub at: String,
+    /// The serving program and its version, e.g. `garage 2.5.0`.
+    #[serde(default)]
+    pub program: Option<String>,
 }
 
 /// Now, as RFC 3339 with microseconds.
