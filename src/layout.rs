@@ -84,6 +84,11 @@ impl Layout {
         self.run_dir().join(format!("{service}.ready.json"))
     }
 
+    /// `run/<service>.step.json`: the process group of an init step while it runs.
+    pub fn step_record(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.step.json"))
+    }
+
     /// `secrets/`.
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{Backend, BackendError, Instance, Problem};
 use crate::layout::Layout;
 use crate::spec::{InitPhase, InitStep, ServiceSpec};
+use crate::supervisor::proc::ProcRef;
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
 
 /// Runs services as supervised native processes.
@@ -142,6 +143,50 @@ fn summarize_version(name: &str, line: &str) -> Option<String> {
     ))
 }
 
+/// The process group of a running init step, recorded in the state dir while it runs.
+struct StepGroup {
+    leader: Option<ProcRef>,
+    record: PathBuf,
+}
+
+impl StepGroup {
+    fn new(leader: Option<ProcRef>, record: PathBuf) -> StepGroup {
+        if let Some(l) = &leader {
+            let _ = crate::supervisor::record::write_json(&record, l);
+        }
+        StepGroup { leader, record }
+    }
+}
+
+impl Drop for StepGroup {
+    /// Whether the step finished or its future was dropped (Ctrl-C), nothing of its group may
+    /// stay behind. The group cannot have been recycled while a member of it still exists.
+    fn drop(&mut self) {
+        if let Some(l) = &self.leader {
+            if crate::supervisor::proc::group_alive(l.pid) {
+                crate::supervisor::proc::signal_group(l.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(&self.record);
+    }
+}
+
+/// Kills what is left of an init step's group recorded by a `stack` that was killed. The group
+/// is ours when its leader is still the recorded process (alive or a zombie), or when the leader
+/// is gone and no other process took its pid (a pid cannot be reused while it names a group).
+fn kill_stale_step(record: &Path) {
+    let Ok(Some(leader)) = crate::supervisor::record::read_json::<ProcRef>(record) else {
+        return;
+    };
+    // A leader killed with its `stack` may linger as a zombie nobody reaps: still ours.
+    let ours = leader.is_present() || crate::supervisor::proc::start_time(leader.pid).is_none();
+    if ours && crate::supervisor::proc::group_alive(leader.pid) {
+        crate::supervisor::proc::signal_group(leader.pid, nix::sys::signal::Signal::SIGKILL);
+        crate::supervisor::proc::wait_group_gone(leader.pid, Duration::from_secs(5));
+    }
+    let _ = std::fs::remove_file(record);
+}
+
 /// Writes a rendered config file when its content changed, readable by the service's user.
 fn write_config(
     target: &Path,
@@ -219,6 +264,19 @@ impl Backend for ProcessBackend {
                         .into(),
             }),
             Ok(Some(u)) => {
+                // Its init steps run in the project directory, as that user.
+                if let Some(a) = blocked_ancestor(&p.working_dir.join("."), u.uid, u.gid) {
+                    out.push(Problem {
+                        service: svc.name.clone(),
+                        message: format!(
+                            "user `{}` cannot enter the working directory {}: {} is not traversable",
+                            u.name,
+                            p.working_dir.display(),
+                            a.display()
+                        ),
+                        fix: format!("`chmod o+x {}`, or clone the project under a world-readable path", a.display()),
+                    });
+                }
                 if let Some(a) = blocked_ancestor(&svc.data_dir, u.uid, u.gid) {
                     out.push(Problem {
                         service: svc.name.clone(),
@@ -387,14 +445,44 @@ impl Backend for ProcessBackend {
                 .env("HOME", &u.home)
                 .env("USER", &u.name);
         }
+        // SAFETY: prctl is async-signal-safe. An init step must not outlive a `stack` that is
+        // killed: it would race the next `up` over the same files. std runs this hook after
+        // switching user, which would otherwise clear the setting.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // Its own process group, recorded, so nothing it forks can outlive it: the group is
+        // killed if this `up` is interrupted, and a group left by a killed `stack` is killed by
+        // the next run before it touches the same files.
+        cmd.process_group(0);
+        let record = self.layout.step_record(&svc.name);
+        kill_stale_step(&record);
         let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        let out = cmd.output().await.map_err(|e| BackendError::Init {
+        cmd.kill_on_drop(true)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().map_err(|e| BackendError::Init {
             service: svc.name.clone(),
             step: step.name.clone(),
             status: "not started".into(),
-            output: e.to_string(),
+            output: format!("cannot run `{}`: {e}", argv[0]),
         })?;
+        let guard = StepGroup::new(child.id().and_then(ProcRef::of), record);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| BackendError::Init {
+                service: svc.name.clone(),
+                step: step.name.clone(),
+                status: "lost".into(),
+                output: e.to_string(),
+            })?;
+        drop(guard);
         if out.status.success() {
             return Ok(t0.elapsed());
         }

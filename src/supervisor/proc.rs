@@ -32,7 +32,12 @@ impl ProcRef {
 
     /// Is the process this record describes still running (not a zombie) and the same one?
     pub fn is_alive(&self) -> bool {
-        self.boot == boot_id() && start_time(self.pid) == Some(self.start) && !is_zombie(self.pid)
+        self.is_present() && !is_zombie(self.pid)
+    }
+
+    /// Does this very process still have a process-table entry (possibly as an unreaped zombie)?
+    pub fn is_present(&self) -> bool {
+        self.boot == boot_id() && start_time(self.pid) == Some(self.start)
     }
 }
 

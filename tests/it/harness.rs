@@ -194,23 +194,27 @@ impl Project {
 
     /// Live processes whose command line contains this project's state dir and `needle`.
     pub fn processes(&self, needle: &str) -> Vec<u32> {
-        let marker = self.state_dir().display().to_string();
-        std::fs::read_dir("/proc")
-            .expect("/proc")
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let zombie = stat
-                    .rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'));
-                !zombie && cmd.contains(&marker) && cmd.contains(needle)
-            })
-            .collect()
+        processes_matching(&[&self.state_dir().display().to_string(), needle])
     }
+}
+
+/// Live (non-zombie) processes whose command line contains every one of `needles`.
+pub fn processes_matching(needles: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie && needles.iter().all(|n| cmd.contains(n))
+        })
+        .collect()
 }
 
 impl Drop for Project {

@@ -205,3 +205,71 @@ fn nix_is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+#[test]
+fn killing_stack_during_a_first_start_then_rerunning_leaves_one_postgres_and_one_redis() {
+    let (p, pg_port, rd_port) = project();
+    for attempt in 0..2 {
+        let mut up = p
+            .cmd(&["up"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn up");
+        // Kill it while postgres is still initialising or starting (redis is quick).
+        assert!(wait_until(
+            Duration::from_secs(20),
+            || crate::harness::listening(rd_port) || up.try_wait().ok().flatten().is_some()
+        ));
+        std::process::Command::new("kill")
+            .args(["-9", &up.id().to_string()])
+            .status()
+            .expect("kill");
+        let _ = up.wait();
+        let _ = attempt;
+    }
+    // The interrupted step's leader dies with `stack`; what it forked (initdb) is killed by
+    // the next run before it touches the data dir.
+    // Two concurrent runs after the kill: they serialise and converge on one copy of each.
+    let runs: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            p.cmd(&["up"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn up")
+        })
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        p.processes("postgres -D").len(),
+        1,
+        "exactly one postmaster"
+    );
+    // redis rewrites its process title to `redis-server 127.0.0.1:PORT`.
+    let redis_title = format!("127.0.0.1:{rd_port}");
+    assert_eq!(
+        crate::harness::processes_matching(&["redis-server", &redis_title]).len(),
+        1,
+        "exactly one redis"
+    );
+    assert!(
+        p.processes("initdb").is_empty(),
+        "no init step is left running"
+    );
+    block_on(async {
+        let mut c = pg(pg_port).await;
+        let one: (i32,) = sqlx::query_as("SELECT 1")
+            .fetch_one(&mut c)
+            .await
+            .expect("query");
+        assert_eq!(one.0, 1);
+    });
+}
