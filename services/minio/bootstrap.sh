@@ -10,13 +10,11 @@ g() { garage -c "$config" "$@"; }
 
 node=$(g node id -q)
 node=${node%%@*}
-# A fresh node has no role; give it one (1 GB nominal capacity) and apply the layout.
-if g layout show 2>/dev/null | grep -q "${node%"${node#????????????????}"}"; then
-  :
-else
+# A fresh node has no role: give it one (1 GB nominal capacity) and apply the next layout.
+if g status | grep -q "NO ROLE ASSIGNED"; then
+  current=$(g layout show | sed -n 's/^Current cluster layout version: \([0-9][0-9]*\).*/\1/p')
   g layout assign -z dc1 -c 1G "$node" >/dev/null
-  version=$(g layout show | sed -n 's/.*--version \([0-9][0-9]*\).*/\1/p' | head -n 1)
-  g layout apply --version "${version:-1}" >/dev/null
+  g layout apply --version $((${current:-0} + 1)) >/dev/null
 fi
 
 if ! g key info "$key_id" >/dev/null 2>&1; then
@@ -28,4 +26,4 @@ for bucket in "$@"; do
   g bucket info "$bucket" >/dev/null 2>&1 || g bucket create "$bucket" >/dev/null
   g bucket allow --read --write --owner "$bucket" --key "$key_id" >/dev/null
 done
-echo "garage ready: node ${node%"${node#????????????????}"}, key $key_id, buckets: $*"
+echo "garage ready: key $key_id, buckets: $*"

@@ -26,11 +26,15 @@ pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
                 r.state.to_string(),
                 if r.healthy { "yes".into() } else { "no".into() },
                 r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                r.ports
-                    .values()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                {
+                    let mut ports: Vec<u16> = r.ports.values().copied().collect();
+                    ports.sort_unstable();
+                    ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 r.timings
                     .ready_ms
                     .map(|m| format!("{:.2}s", m as f64 / 1000.0))
