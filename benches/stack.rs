@@ -38,6 +38,7 @@ fn load(root: &Path, state: &Path) -> Stack {
         cwd: root.to_path_buf(),
         state_dir: Some(state.to_path_buf()),
         env: std::env::vars().collect(),
+        stack_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_stack"))),
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -89,6 +90,7 @@ fn stop(svc: &ServiceSpec, mut child: Child) -> Duration {
 /// Starts one service without the orchestrator; returns the running child and the time to ready.
 async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Duration) {
     let t0 = Instant::now();
+    backend.prepare(svc).await.expect("data dir and configs");
     for step in svc
         .init
         .iter()
@@ -109,6 +111,10 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    if svc.is_task() {
+        let status = child.wait().expect("wait for the task");
+        assert!(status.success(), "task `{}` failed: {status}", svc.name);
     }
     wait_probe(svc, &mut child).await;
     for step in svc

@@ -349,6 +349,46 @@ impl Engine {
         self.up(&all, cancel).await
     }
 
+    /// Destroys `name`'s instance and data, then starts it again (its init runs as on a first
+    /// start) together with the dependents that had to stop. One-shot tasks among those
+    /// dependents run again, so rebuilding postgres reloads the schema and the seed.
+    pub async fn rebuild(
+        &self,
+        name: &str,
+        cancel: CancellationToken,
+    ) -> Result<UpReport, EngineError> {
+        self.stack.service(name)?;
+        let set = graph::dependents_closure(&self.stack, &[name.to_string()]);
+        {
+            let _lock = self.lock()?;
+            self.stop_set(&set, None).await;
+            let svc = &self.stack.services[name];
+            self.progress
+                .phase(name, &format!("deleting {}", svc.data_dir.display()));
+            let io = |path: &std::path::Path| {
+                let path = path.to_path_buf();
+                move |source| supervisor::SupervisorError::Io { path, source }
+            };
+            match std::fs::remove_dir_all(&svc.data_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&svc.data_dir)(e))?,
+                _ => {}
+            }
+            for n in &set {
+                if n == name || self.stack.services[n].is_task() {
+                    for f in [
+                        self.layout.record(n),
+                        self.layout.readiness(n),
+                        self.layout.supervisor_spec(n),
+                    ] {
+                        let _ = std::fs::remove_file(f);
+                    }
+                }
+            }
+        }
+        let all: Vec<String> = set.into_iter().collect();
+        self.up(&all, cancel).await
+    }
+
     /// Stops every service of `set` in reverse dependency order, in parallel where possible.
     /// With `cancel`, a second cancellation kills what is left at once.
     async fn stop_set(

@@ -42,3 +42,63 @@ pub async fn list_buckets(
         .filter_map(|b| b.name().map(String::from))
         .collect())
 }
+
+/// Creates each bucket that does not exist yet; returns the ones created.
+pub async fn ensure_buckets(
+    client: &aws_sdk_s3::Client,
+    buckets: &[&str],
+) -> Result<Vec<String>, String> {
+    let existing: Vec<String> = client
+        .list_buckets()
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())?
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(String::from))
+        .collect();
+    let mut created = Vec::new();
+    for b in buckets {
+        if !existing.iter().any(|e| e == b) {
+            client
+                .create_bucket()
+                .bucket(*b)
+                .send()
+                .await
+                .map_err(|e| format!("create bucket {b}: {}", DisplayErrorContext(e)))?;
+            created.push(b.to_string());
+        }
+    }
+    Ok(created)
+}
+
+/// Deletes every object in `bucket`; returns how many.
+pub async fn empty_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, String> {
+    let mut deleted = 0;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| format!("list {bucket}: {}", DisplayErrorContext(e)))?;
+        let keys: Vec<String> = page
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(String::from))
+            .collect();
+        if keys.is_empty() {
+            return Ok(deleted);
+        }
+        for k in &keys {
+            client
+                .delete_object()
+                .bucket(bucket)
+                .key(k)
+                .send()
+                .await
+                .map_err(|e| format!("delete s3://{bucket}/{k}: {}", DisplayErrorContext(e)))?;
+            deleted += 1;
+        }
+    }
+}

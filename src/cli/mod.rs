@@ -6,7 +6,11 @@ mod down;
 mod env;
 mod logs;
 mod plan;
+mod rebuild_box;
+mod reset;
 mod restart;
+mod schema;
+mod seed;
 mod status;
 mod up;
 
@@ -66,6 +70,15 @@ enum Command {
     Doctor(doctor::Args),
     /// Print the services' connection details as shell exports (`--json` for an object).
     Env(env::Args),
+    /// Load or inspect the control plane's schema (sql/migrations).
+    Schema(schema::Args),
+    /// Add the seed data that is missing (idempotent).
+    Seed(seed::Args),
+    /// Reset data: --soft (runtime rows), --hard (schema, seed, buckets) or --nuke (state dir).
+    Reset(reset::Args),
+    /// Destroy one service's instance and data, recreate and re-initialise it.
+    #[command(name = "rebuild-box")]
+    RebuildBox(rebuild_box::Args),
     /// Internal: supervise one service (started by `up`).
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -89,6 +102,12 @@ pub enum CliError {
     /// An engine failure.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A schema failure.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    /// A seed failure.
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -106,7 +125,12 @@ impl CliError {
                 EngineError::Interrupted => ExitStatus::Interrupted,
                 EngineError::Backend(_) | EngineError::Supervisor(_) => ExitStatus::Failure,
             },
-            Self::Other(_) => ExitStatus::Failure,
+            Self::Schema(e) => match e {
+                crate::schema::SchemaError::Refused(_) => ExitStatus::SchemaRefused,
+                crate::schema::SchemaError::Files(_) => ExitStatus::Invalid,
+                _ => ExitStatus::Failure,
+            },
+            Self::Seed(_) | Self::Other(_) => ExitStatus::Failure,
         }
     }
 }
@@ -137,6 +161,7 @@ impl Ctx {
             cwd,
             state_dir: cli.state_dir.clone(),
             env,
+            stack_exe: None,
         })?;
         let choice = match &cli.backend {
             Some(b) => b.parse::<BackendChoice>().map_err(CliError::Usage)?,
@@ -163,6 +188,29 @@ impl Ctx {
             plain: cli.plain,
             backend_note,
         })
+    }
+
+    /// The value a service exports as `key` (secrets filled in), e.g. `DATABASE_URL`.
+    pub fn export(&self, key: &str) -> Option<String> {
+        let raw = self
+            .stack
+            .services
+            .values()
+            .find_map(|s| s.exports.get(key))?;
+        crate::secrets::fill(&self.layout, raw).ok()
+    }
+
+    /// An S3 client for the stack's exported endpoint and key, when it has one.
+    pub fn s3_client(&self) -> Option<aws_sdk_s3::Client> {
+        let region = self
+            .export("AWS_REGION")
+            .unwrap_or_else(|| "us-east-1".into());
+        Some(crate::s3::client(
+            &self.export("S3_ENDPOINT")?,
+            &region,
+            &self.export("AWS_ACCESS_KEY_ID")?,
+            &self.export("AWS_SECRET_ACCESS_KEY")?,
+        ))
     }
 
     /// An engine with progress output.
@@ -215,6 +263,10 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Logs(a) => logs::run(a, ctx).await,
         Command::Doctor(a) => doctor::run(a, ctx),
         Command::Env(a) => env::run(a, ctx),
+        Command::Schema(a) => schema::run(a, ctx).await,
+        Command::Seed(a) => seed::run(a, ctx).await,
+        Command::Reset(a) => reset::run(a, ctx).await,
+        Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
         Command::Supervise { .. } => Ok(ExitStatus::Ok),
     }
 }

@@ -21,6 +21,8 @@ pub struct LoadOptions {
     pub state_dir: Option<PathBuf>,
     /// The process environment used for interpolation.
     pub env: HashMap<String, String>,
+    /// `${stack_exe}`: the `stack` binary tasks call (this executable when absent).
+    pub stack_exe: Option<PathBuf>,
 }
 
 /// Finds `stack.yaml` in `start` or the nearest ancestor.
@@ -424,6 +426,14 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
                 }
             }
         }
+    }
+    // This very binary, so one-shot tasks can run `stack schema load` and the like.
+    if let Some(exe) = opts
+        .stack_exe
+        .clone()
+        .or_else(|| std::env::current_exe().ok())
+    {
+        shared.insert("stack_exe".into(), exe.display().to_string());
     }
     let mut port_owner: BTreeMap<u16, (String, PathBuf, usize)> = BTreeMap::new();
     for (rel, stem, doc) in docs {

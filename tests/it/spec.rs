@@ -70,6 +70,7 @@ fn interpolation_reads_env_file_defaults_ports_and_dirs() {
         cwd,
         state_dir: Some(p.state_dir()),
         env: std::collections::HashMap::new(),
+        stack_exe: None,
     })
     .expect("valid");
     let web = &stack.services["web"];

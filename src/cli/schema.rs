@@ -1,0 +1,85 @@
+//! `stack schema load|status`: the control plane's migrations against the stack's PostgreSQL.
+
+use std::time::Duration;
+
+use super::{CliError, Ctx};
+use crate::exit::ExitStatus;
+use crate::schema;
+
+/// Arguments of `schema`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// The database (default: the stack's exported DATABASE_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Apply pending migrations (a no-op on a loaded database); refuse a half-applied one (exit 3).
+    Load,
+    /// List applied and pending migrations, and what a load would refuse.
+    Status,
+}
+
+/// The database URL: `--database-url`, else the stack's exported `DATABASE_URL`.
+pub(crate) fn database_url(ctx: &Ctx, flag: Option<String>) -> Result<String, CliError> {
+    flag.or_else(|| ctx.export("DATABASE_URL")).ok_or_else(|| {
+        CliError::Usage(
+            "no database: no service exports DATABASE_URL; pass `--database-url URL`".into(),
+        )
+    })
+}
+
+pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
+    let files = schema::discover(&ctx.stack.root.join("sql/migrations"))?;
+    let url = database_url(&ctx, args.database_url)?;
+    let mut conn = schema::connect(&url, Duration::from_secs(5)).await?;
+    match args.command {
+        Command::Load => {
+            let r = schema::load(&mut conn, &files).await?;
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| CliError::Other(e.to_string()))?
+                );
+            } else if r.applied.is_empty() {
+                eprintln!(
+                    "schema: up to date ({} migrations applied) in {} ms",
+                    r.already,
+                    r.elapsed.as_millis()
+                );
+            } else {
+                eprintln!(
+                    "schema: applied {} ({} statements) in {} ms",
+                    r.applied.join(", "),
+                    r.statements,
+                    r.elapsed.as_millis()
+                );
+            }
+        }
+        Command::Status => {
+            let st = schema::inspect(&mut conn, &files).await?;
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st)
+                        .map_err(|e| CliError::Other(e.to_string()))?
+                );
+            } else {
+                for a in &st.applied {
+                    println!("applied  {:04}_{}  {}", a.version, a.name, a.applied_at);
+                }
+                for p in &st.pending {
+                    println!("pending  {:04}_{}", p.version, p.name);
+                }
+                for p in &st.problems {
+                    println!("problem  {p}");
+                }
+            }
+        }
+    }
+    Ok(ExitStatus::Ok)
+}
