@@ -102,6 +102,7 @@ fn the_process_environment_wins_over_the_env_file() {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            stack_exe: None,
         })
         .expect("valid")
         .services["s"]
