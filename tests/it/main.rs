@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod data;
 mod engine;
 mod lifecycle;
 mod platform;
