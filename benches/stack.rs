@@ -127,16 +127,27 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
     (child, t0.elapsed())
 }
 
-/// One standalone measurement of one service: cold start, stop, warm start, stop.
+/// One standalone measurement of one service: cold start, stop, warm start, stop. A service that
+/// needs others (a schema task needs PostgreSQL) gets them started first, outside the timing.
 async fn standalone(root: &Path, name: &str) -> Standalone {
     let tmp = tempdir();
     let stack = load(root, &tmp);
     let backend = ProcessBackend::new(Layout::new(tmp.clone()));
+    let deps = graph::closure(&stack, &[name.to_string()]);
+    let mut running = Vec::new();
+    for dep in graph::plan(&stack, &deps).services().filter(|d| *d != name) {
+        let d = &stack.services[dep];
+        let (child, _) = start_alone(&backend, d).await;
+        running.push((d.clone(), child));
+    }
     let svc = &stack.services[name];
     let (child, cold) = start_alone(&backend, svc).await;
     let stop1 = stop(svc, child);
     let (child, warm) = start_alone(&backend, svc).await;
     let stop2 = stop(svc, child);
+    for (d, child) in running.into_iter().rev() {
+        stop(&d, child);
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     Standalone {
         cold,
@@ -375,5 +386,77 @@ fn main() {
         secs(med(&|r| r.serial_sum)),
         secs(med(&|r| r.cold_limit)),
     );
+    if stack.services.contains_key("schema") {
+        data_lifecycle(&root);
+    }
     let _ = std::fs::remove_dir_all(&probe_state);
+}
+
+fn stack_out(root: &Path, state: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stack"))
+        .arg("-f")
+        .arg(root.join("stack.yaml"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stack");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Schema load, the no-op check on a loaded schema, and each reset tier's time to a usable stack.
+fn data_lifecycle(root: &Path) {
+    let state = tempdir();
+    stack_cmd(root, &state, &["up"]);
+    // The schema task's own report: "applied ... (N statements) in M ms".
+    let log = stack_out(root, &state, &["logs", "schema"]);
+    let (statements, ms) = log
+        .lines()
+        .find_map(|l| {
+            let s = l.split_once("(")?.1;
+            let n: f64 = s.split_whitespace().next()?.parse().ok()?;
+            let m: f64 = s
+                .split(" in ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((n, m))
+        })
+        .unwrap_or((0.0, 0.0));
+    let noop = median(
+        (0..7)
+            .map(|_| stack_cmd(root, &state, &["schema", "load"]))
+            .collect(),
+    );
+    let soft = median(
+        (0..3)
+            .map(|_| stack_cmd(root, &state, &["reset", "--soft", "--yes"]))
+            .collect(),
+    );
+    let hard = median(
+        (0..3)
+            .map(|_| stack_cmd(root, &state, &["reset", "--hard", "--yes"]))
+            .collect(),
+    );
+    let nuke = stack_cmd(root, &state, &["reset", "--nuke", "--yes"]);
+    let up = stack_cmd(root, &state, &["up"]);
+    stack_cmd(root, &state, &["down"]);
+    let _ = std::fs::remove_dir_all(&state);
+    println!();
+    println!(
+        "  schema load: {statements} statements in {ms} ms ({:.0} statements/s)",
+        statements / (ms / 1000.0).max(1e-9)
+    );
+    println!("  schema load on a loaded schema (whole `stack schema load` command): {}   target <= 0.050s", secs(noop));
+    println!("  reset --soft, stack usable again: {}", secs(soft));
+    println!("  reset --hard, stack usable again: {}", secs(hard));
+    println!(
+        "  reset --nuke then up, stack usable again: {} ({} + cold up {})",
+        secs(nuke + up),
+        secs(nuke),
+        secs(up)
+    );
 }
