@@ -97,13 +97,20 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
         .filter(|s| s.phase == InitPhase::BeforeStart)
     {
         if !step.creates.as_ref().is_some_and(|c| c.exists()) {
-            backend.run_step(svc, step).await.expect("init step");
+            backend
+                .run_step(svc, step, stack::backend::Priority::Normal)
+                .await
+                .expect("init step");
         }
     }
     let mut child = spawn(svc);
     for step in svc.init.iter().filter(|s| s.phase == InitPhase::AfterStart) {
         // Talks to a server that is still starting: retry, as `up` does.
-        while backend.run_step(svc, step).await.is_err() {
+        while backend
+            .run_step(svc, step, stack::backend::Priority::Normal)
+            .await
+            .is_err()
+        {
             assert!(
                 child.try_wait().ok().flatten().is_none(),
                 "`{}` exited during init",
@@ -122,7 +129,10 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
         .iter()
         .filter(|s| s.phase == InitPhase::AfterHealthy)
     {
-        backend.run_step(svc, step).await.expect("init step");
+        backend
+            .run_step(svc, step, stack::backend::Priority::Normal)
+            .await
+            .expect("init step");
     }
     (child, t0.elapsed())
 }

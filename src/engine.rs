@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, Instance, Problem};
+use crate::backend::{Backend, BackendError, Instance, Priority, Problem};
 use crate::graph;
 use crate::layout::Layout;
 use crate::probe::{self, ProbeFailure};
@@ -242,6 +242,7 @@ impl Engine {
             senders.insert(n.clone(), tx);
             receivers.insert(n.clone(), rx);
         }
+        let critical = self.critical_path(&selected);
         let started = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let mut tasks = tokio::task::JoinSet::new();
         for name in &selected {
@@ -260,6 +261,11 @@ impl Engine {
                 progress: Arc::clone(&self.progress),
                 layout: self.layout.clone(),
                 started: Arc::clone(&started),
+                priority: if critical.contains(name) {
+                    Priority::Normal
+                } else {
+                    Priority::Background
+                },
             };
             tasks.spawn(async move {
                 let result = ctx.bring_up(&svc, action, deps, &tx).await;
@@ -315,6 +321,18 @@ impl Engine {
             failures.sort_by(|a, b| a.service.cmp(&b.service));
             Err(EngineError::Unhealthy(failures))
         }
+    }
+
+    /// The services on the longest path to ready, weighted by each one's last start time (kept
+    /// in its readiness file) or, before any start, counted in hops. `up` lets the others yield
+    /// the CPU while they start: on a small machine the critical path then runs at full speed.
+    fn critical_path(&self, selected: &BTreeSet<String>) -> BTreeSet<String> {
+        graph::critical_path(&self.stack, selected, |n| {
+            read_json::<Readiness>(&self.layout.readiness(n))
+                .ok()
+                .flatten()
+                .map_or(1000, |r| r.ready_ms.max(1))
+        })
     }
 
     /// Stops `names` and everything that depends on them (all services when empty), dependents
@@ -476,6 +494,7 @@ struct ServiceRun {
     progress: Arc<Progress>,
     layout: Layout,
     started: Arc<std::sync::Mutex<Vec<String>>>,
+    priority: Priority,
 }
 
 impl ServiceRun {
@@ -537,7 +556,7 @@ impl ServiceRun {
             self.backend.prepare(svc).await.map_err(fail)?;
             init_ms += self.run_steps(svc, InitPhase::BeforeStart).await?;
             self.progress.phase(name, "starting");
-            self.backend.start(svc).await.map_err(fail)?;
+            self.backend.start(svc, self.priority).await.map_err(fail)?;
             spawned_ms = t0.elapsed().as_millis() as u64;
             // Learn the program's version while the service comes up, for `status`.
             let spec = svc.clone();
@@ -568,6 +587,9 @@ impl ServiceRun {
             "running"
         };
         init_ms += self.run_steps(svc, InitPhase::AfterHealthy).await?;
+        if self.priority == Priority::Background {
+            self.backend.settle(svc);
+        }
         let ready_ms = t0.elapsed().as_millis() as u64;
         let inst = self.backend.inspect(svc);
         let previous: Option<Readiness> = read_json(&self.layout.readiness(name)).ok().flatten();
@@ -614,7 +636,7 @@ impl ServiceRun {
                 .phase(&svc.name, &format!("init: {}", step.name));
             let mut delay = Duration::from_millis(20);
             loop {
-                match self.backend.run_step(svc, step).await {
+                match self.backend.run_step(svc, step, self.priority).await {
                     Ok(_) => break,
                     Err(e) if phase != InitPhase::AfterStart => {
                         return Err(self.unhealthy(&svc.name, e.to_string()))

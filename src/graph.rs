@@ -78,23 +78,28 @@ pub fn cycles(edges: &BTreeMap<String, Vec<String>>) -> Vec<Vec<String>> {
 
 /// `names` plus everything they depend on, transitively (all services when `names` is empty).
 pub fn closure(stack: &Stack, names: &[String]) -> BTreeSet<String> {
-    if names.is_empty() {
-        return stack.services.keys().cloned().collect();
-    }
-    let mut out = BTreeSet::new();
-    let mut todo: Vec<String> = names.to_vec();
-    while let Some(n) = todo.pop() {
-        if out.insert(n.clone()) {
-            if let Some(s) = stack.services.get(&n) {
-                todo.extend(s.depends_on.keys().cloned());
-            }
-        }
-    }
-    out
+    reach(stack, names, |n| {
+        stack
+            .services
+            .get(n)
+            .map(|s| s.depends_on.keys().cloned().collect())
+            .unwrap_or_default()
+    })
 }
 
 /// `names` plus everything that depends on them, transitively (all services when `names` is empty).
 pub fn dependents_closure(stack: &Stack, names: &[String]) -> BTreeSet<String> {
+    reach(stack, names, |n| {
+        stack
+            .services
+            .iter()
+            .filter(|(_, s)| s.depends_on.contains_key(n))
+            .map(|(other, _)| other.clone())
+            .collect()
+    })
+}
+
+fn reach(stack: &Stack, names: &[String], next: impl Fn(&str) -> Vec<String>) -> BTreeSet<String> {
     if names.is_empty() {
         return stack.services.keys().cloned().collect();
     }
@@ -102,11 +107,7 @@ pub fn dependents_closure(stack: &Stack, names: &[String]) -> BTreeSet<String> {
     let mut todo: Vec<String> = names.to_vec();
     while let Some(n) = todo.pop() {
         if out.insert(n.clone()) {
-            for (other, s) in &stack.services {
-                if s.depends_on.contains_key(&n) {
-                    todo.push(other.clone());
-                }
-            }
+            todo.extend(next(&n));
         }
     }
     out
@@ -149,6 +150,50 @@ pub fn plan(stack: &Stack, selected: &BTreeSet<String>) -> Plan {
         waves[d].push(n.to_string());
     }
     Plan { waves }
+}
+
+/// The services of `selected` with (almost) no slack on the longest weighted path: delaying one
+/// of them delays the whole start. Within 10% of the total counts as no slack.
+pub fn critical_path(
+    stack: &Stack,
+    selected: &BTreeSet<String>,
+    weight: impl Fn(&str) -> u64,
+) -> BTreeSet<String> {
+    let plan = plan(stack, selected);
+    let deps = |n: &str| -> Vec<&String> {
+        stack.services[n]
+            .depends_on
+            .keys()
+            .filter(|d| selected.contains(*d))
+            .collect()
+    };
+    let mut finish: BTreeMap<&str, u64> = BTreeMap::new();
+    for n in plan.services() {
+        let start = deps(n)
+            .iter()
+            .map(|d| finish[d.as_str()])
+            .max()
+            .unwrap_or(0);
+        finish.insert(n, start + weight(n));
+    }
+    let total = finish.values().copied().max().unwrap_or(0);
+    // The latest each may finish without delaying the end, walking the waves backwards.
+    let mut latest: BTreeMap<&str, u64> = BTreeMap::new();
+    for n in plan.waves.iter().rev().flatten() {
+        let l = selected
+            .iter()
+            .filter(|m| stack.services[m.as_str()].depends_on.contains_key(n))
+            .map(|m| latest[m.as_str()].saturating_sub(weight(m)))
+            .min()
+            .unwrap_or(total);
+        latest.insert(n, l);
+    }
+    let tolerance = total / 10;
+    finish
+        .iter()
+        .filter(|(n, f)| latest[*n].saturating_sub(**f) <= tolerance)
+        .map(|(n, _)| n.to_string())
+        .collect()
 }
 
 #[cfg(test)]

@@ -42,6 +42,17 @@ pub struct Instance {
     pub spawn_ms: Option<u64>,
 }
 
+/// How much CPU a starting service may take from the others (`up` gives the critical path the
+/// machine, like systemd's `StartupCPUWeight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// As any process.
+    #[default]
+    Normal,
+    /// Yields the CPU while it starts (off the critical path); restored by `settle`.
+    Background,
+}
+
 /// A problem that prevents a service from starting, found before anything is spawned.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -103,11 +114,19 @@ pub trait Backend: Send + Sync {
     async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError>;
 
     /// Starts (or adopts) `svc` and returns once it is running.
-    async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError>;
+    async fn start(&self, svc: &ServiceSpec, priority: Priority) -> Result<Instance, BackendError>;
+
+    /// The service is ready: it gets its normal share of the CPU back.
+    fn settle(&self, svc: &ServiceSpec);
 
     /// Runs one init step for `svc`; returns its duration. `before_start` steps prepare the
     /// service's data and run as the service; `after_healthy` steps are clients of it.
-    async fn run_step(&self, svc: &ServiceSpec, step: &InitStep) -> Result<Duration, BackendError>;
+    async fn run_step(
+        &self,
+        svc: &ServiceSpec,
+        step: &InitStep,
+        priority: Priority,
+    ) -> Result<Duration, BackendError>;
 
     /// Stops `svc`; true when something was running.
     async fn stop(&self, svc: &str) -> Result<bool, BackendError>;

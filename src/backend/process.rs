@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use super::{Backend, BackendError, Instance, Problem};
+use super::{Backend, BackendError, Instance, Priority, Problem};
 use crate::layout::Layout;
 use crate::spec::{InitPhase, InitStep, ServiceSpec};
 use crate::supervisor::proc::ProcRef;
@@ -79,6 +79,15 @@ fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
     None
 }
 
+/// The nice value a starting service gets. Only root can give a process its normal priority back
+/// once it is ready, so only root shapes startup priority; everyone else starts at normal.
+fn startup_nice(priority: Priority) -> i32 {
+    match priority {
+        Priority::Background if nix::unistd::geteuid().is_root() => 10,
+        _ => 0,
+    }
+}
+
 /// Creates the service's data dir; when it runs as another user, hands the dir to that user
 /// with mode 0700 (servers such as PostgreSQL insist on a private data dir).
 pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
@@ -104,10 +113,19 @@ pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
 pub async fn program_version(svc: &ServiceSpec) -> Option<String> {
     let p = svc.process.as_ref()?;
     let argv = p.version.as_ref()?;
-    let out = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .current_dir(&p.working_dir)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    // SAFETY: setpriority is async-signal-safe. A version string is worth no CPU while services
+    // are starting.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            Ok(())
+        });
+    }
+    let out = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .output()
         .await
@@ -360,7 +378,7 @@ impl Backend for ProcessBackend {
         Ok(())
     }
 
-    async fn start(&self, svc: &ServiceSpec) -> Result<Instance, BackendError> {
+    async fn start(&self, svc: &ServiceSpec, priority: Priority) -> Result<Instance, BackendError> {
         let err = |message: String| BackendError::Start {
             service: svc.name.clone(),
             message,
@@ -409,6 +427,7 @@ impl Backend for ProcessBackend {
             stop_grace: p.stop_grace_period,
             restart: svc.restart,
             is_task: svc.is_task(),
+            startup_nice: startup_nice(priority),
             ports: svc.ports.clone(),
             log_path: self.layout.log_file(&svc.name),
             log_cap: self.log_cap,
@@ -423,7 +442,22 @@ impl Backend for ProcessBackend {
         Ok(self.inspect(svc))
     }
 
-    async fn run_step(&self, svc: &ServiceSpec, step: &InitStep) -> Result<Duration, BackendError> {
+    fn settle(&self, svc: &ServiceSpec) {
+        if startup_nice(Priority::Background) == 0 {
+            return;
+        }
+        if let Some(pid) = self.inspect(svc).pid {
+            // SAFETY: setpriority on a process group id we just verified through the record.
+            unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, 0) };
+        }
+    }
+
+    async fn run_step(
+        &self,
+        svc: &ServiceSpec,
+        step: &InitStep,
+        priority: Priority,
+    ) -> Result<Duration, BackendError> {
         use std::os::unix::process::CommandExt;
         let t0 = Instant::now();
         let argv = &step.command;
@@ -445,13 +479,17 @@ impl Backend for ProcessBackend {
                 .env("HOME", &u.home)
                 .env("USER", &u.name);
         }
-        // SAFETY: prctl is async-signal-safe. An init step must not outlive a `stack` that is
-        // killed: it would race the next `up` over the same files. std runs this hook after
-        // switching user, which would otherwise clear the setting.
+        let nice = startup_nice(priority);
+        // SAFETY: prctl and setpriority are async-signal-safe. An init step must not outlive a
+        // `stack` that is killed: it would race the next `up` over the same files. std runs
+        // this hook after switching user, which would otherwise clear the setting.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if nice != 0 {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
                 }
                 Ok(())
             });

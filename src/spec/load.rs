@@ -139,6 +139,29 @@ impl Checker<'_> {
         out
     }
 
+    /// The items of a list, each parsed by `item` with its own key path (`key[i]`).
+    fn list<T>(
+        &mut self,
+        node: &Node,
+        key: &str,
+        what: &str,
+        mut item: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Vec<T> {
+        let Value::Seq(items) = &node.value else {
+            self.err(
+                node.line,
+                key,
+                format!("must be a list of {what}, found {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| item(self, n, &format!("{key}[{i}]")))
+            .collect()
+    }
+
     fn string(&mut self, node: &Node, path: &str, vars: &Vars) -> Option<String> {
         let Some(raw) = node.scalar_text() else {
             self.err(
@@ -734,44 +757,19 @@ fn service(
         }
     }
 
-    let mut configs = Vec::new();
-    if let Some(node) = get("configs") {
-        match &node.value {
-            Value::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Some(cfg) = config_file(c, item, &format!("configs[{i}]"), &vars, root) {
-                        configs.push(cfg);
-                    }
-                }
-            }
-            _ => c.err(
-                node.line,
-                "configs",
-                format!(
-                    "must be a list of {{source, target}}, found {}",
-                    node.kind()
-                ),
-            ),
-        }
-    }
-
-    let mut init = Vec::new();
-    if let Some(node) = get("init") {
-        match &node.value {
-            Value::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Some(step) = init_step(c, item, &format!("init[{i}]"), &vars, root) {
-                        init.push(step);
-                    }
-                }
-            }
-            _ => c.err(
-                node.line,
-                "init",
-                format!("must be a list of steps, found {}", node.kind()),
-            ),
-        }
-    }
+    let configs = get("configs").map_or_else(Vec::new, |node| {
+        c.list(
+            node,
+            "configs",
+            "{source, target} entries",
+            |c, item, path| config_file(c, item, path, &vars, root),
+        )
+    });
+    let init = get("init").map_or_else(Vec::new, |node| {
+        c.list(node, "init", "steps", |c, item, path| {
+            init_step(c, item, path, &vars, root)
+        })
+    });
 
     // Returned even when parts were invalid, so cross-service checks (ports, dependencies)
     // still see it; the caller refuses the whole stack if any error was reported.

@@ -70,6 +70,9 @@ pub struct SupervisorSpec {
     pub restart: RestartPolicy,
     /// One-shot task?
     pub is_task: bool,
+    /// Nice value of the first spawn (restored by `up` once ready); restarts use 0.
+    #[serde(default)]
+    pub startup_nice: i32,
     /// Host ports (for the record).
     pub ports: BTreeMap<String, u16>,
     /// Log file.
@@ -308,7 +311,8 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
         let path = layout.record(service);
         write_json(&path, &record).map_err(io_err(&path))?;
     }
-    let _ = std::fs::remove_file(layout.readiness(service));
+    // The readiness file stays: its timings tell the next `up` which services are slow. It
+    // names the process it applies to, so it never vouches for a new one.
     Ok(did)
 }
 

@@ -266,6 +266,16 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Its own process group, so a stop reaches every process it forks and nothing else.
             .process_group(0);
+        if self.record.started_at.is_none() && spec.startup_nice != 0 {
+            let nice = spec.startup_nice;
+            // SAFETY: setpriority is async-signal-safe and affects only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                    Ok(())
+                });
+            }
+        }
         if let Some(u) = &spec.run_as {
             cmd.uid(u.uid).gid(u.gid);
             cmd.env("HOME", &u.home)

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use sqlx::{Connection, Row};
 
-use crate::harness::{free_port, Project};
+use crate::harness::{block_on, free_port, Project};
 
 struct Data {
     p: Project,
@@ -36,14 +36,6 @@ fn project() -> Data {
         p.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));
     }
     Data { p, pg, dex }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 fn sql(port: u16, db: &str, query: &str) -> Vec<String> {

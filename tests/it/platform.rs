@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Row};
 
-use crate::harness::{free_port, listening, wait_until, Project};
+use crate::harness::{block_on, free_port, listening, wait_until, Project};
 
 const PROGRAMS: &[&str] = &["garage", "caddy", "docker-registry", "node", "redis-server"];
 
@@ -105,14 +105,6 @@ fn platform() -> Platform {
         ports,
         preview_headers,
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 fn s3(env: &BTreeMap<String, String>) -> aws_sdk_s3::Client {

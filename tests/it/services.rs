@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, Row};
 
-use crate::harness::{wait_until, Project};
+use crate::harness::{block_on, wait_until, Project};
 
 fn project() -> (Project, u16, u16) {
     let (pg, rd) = (crate::harness::free_port(), crate::harness::free_port());
@@ -13,14 +13,6 @@ fn project() -> (Project, u16, u16) {
     p.default_service("postgres", 25432, pg)
         .default_service("redis", 26379, rd);
     (p, pg, rd)
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 async fn pg(port: u16) -> sqlx::PgConnection {

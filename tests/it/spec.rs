@@ -168,3 +168,51 @@ fn plan_orders_chains_diamonds_and_independent_sets() {
         "wave 1: bottom\nwave 2: left (after bottom started), right (after bottom started)\nwave 3: top (after left started, right started)\n"
     );
 }
+
+#[test]
+fn the_critical_path_follows_the_slowest_chain() {
+    let p = Project::new("critical");
+    let svc = |deps: &[&str]| {
+        let mut y = String::from("process:\n  command: [sleep, \"60\"]\n");
+        if !deps.is_empty() {
+            y.push_str("depends_on:\n");
+            for d in deps {
+                y.push_str(&format!("  {d}: {{ condition: service_started }}\n"));
+            }
+        }
+        y
+    };
+    // db -> migrate -> app, cache -> app, and a lone search service.
+    p.service("db", &svc(&[]))
+        .service("migrate", &svc(&["db"]))
+        .service("cache", &svc(&[]))
+        .service("app", &svc(&["migrate", "cache"]))
+        .service("search", &svc(&[]));
+    let stack = stack::spec::Stack::load(&stack::spec::LoadOptions {
+        cwd: p.dir.clone(),
+        ..Default::default()
+    })
+    .expect("valid");
+    let all = stack::graph::closure(&stack, &[]);
+    let names = |set: std::collections::BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+    // Unknown timings: hops decide.
+    assert_eq!(
+        names(stack::graph::critical_path(&stack, &all, |_| 1000)),
+        vec!["app", "db", "migrate"]
+    );
+    // A slow cache and a slower search take over.
+    let w = |n: &str| match n {
+        "cache" => 5000,
+        "search" => 9000,
+        _ => 100,
+    };
+    assert_eq!(
+        names(stack::graph::critical_path(&stack, &all, w)),
+        vec!["search"]
+    );
+    let w = |n: &str| if n == "cache" { 5000 } else { 100 };
+    assert_eq!(
+        names(stack::graph::critical_path(&stack, &all, w)),
+        vec!["app", "cache"]
+    );
+}
