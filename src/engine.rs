@@ -661,7 +661,6 @@ impl ServiceRun {
     }
 
     async fn wait_completed(&self, svc: &ServiceSpec) -> Result<(), Option<Unhealthy>> {
-        let mut delay = Duration::from_millis(5);
         loop {
             let inst = self.backend.inspect(svc);
             match inst.state {
@@ -679,9 +678,7 @@ impl ServiceRun {
                 }
                 _ => {}
             }
-            // A task's end is seen through its record; poll briefly, backing off.
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(100));
+            self.backend.wait_change(svc, Duration::from_secs(1)).await;
         }
     }
 }

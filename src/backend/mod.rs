@@ -128,6 +128,9 @@ pub trait Backend: Send + Sync {
         priority: Priority,
     ) -> Result<Duration, BackendError>;
 
+    /// Returns when `svc`'s state may have changed (its process ended), or after `timeout`.
+    async fn wait_change(&self, svc: &ServiceSpec, timeout: Duration);
+
     /// Stops `svc`; true when something was running.
     async fn stop(&self, svc: &str) -> Result<bool, BackendError>;
 

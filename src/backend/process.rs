@@ -535,6 +535,20 @@ impl Backend for ProcessBackend {
         })
     }
 
+    async fn wait_change(&self, svc: &ServiceSpec, timeout: Duration) {
+        // A task's supervisor writes the final record and exits: its exit is the change.
+        let obs = supervisor::observe(&self.layout, &svc.name);
+        match obs.record.filter(|_| obs.supervised) {
+            Some(r) => {
+                let sup = r.supervisor;
+                let _ =
+                    tokio::task::spawn_blocking(move || supervisor::proc::wait_gone(&sup, timeout))
+                        .await;
+            }
+            None => tokio::time::sleep(timeout.min(Duration::from_millis(10))).await,
+        }
+    }
+
     async fn stop(&self, svc: &str) -> Result<bool, BackendError> {
         let layout = self.layout.clone();
         let name = svc.to_string();
