@@ -242,7 +242,7 @@ impl Engine {
             senders.insert(n.clone(), tx);
             receivers.insert(n.clone(), rx);
         }
-        let critical = self.critical_path(&selected);
+        let critical = self.critical_path(&selected, &actions);
         let started = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let mut tasks = tokio::task::JoinSet::new();
         for name in &selected {
@@ -323,15 +323,32 @@ impl Engine {
         }
     }
 
-    /// The services on the longest path to ready, weighted by each one's last start time (kept
-    /// in its readiness file) or, before any start, counted in hops. `up` lets the others yield
-    /// the CPU while they start: on a small machine the critical path then runs at full speed.
-    fn critical_path(&self, selected: &BTreeSet<String>) -> BTreeSet<String> {
+    /// The services on the longest path to ready. Each weighs what it will cost this time: its
+    /// last start (from its readiness file) without the first-start init steps it will skip,
+    /// nothing when it is kept as it is, and a flat guess before its first start (so hops
+    /// decide). `up` lets the others yield the CPU while they start: on a small machine the
+    /// critical path then runs at full speed.
+    fn critical_path(
+        &self,
+        selected: &BTreeSet<String>,
+        actions: &BTreeMap<String, Action>,
+    ) -> BTreeSet<String> {
         graph::critical_path(&self.stack, selected, |n| {
-            read_json::<Readiness>(&self.layout.readiness(n))
+            if actions.get(n) == Some(&Action::Keep) {
+                return 0;
+            }
+            let svc = &self.stack.services[n];
+            let first_start = svc.init.iter().any(|s| {
+                s.phase == InitPhase::BeforeStart && !s.creates.as_ref().is_some_and(|c| c.exists())
+            });
+            match read_json::<Readiness>(&self.layout.readiness(n))
                 .ok()
                 .flatten()
-                .map_or(1000, |r| r.ready_ms.max(1))
+            {
+                Some(r) if first_start => r.ready_ms.max(1),
+                Some(r) => r.ready_ms.saturating_sub(r.before_ms).max(1),
+                None => 1000,
+            }
         })
     }
 
@@ -546,6 +563,7 @@ impl ServiceRun {
         let t0 = Instant::now();
         let mut init_ms = 0u64;
         let mut spawned_ms = 0u64;
+        let mut before_ms = 0u64;
         let mut version = None;
         let fail = |e: BackendError| self.unhealthy(name, e.to_string());
         if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
@@ -554,7 +572,8 @@ impl ServiceRun {
                 self.backend.stop(name).await.map_err(fail)?;
             }
             self.backend.prepare(svc).await.map_err(fail)?;
-            init_ms += self.run_steps(svc, InitPhase::BeforeStart).await?;
+            before_ms = self.run_steps(svc, InitPhase::BeforeStart).await?;
+            init_ms += before_ms;
             self.progress.phase(name, "starting");
             self.backend.start(svc, self.priority).await.map_err(fail)?;
             spawned_ms = t0.elapsed().as_millis() as u64;
@@ -603,6 +622,7 @@ impl ServiceRun {
             spawned_ms,
             ready_ms,
             init_ms,
+            before_ms,
             at: now_rfc3339(),
             program,
         };

@@ -126,6 +126,9 @@ pub struct Readiness {
     pub ready_ms: u64,
     /// Milliseconds spent in init steps.
     pub init_ms: u64,
+    /// Of those, milliseconds in steps before the start (skipped once their `creates` exists).
+    #[serde(default)]
+    pub before_ms: u64,
     /// When it became ready (RFC 3339).
     pub at: String,
     /// The serving program and its version, e.g. `garage 2.5.0`.

@@ -272,6 +272,27 @@ fn up_loads_and_seeds_seed_is_idempotent_and_resets_keep_what_they_promise() {
             .len()
     });
     assert_eq!(left, 0, "buckets emptied");
+    // Garage's bootstrap repairs what is missing whenever minio starts.
+    block_on(async {
+        s3.delete_bucket()
+            .bucket("backups")
+            .send()
+            .await
+            .expect("delete bucket")
+    });
+    let r = p.run(&["restart", "minio"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let buckets = block_on(stack::s3::list_buckets(
+        &env["S3_ENDPOINT"],
+        "us-east-1",
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+    ))
+    .expect("list buckets");
+    assert!(
+        buckets.contains(&"backups".to_string()),
+        "the missing bucket is back: {buckets:?}"
+    );
     assert_eq!(
         p.status()["postgres"]["state"],
         "running",
