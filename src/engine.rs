@@ -565,6 +565,7 @@ impl ServiceRun {
         let mut spawned_ms = 0u64;
         let mut before_ms = 0u64;
         let mut version = None;
+        let mut program_key = None;
         let fail = |e: BackendError| self.unhealthy(name, e.to_string());
         if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
             if action != Action::Start {
@@ -577,11 +578,22 @@ impl ServiceRun {
             self.progress.phase(name, "starting");
             self.backend.start(svc, self.priority).await.map_err(fail)?;
             spawned_ms = t0.elapsed().as_millis() as u64;
-            // Learn the program's version while the service comes up, for `status`.
+            // Learn the program's version while the service comes up, for `status`, unless the
+            // same binary was asked before (a warm start spawns nothing it does not need).
+            let key = crate::backend::process::program_key(svc);
+            let known = read_json::<Readiness>(&self.layout.readiness(name))
+                .ok()
+                .flatten()
+                .filter(|r| r.program.is_some() && r.program_key == key);
             let spec = svc.clone();
-            version = Some(tokio::spawn(async move {
-                crate::backend::process::program_version(&spec).await
-            }));
+            version =
+                Some(match known {
+                    Some(r) => tokio::spawn(async move { r.program }),
+                    None => tokio::spawn(async move {
+                        crate::backend::process::program_version(&spec).await
+                    }),
+                });
+            program_key = key;
             if let Ok(mut s) = self.started.lock() {
                 s.push(name.clone());
             }
@@ -612,9 +624,9 @@ impl ServiceRun {
         let ready_ms = t0.elapsed().as_millis() as u64;
         let inst = self.backend.inspect(svc);
         let previous: Option<Readiness> = read_json(&self.layout.readiness(name)).ok().flatten();
-        let program = match version {
-            Some(task) => task.await.ok().flatten(),
-            None => previous.and_then(|r| r.program),
+        let (program, program_key) = match version {
+            Some(task) => (task.await.ok().flatten(), program_key),
+            None => previous.map_or((None, None), |r| (r.program, r.program_key)),
         };
         let readiness = Readiness {
             id: inst.id.clone(),
@@ -625,6 +637,7 @@ impl ServiceRun {
             before_ms,
             at: now_rfc3339(),
             program,
+            program_key,
         };
         let _ = write_json(&self.layout.readiness(name), &readiness);
         self.progress

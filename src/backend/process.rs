@@ -108,6 +108,22 @@ pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
     Ok(run_as)
 }
 
+/// Identifies the binary `svc`'s version command runs (path, size, mtime), so an unchanged
+/// binary's version is not asked again.
+pub fn program_key(svc: &ServiceSpec) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let argv = svc.process.as_ref()?.version.as_ref()?;
+    let bin = resolve_program(&argv[0])?;
+    let m = std::fs::metadata(&bin).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}",
+        bin.display(),
+        m.len(),
+        m.mtime(),
+        argv.join(" ")
+    ))
+}
+
 /// The program that serves `svc`, as `name version` from its `process.version` command
 /// (e.g. `garage 2.5.0`), or `None` when it has none or it fails.
 pub async fn program_version(svc: &ServiceSpec) -> Option<String> {

@@ -134,6 +134,10 @@ pub struct Readiness {
     /// The serving program and its version, e.g. `garage 2.5.0`.
     #[serde(default)]
     pub program: Option<String>,
+    /// Identity of the binary `program` was read from (path, size, mtime): unchanged means the
+    /// version need not be asked again.
+    #[serde(default)]
+    pub program_key: Option<String>,
 }
 
 /// Now, as RFC 3339 with microseconds.
