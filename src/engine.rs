@@ -300,7 +300,7 @@ impl Engine {
                     while tasks.join_next().await.is_some() {}
                     let mine: Vec<String> = started.lock().map(|v| v.clone()).unwrap_or_default();
                     self.progress.note("interrupted: stopping what this `up` started (Ctrl-C again to kill at once)");
-                    self.stop_set(&mine.into_iter().collect(), Some(&cancel)).await;
+                    self.stop_set(&mine.into_iter().collect(), true).await;
                     return Err(EngineError::Interrupted);
                 }
             }
@@ -358,7 +358,7 @@ impl Engine {
         self.stack.check_names(names)?;
         let _lock = self.lock()?;
         let set = graph::dependents_closure(&self.stack, names);
-        let stopped = self.stop_set(&set, None).await;
+        let stopped = self.stop_set(&set, false).await;
         self.progress.summary(&format!(
             "{} service{} stopped",
             stopped.len(),
@@ -378,7 +378,7 @@ impl Engine {
         let set = graph::dependents_closure(&self.stack, names);
         {
             let _lock = self.lock()?;
-            self.stop_set(&set, None).await;
+            self.stop_set(&set, false).await;
         }
         let all: Vec<String> = set.into_iter().collect();
         self.up(&all, cancel).await
@@ -396,7 +396,7 @@ impl Engine {
         let set = graph::dependents_closure(&self.stack, &[name.to_string()]);
         {
             let _lock = self.lock()?;
-            self.stop_set(&set, None).await;
+            self.stop_set(&set, false).await;
             let svc = &self.stack.services[name];
             self.progress
                 .phase(name, &format!("deleting {}", svc.data_dir.display()));
@@ -425,12 +425,8 @@ impl Engine {
     }
 
     /// Stops every service of `set` in reverse dependency order, in parallel where possible.
-    /// With `cancel`, a second cancellation kills what is left at once.
-    async fn stop_set(
-        &self,
-        set: &BTreeSet<String>,
-        cancel: Option<&CancellationToken>,
-    ) -> Vec<String> {
+    /// When `interrupted` (a first Ctrl-C), a second Ctrl-C kills what is left at once.
+    async fn stop_set(&self, set: &BTreeSet<String>, interrupted: bool) -> Vec<String> {
         let mut senders = BTreeMap::new();
         let mut receivers = BTreeMap::new();
         for n in set {
@@ -474,13 +470,11 @@ impl Engine {
         }
         let mut stopped = Vec::new();
         let second = async {
-            match cancel {
-                Some(c) => {
-                    // The first cancellation brought us here; wait for another Ctrl-C.
-                    let _ = tokio::signal::ctrl_c().await;
-                    let _ = c;
-                }
-                None => std::future::pending::<()>().await,
+            if interrupted {
+                // A first Ctrl-C brought us here; a second one kills what is left at once.
+                let _ = tokio::signal::ctrl_c().await;
+            } else {
+                std::future::pending::<()>().await
             }
         };
         tokio::pin!(second);

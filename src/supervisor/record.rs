@@ -57,14 +57,10 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    /// Exit 0, or SIGTERM/SIGINT/143/130 when the stop was requested, counts as clean.
-    pub fn is_clean(&self, requested: bool) -> bool {
-        match (self.code, self.signal) {
-            (Some(0), _) => true,
-            (Some(143) | Some(130), _) if requested => true,
-            (None, Some(s)) if requested => s == libc::SIGTERM || s == libc::SIGINT,
-            _ => false,
-        }
+    /// An exit on its own is clean only with status 0 (a requested stop is always clean: the
+    /// record says `stopped` whatever the status, SIGTERM's 143 included).
+    pub fn is_clean(&self) -> bool {
+        self.code == Some(0)
     }
 
     /// `exit 1`, `signal 9 (SIGKILL)`, or `exit status unknown`.

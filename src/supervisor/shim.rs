@@ -204,7 +204,7 @@ impl Supervisor {
             };
             // The leader is gone; stragglers of its group must not keep ports or files busy.
             self.drain(pid, Duration::from_secs(2));
-            let clean = info.is_clean(false);
+            let clean = info.is_clean();
             self.note(&format!("exited: {}", info.describe()));
             self.record.last_exit = Some(info);
             self.record.process = None;
