@@ -116,16 +116,7 @@ fn the_process_environment_wins_over_the_env_file() {
 #[test]
 fn plan_orders_chains_diamonds_and_independent_sets() {
     let p = Project::new("shapes");
-    let svc = |deps: &[&str]| {
-        let mut y = String::from("process:\n  command: [sleep, \"60\"]\n");
-        if !deps.is_empty() {
-            y.push_str("depends_on:\n");
-            for d in deps {
-                y.push_str(&format!("  {d}: {{ condition: service_started }}\n"));
-            }
-        }
-        y
-    };
+    let svc = sleeper;
     // diamond: top <- (left, right) <- bottom; chain: c1 <- c2 <- c3; lone: solo
     p.service("bottom", &svc(&[]))
         .service("left", &svc(&["bottom"]))
@@ -172,16 +163,7 @@ fn plan_orders_chains_diamonds_and_independent_sets() {
 #[test]
 fn the_critical_path_follows_the_slowest_chain() {
     let p = Project::new("critical");
-    let svc = |deps: &[&str]| {
-        let mut y = String::from("process:\n  command: [sleep, \"60\"]\n");
-        if !deps.is_empty() {
-            y.push_str("depends_on:\n");
-            for d in deps {
-                y.push_str(&format!("  {d}: {{ condition: service_started }}\n"));
-            }
-        }
-        y
-    };
+    let svc = sleeper;
     // db -> migrate -> app, cache -> app, and a lone search service.
     p.service("db", &svc(&[]))
         .service("migrate", &svc(&["db"]))
@@ -215,4 +197,16 @@ fn the_critical_path_follows_the_slowest_chain() {
         names(stack::graph::critical_path(&stack, &all, w)),
         vec!["app", "cache"]
     );
+}
+
+/// A service that sleeps, started after `deps`.
+fn sleeper(deps: &[&str]) -> String {
+    let mut y = String::from("process:\n  command: [sleep, \"60\"]\n");
+    if !deps.is_empty() {
+        y.push_str("depends_on:\n");
+        for d in deps {
+            y.push_str(&format!("  {d}: {{ condition: service_started }}\n"));
+        }
+    }
+    y
 }
