@@ -60,6 +60,9 @@ else
 fi
 $SUDO ln -sf "$garage_bin" /usr/local/bin/garage
 
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+[ "$node_major" -ge 20 ] || die "the OIDC provider needs Node.js 20 or later (found ${node_major}); Debian 12's nodejs is 18: install Node.js 20+ (e.g. from nodesource) and run this again"
+
 # The OIDC provider's packages, exactly as locked.
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -f "$here/services/dex/package-lock.json" ]; then
