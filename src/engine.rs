@@ -132,21 +132,6 @@ impl Engine {
         }
     }
 
-    /// The stack.
-    pub fn stack(&self) -> &Stack {
-        &self.stack
-    }
-
-    /// The state dir layout.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
-    }
-
     fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
         self.layout
             .create()
@@ -400,12 +385,14 @@ impl Engine {
             let svc = &self.stack.services[name];
             self.progress
                 .phase(name, &format!("deleting {}", svc.data_dir.display()));
-            let io = |path: &std::path::Path| {
-                let path = path.to_path_buf();
-                move |source| supervisor::SupervisorError::Io { path, source }
-            };
             match std::fs::remove_dir_all(&svc.data_dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&svc.data_dir)(e))?,
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(supervisor::SupervisorError::Io {
+                        path: svc.data_dir.clone(),
+                        source,
+                    }
+                    .into())
+                }
                 _ => {}
             }
             for n in &set {
@@ -555,11 +542,14 @@ impl ServiceRun {
             return Ok(true);
         }
         let t0 = Instant::now();
+        // What the last start learned: the program's version, kept while the binary is the same.
+        let previous: Option<Readiness> = read_json(&self.layout.readiness(name)).ok().flatten();
         let mut init_ms = 0u64;
         let mut spawned_ms = 0u64;
         let mut before_ms = 0u64;
+        let mut program = previous.as_ref().and_then(|r| r.program.clone());
+        let mut program_key = previous.as_ref().and_then(|r| r.program_key.clone());
         let mut version = None;
-        let mut program_key = None;
         let fail = |e: BackendError| self.unhealthy(name, e.to_string());
         if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
             if action != Action::Start {
@@ -572,29 +562,22 @@ impl ServiceRun {
             self.progress.phase(name, "starting");
             self.backend.start(svc, self.priority).await.map_err(fail)?;
             spawned_ms = t0.elapsed().as_millis() as u64;
-            // Learn the program's version while the service comes up, for `status`, unless the
-            // same binary was asked before (a warm start spawns nothing it does not need).
-            let key = crate::backend::process::program_key(svc);
-            let known = read_json::<Readiness>(&self.layout.readiness(name))
-                .ok()
-                .flatten()
-                .filter(|r| r.program.is_some() && r.program_key == key);
-            let spec = svc.clone();
-            version =
-                Some(match known {
-                    Some(r) => tokio::spawn(async move { r.program }),
-                    None => tokio::spawn(async move {
-                        crate::backend::process::program_version(&spec).await
-                    }),
-                });
-            program_key = key;
             if let Ok(mut s) = self.started.lock() {
                 s.push(name.clone());
             }
+            // Ask the program's version while the service comes up, for `status`, unless the
+            // same binary was asked before (a warm start spawns nothing it does not need).
+            let key = self.backend.program_key(svc);
+            if program.is_none() || key != program_key {
+                let (backend, spec) = (Arc::clone(&self.backend), svc.clone());
+                version = Some(tokio::spawn(async move { backend.program(&spec).await }));
+                program_key = key;
+            }
             let _ = tx.send(Reached::Started);
             init_ms += self.run_steps(svc, InitPhase::AfterStart).await?;
+        } else {
+            let _ = tx.send(Reached::Started);
         }
-        let _ = tx.send(Reached::Started);
         let kind = if svc.is_task() {
             self.progress.phase(name, "running to completion");
             self.wait_completed(svc).await?;
@@ -617,11 +600,9 @@ impl ServiceRun {
         }
         let ready_ms = t0.elapsed().as_millis() as u64;
         let inst = self.backend.inspect(svc);
-        let previous: Option<Readiness> = read_json(&self.layout.readiness(name)).ok().flatten();
-        let (program, program_key) = match version {
-            Some(task) => (task.await.ok().flatten(), program_key),
-            None => previous.map_or((None, None), |r| (r.program, r.program_key)),
-        };
+        if let Some(task) = version {
+            program = task.await.ok().flatten();
+        }
         let readiness = Readiness {
             id: inst.id.clone(),
             pid: inst.pid,
@@ -693,15 +674,8 @@ impl ServiceRun {
             match inst.state {
                 State::Completed => return Ok(()),
                 State::Failed | State::Exited | State::Stopped => {
-                    return Err(self.unhealthy(
-                        &svc.name,
-                        format!(
-                            "the task failed ({})",
-                            inst.last_exit
-                                .map(|e| e.describe())
-                                .unwrap_or_else(|| "no status".into())
-                        ),
-                    ))
+                    return Err(self
+                        .unhealthy(&svc.name, format!("the task failed ({})", last_exit(&inst))))
                 }
                 _ => {}
             }
@@ -714,12 +688,15 @@ impl ServiceRun {
 fn exited(backend: &dyn Backend, svc: &ServiceSpec) -> Result<(), String> {
     let inst = backend.inspect(svc);
     match inst.state {
-        State::Failed | State::Exited | State::Stopped if !inst.alive => Err(format!(
-            "it exited ({})",
-            inst.last_exit
-                .map(|e| e.describe())
-                .unwrap_or_else(|| "no status".into())
-        )),
+        State::Failed | State::Exited | State::Stopped if !inst.alive => {
+            Err(format!("it exited ({})", last_exit(&inst)))
+        }
         _ => Ok(()),
     }
+}
+
+fn last_exit(inst: &Instance) -> String {
+    inst.last_exit
+        .as_ref()
+        .map_or_else(|| "no status".into(), |e| e.describe())
 }

@@ -31,7 +31,11 @@ pub async fn list_buckets(
     access_key: &str,
     secret_key: &str,
 ) -> Result<Vec<String>, String> {
-    let out = client(endpoint, region, access_key, secret_key)
+    bucket_names(&client(endpoint, region, access_key, secret_key)).await
+}
+
+async fn bucket_names(client: &aws_sdk_s3::Client) -> Result<Vec<String>, String> {
+    let out = client
         .list_buckets()
         .send()
         .await
@@ -48,15 +52,7 @@ pub async fn ensure_buckets(
     client: &aws_sdk_s3::Client,
     buckets: &[&str],
 ) -> Result<Vec<String>, String> {
-    let existing: Vec<String> = client
-        .list_buckets()
-        .send()
-        .await
-        .map_err(|e| DisplayErrorContext(e).to_string())?
-        .buckets()
-        .iter()
-        .filter_map(|b| b.name().map(String::from))
-        .collect();
+    let existing = bucket_names(client).await?;
     let mut created = Vec::new();
     for b in buckets {
         if !existing.iter().any(|e| e == b) {

@@ -128,6 +128,13 @@ pub trait Backend: Send + Sync {
         priority: Priority,
     ) -> Result<Duration, BackendError>;
 
+    /// The program serving `svc` and its version, e.g. `garage 2.5.0`, for `status`.
+    async fn program(&self, svc: &ServiceSpec) -> Option<String>;
+
+    /// Identifies what `program` would describe (a binary's path, size and mtime): while it is
+    /// unchanged the description need not be asked again.
+    fn program_key(&self, svc: &ServiceSpec) -> Option<String>;
+
     /// Returns when `svc`'s state may have changed (its process ended), or after `timeout`.
     async fn wait_change(&self, svc: &ServiceSpec, timeout: Duration);
 

@@ -37,6 +37,11 @@ pub fn resolve_program(program: &str) -> Option<PathBuf> {
     which::which(program).ok()
 }
 
+/// The program's full path when it is on PATH, else the name as written.
+fn program_path(program: &str) -> String {
+    resolve_program(program).map_or_else(|| program.to_string(), |x| x.display().to_string())
+}
+
 /// The user a service runs as: its `user:` when `stack` runs as root, else nobody special.
 pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
     let Some(name) = svc.process.as_ref().and_then(|p| p.user.as_ref()) else {
@@ -110,7 +115,7 @@ pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
 
 /// Identifies the binary `svc`'s version command runs (path, size, mtime), so an unchanged
 /// binary's version is not asked again.
-pub fn program_key(svc: &ServiceSpec) -> Option<String> {
+fn program_key(svc: &ServiceSpec) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let argv = svc.process.as_ref()?.version.as_ref()?;
     let bin = resolve_program(&argv[0])?;
@@ -126,7 +131,7 @@ pub fn program_key(svc: &ServiceSpec) -> Option<String> {
 
 /// The program that serves `svc`, as `name version` from its `process.version` command
 /// (e.g. `garage 2.5.0`), or `None` when it has none or it fails.
-pub async fn program_version(svc: &ServiceSpec) -> Option<String> {
+async fn program_version(svc: &ServiceSpec) -> Option<String> {
     let p = svc.process.as_ref()?;
     let argv = p.version.as_ref()?;
     let mut cmd = std::process::Command::new(&argv[0]);
@@ -293,9 +298,10 @@ impl Backend for ProcessBackend {
             Err(e) => out.push(Problem {
                 service: svc.name.clone(),
                 message: e,
-                fix:
-                    "run `scripts/install-deps.sh`, or `useradd --system --no-create-home stacksvc`"
-                        .into(),
+                fix: format!(
+                    "run `scripts/install-deps.sh`, or `useradd --system --no-create-home {}`",
+                    p.user.as_deref().unwrap_or("stacksvc")
+                ),
             }),
             Ok(Some(u)) => {
                 // Its init steps run in the project directory, as that user.
@@ -334,21 +340,16 @@ impl Backend for ProcessBackend {
     fn inspect(&self, svc: &ServiceSpec) -> Instance {
         let obs = supervisor::observe(&self.layout, &svc.name);
         let state = obs.state();
-        let program = svc
-            .process
-            .as_ref()
-            .map(|p| {
-                resolve_program(&p.command[0])
-                    .map(|x| x.display().to_string())
-                    .unwrap_or_else(|| p.command[0].clone())
-            })
-            .unwrap_or_default();
         match obs.record {
             None => Instance {
                 id: String::new(),
                 state,
                 pid: None,
-                program,
+                program: svc
+                    .process
+                    .as_ref()
+                    .map(|p| program_path(&p.command[0]))
+                    .unwrap_or_default(),
                 hash: String::new(),
                 ports: svc.ports.clone(),
                 started_at: None,
@@ -403,7 +404,7 @@ impl Backend for ProcessBackend {
             .process
             .as_ref()
             .ok_or_else(|| err("it has no `process:` section".into()))?;
-        let run_as = prepare_data_dir(svc).map_err(err)?;
+        let run_as = run_as(svc).map_err(err)?;
         if supervisor::lock_held(&self.layout, &svc.name) {
             // A supervisor is already starting it (its launcher was killed mid-launch): wait
             // for it to record the process rather than start a second one.
@@ -415,21 +416,14 @@ impl Backend for ProcessBackend {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            return Err(err(
-                "another supervisor holds its lock but never reported a process: see `stack logs`"
-                    .into(),
-            ));
+            return Err(err(format!(
+                "another supervisor holds its lock but never reported a process: see `stack logs {}`",
+                svc.name
+            )));
         }
-        let current = self.inspect(svc);
-        let adopt = current.alive && !current.supervised && current.hash == svc.definition_hash();
-        let instance_id = if adopt || (current.supervised && !current.id.is_empty()) {
-            current.id.clone()
-        } else {
-            new_instance_id(&svc.name)
-        };
-        let program = resolve_program(&p.command[0])
-            .map(|x| x.display().to_string())
-            .unwrap_or_else(|| p.command[0].clone());
+        // A new instance: its id stays the same across crash restarts by its supervisor.
+        let instance_id = new_instance_id(&svc.name);
+        let program = program_path(&p.command[0]);
         let spec = SupervisorSpec {
             service: svc.name.clone(),
             instance_id,
@@ -477,11 +471,14 @@ impl Backend for ProcessBackend {
         use std::os::unix::process::CommandExt;
         let t0 = Instant::now();
         let argv = &step.command;
-        let run_as = prepare_data_dir(svc).map_err(|message| BackendError::Start {
-            service: svc.name.clone(),
-            message,
-        })?;
-        let run_as = run_as.filter(|_| step.phase == InitPhase::BeforeStart);
+        // Steps before the start prepare the service's data, as its user; later ones are clients.
+        let run_as = match step.phase {
+            InitPhase::BeforeStart => run_as(svc).map_err(|message| BackendError::Start {
+                service: svc.name.clone(),
+                message,
+            })?,
+            _ => None,
+        };
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .envs(&svc.environment)
@@ -549,6 +546,14 @@ impl Backend for ProcessBackend {
             status: out.status.to_string(),
             output: lines[lines.len().saturating_sub(20)..].join("\n"),
         })
+    }
+
+    async fn program(&self, svc: &ServiceSpec) -> Option<String> {
+        program_version(svc).await
+    }
+
+    fn program_key(&self, svc: &ServiceSpec) -> Option<String> {
+        program_key(svc)
     }
 
     async fn wait_change(&self, svc: &ServiceSpec, timeout: Duration) {

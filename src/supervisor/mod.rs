@@ -298,14 +298,14 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
                 pgid: p.pid,
             });
         }
-        record.process = None;
-        record.state = State::Stopped;
-        let path = layout.record(service);
-        write_json(&path, &record).map_err(io_err(&path))?;
-    } else if matches!(
-        record.state,
-        State::Running | State::Starting | State::Stopping
-    ) {
+    }
+    // Whatever stopped it (its supervisor, us, or a crash nobody saw), the record says stopped.
+    if record.process.is_some()
+        || matches!(
+            record.state,
+            State::Running | State::Starting | State::Stopping
+        )
+    {
         record.process = None;
         record.state = State::Stopped;
         let path = layout.record(service);
