@@ -345,3 +345,38 @@ fn logs_are_prefixed_merged_tailed_and_capped() {
     let r = p.run(&["logs", "nope"]);
     assert_eq!(r.code, 2);
 }
+
+#[test]
+fn logs_follow_prints_lines_written_after_it_started() {
+    let p = Project::new("follow");
+    p.service(
+        "ticker",
+        "process:\n  command: [python3, -u, -c, \"import time\\nfor i in range(600):\\n    print('tick', i)\\n    time.sleep(0.05)\"]\n",
+    );
+    assert_eq!(p.run(&["up"]).code, 0);
+    let mut follow = p
+        .cmd(&["logs", "-f", "-n", "1", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn logs -f");
+    let reader = std::io::BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut ticks = Vec::new();
+    for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
+        if let Some(n) = line
+            .strip_prefix("ticker | tick ")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            ticks.push(n);
+        }
+        if ticks.len() == 5 {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(ticks.len(), 5, "follow keeps printing: {ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost: {ticks:?}"
+    );
+}

@@ -255,3 +255,54 @@ fn a_stale_record_whose_pid_was_reused_never_gets_that_process_signalled() {
     bystander.kill().expect("kill");
     let _ = bystander.wait();
 }
+
+#[test]
+fn a_second_ctrl_c_kills_what_a_slow_stop_left() {
+    let never = free_port();
+    let p = Project::new("ctrlc2");
+    // `deaf` ignores SIGTERM and has a long grace period: a first Ctrl-C would wait 60 s for it.
+    p.service(
+        "deaf",
+        "process:\n  command: [python3, -c, \"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)\", \"${data_dir}\"]\n  stop_grace_period: 60s\n",
+    )
+    .service(
+        "stuck",
+        &format!(
+            "depends_on:\n  deaf: {{ condition: service_started }}\nprocess:\n  command: [python3, -c, \"import time; time.sleep(300)\", \"${{data_dir}}\"]\nhealthcheck:\n  tcp: {{ port: {never} }}\n  interval: 100ms\n"
+        ),
+    );
+    let up = p
+        .cmd(&["up"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(wait_until(Duration::from_secs(10), || p
+        .processes("time.sleep(300)")
+        .len()
+        == 2));
+    kill(up.id(), "-INT");
+    let log = p.state_dir().join("logs/deaf.log");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stop requested")
+    }));
+    let t0 = std::time::Instant::now();
+    kill(up.id(), "-INT");
+    let out = up.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the second Ctrl-C did not wait for the grace period"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || p.processes("").is_empty()),
+        "nothing of this stack is left running"
+    );
+}
