@@ -19,10 +19,7 @@ pub fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     });
     if ctx.json {
         let doc = serde_json::json!({ "passed": report.passed(), "backend": backend.name(), "checks": report.checks });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Other(e.to_string()))?
-        );
+        super::print_json(&doc, true)?;
     } else {
         if let Some(n) = &ctx.backend_note {
             println!("note  {n}");

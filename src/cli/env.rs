@@ -20,16 +20,17 @@ pub fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     for svc in ctx.stack.services.values() {
         for (k, v) in &svc.exports {
             let value = crate::secrets::fill(&ctx.layout, v).map_err(|e| {
-                CliError::Other(format!("cannot read the secrets of `{}`: {e}", svc.name))
+                CliError::Other(format!(
+                    "cannot read the secrets of `{}` in {}: {e}\n  check that directory's permissions",
+                    svc.name,
+                    ctx.layout.secrets_dir().display()
+                ))
             })?;
             vars.insert(k.clone(), value);
         }
     }
     if ctx.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&vars).map_err(|e| CliError::Other(e.to_string()))?
-        );
+        super::print_json(&vars, true)?;
     } else {
         println!(
             "# connection details of `{}`: eval \"$(stack env)\"",

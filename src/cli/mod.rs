@@ -271,6 +271,20 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     }
 }
 
+/// Prints `value` as JSON on stdout (`--json` output of every command).
+pub(crate) fn print_json(value: &impl serde::Serialize, pretty: bool) -> Result<(), CliError> {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    };
+    println!(
+        "{}",
+        text.map_err(|e| CliError::Other(format!("cannot render JSON: {e}")))?
+    );
+    Ok(())
+}
+
 /// A token cancelled by the first Ctrl-C (or SIGTERM).
 pub(crate) fn interrupt_token() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();

@@ -17,10 +17,7 @@ pub fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let plan = graph::plan(&ctx.stack, &graph::closure(&ctx.stack, &args.services));
     if ctx.json {
-        println!(
-            "{}",
-            serde_json::to_string(&plan).map_err(|e| CliError::Other(e.to_string()))?
-        );
+        super::print_json(&plan, false)?;
     } else {
         for (i, wave) in plan.waves.iter().enumerate() {
             let items: Vec<String> = wave

@@ -141,7 +141,7 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
             for b in super::seed::BUCKETS {
                 let n = crate::s3::empty_bucket(&client, b)
                     .await
-                    .map_err(|e| CliError::Other(format!("emptying bucket {b} failed: {e}")))?;
+                    .map_err(|e| CliError::Other(format!("emptying bucket {b} failed: {e}\n  is the S3 service up? try `stack up minio`, then run this reset again")))?;
                 eprintln!("s3: deleted {n} objects from {b}");
             }
         }
@@ -179,6 +179,6 @@ async fn nuke(ctx: Ctx) -> Result<(), CliError> {
     engine.down(&[]).await?;
     // remove_dir_all does not follow symlinks: a link inside the state dir is removed, not its target.
     std::fs::remove_dir_all(&root)
-        .map_err(|e| CliError::Other(format!("cannot delete {}: {e}", root.display())))?;
+        .map_err(|e| CliError::Other(format!("cannot delete {}: {e}\n  check its permissions, then run `stack reset --nuke --yes` again", root.display())))?;
     Ok(())
 }

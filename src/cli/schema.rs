@@ -41,10 +41,7 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         Command::Load => {
             let r = schema::load(&mut conn, &files).await?;
             if ctx.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| CliError::Other(e.to_string()))?
-                );
+                super::print_json(&r, false)?;
             } else if r.applied.is_empty() {
                 eprintln!(
                     "schema: up to date ({} migrations applied) in {} ms",
@@ -63,11 +60,7 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         Command::Status => {
             let st = schema::inspect(&mut conn, &files).await?;
             if ctx.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&st)
-                        .map_err(|e| CliError::Other(e.to_string()))?
-                );
+                super::print_json(&st, true)?;
             } else {
                 for a in &st.applied {
                     println!("applied  {:04}_{}  {}", a.version, a.name, a.applied_at);

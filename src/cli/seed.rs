@@ -46,7 +46,11 @@ pub(crate) async fn seed_all(
     if let Some(client) = ctx.s3_client() {
         created = crate::s3::ensure_buckets(&client, &BUCKETS)
             .await
-            .map_err(|e| CliError::Other(format!("seeding the buckets failed: {e}")))?;
+            .map_err(|e| {
+                CliError::Other(format!(
+                    "seeding the buckets failed: {e}\n  is the S3 service up? try `stack up minio`"
+                ))
+            })?;
     }
     let added: u64 = report.values().sum();
     Ok(if added == 0 && created.is_empty() {

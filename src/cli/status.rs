@@ -12,10 +12,7 @@ pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let rows = status::collect(&ctx.stack, ctx.backend.as_ref(), &ctx.layout).await;
     if ctx.json {
         let doc = serde_json::json!({ "services": rows });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Other(e.to_string()))?
-        );
+        super::print_json(&doc, true)?;
         return Ok(ExitStatus::Ok);
     }
     let table: Vec<[String; 7]> = rows
