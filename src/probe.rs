@@ -25,7 +25,16 @@ pub struct ProbeFailure {
 
 /// Runs one probe attempt.
 pub async fn check(probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, attempt(probe)).await {
+    check_with(&http_client()?, probe, timeout).await
+}
+
+/// One attempt with a given HTTP client (`wait_ready` builds one for all its attempts).
+async fn check_with(
+    http: &reqwest::Client,
+    probe: &ProbeSpec,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, attempt(http, probe)).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "{} probe timed out after {}",
@@ -35,14 +44,14 @@ pub async fn check(probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
     }
 }
 
-async fn attempt(probe: &ProbeSpec) -> Result<(), String> {
+async fn attempt(http: &reqwest::Client, probe: &ProbeSpec) -> Result<(), String> {
     match probe {
         ProbeSpec::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
             .await
             .map(|_| ())
             .map_err(|e| format!("tcp {host}:{port}: {e}")),
         ProbeSpec::Http { url, status } => {
-            let resp = http_client()?
+            let resp = http
                 .get(url)
                 .send()
                 .await
@@ -114,7 +123,7 @@ async fn attempt(probe: &ProbeSpec) -> Result<(), String> {
         }
         ProbeSpec::Oidc { issuer } => {
             let url = format!("{issuer}/.well-known/openid-configuration");
-            let body = http_client()?
+            let body = http
                 .get(&url)
                 .send()
                 .await
@@ -197,6 +206,13 @@ where
 {
     let t0 = Instant::now();
     let budget = hc.start_period + hc.interval * hc.retries;
+    // One client for every attempt: polls come every 5 ms at first.
+    let http = http_client().map_err(|e| ProbeFailure {
+        attempts: 0,
+        elapsed: Duration::ZERO,
+        last_error: e,
+        reason: "cannot build an HTTP client".into(),
+    })?;
     let mut attempts = 0u32;
     let mut last_error = String::from("no attempt made");
     loop {
@@ -209,7 +225,7 @@ where
             });
         }
         attempts += 1;
-        match check(&hc.probe, hc.timeout).await {
+        match check_with(&http, &hc.probe, hc.timeout).await {
             Ok(()) => return Ok(t0.elapsed()),
             Err(e) => last_error = e,
         }
