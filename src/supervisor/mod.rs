@@ -47,7 +47,7 @@ pub struct RunAs {
 pub struct SupervisorSpec {
     /// Service name.
     pub service: String,
-    /// Instance id (kept when adopting).
+    /// Instance id (kept across crash restarts).
     pub instance_id: String,
     /// Definition hash.
     pub hash: String,
@@ -101,7 +101,7 @@ mod signal_name {
 /// The supervisor's first line on stdout: did the service start?
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Handshake {
-    /// Started (or adopted).
+    /// Started.
     pub ok: bool,
     /// The service's pid.
     pub pid: Option<u32>,

@@ -73,7 +73,7 @@ impl ExitInfo {
                     .unwrap_or_default();
                 format!("signal {s} ({name})")
             }
-            (None, None) => "exit status unknown (adopted process)".into(),
+            (None, None) => "exit status unknown".into(),
         }
     }
 }
@@ -81,7 +81,7 @@ impl ExitInfo {
 /// Everything known about one service instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Stable id of this instance: kept across restarts and adoption, new after a stop.
+    /// Stable id of this instance: kept across its crash restarts, new after a stop.
     pub id: String,
     /// Service name.
     pub service: String,
