@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::backend::select::Boxes;
 use crate::backend::{Backend, Problem};
 use crate::spec::Stack;
 use crate::supervisor::proc;
@@ -173,11 +174,50 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
+/// The microVM verdict: can this host boot a box (the boot probe, not just /dev/kvm)?
+fn microvm_check(boxes: &Boxes) -> Check {
+    let name = "microvm".to_string();
+    let kvm = Path::new("/dev/kvm").exists();
+    match boxes {
+        Boxes::Probed(v) if v.ok => Check::ok(
+            name,
+            format!(
+                "a test box booted and ran a command in {:.1}s{}: services with an image run as microVMs",
+                v.elapsed_ms as f64 / 1000.0,
+                if v.cached { format!(" (probed at {}, this host boot)", v.at) } else { String::new() }
+            ),
+        ),
+        Boxes::Probed(v) => Check {
+            name,
+            // `auto` falls back to processes, so this is a warning, not a failure.
+            status: "warn",
+            detail: format!(
+                "no box can boot here ({:.1}s probe{}): {}",
+                v.elapsed_ms as f64 / 1000.0,
+                if v.cached { format!(", cached from {}", v.at) } else { String::new() },
+                v.reason
+            ),
+            fix: v.fix.clone(),
+        },
+        Boxes::NotBuilt if kvm => Check::ok(
+            name,
+            "/dev/kvm exists, but this build has no microVM backend (cargo feature `microvm`); every service runs as a process".into(),
+        ),
+        Boxes::NotBuilt => Check::ok(
+            name,
+            "no /dev/kvm and no microVM backend in this build: every service runs as a process".into(),
+        ),
+        Boxes::NoImages => Check::ok(name, "no service has an `image:`: nothing to boot".into()),
+        Boxes::Unknown => Check::ok(name, "not probed (`--backend process`)".into()),
+    }
+}
+
 /// Runs every check for `services` of `stack` on `backend`.
 pub fn diagnose(
     stack: &Stack,
     backend: &dyn Backend,
     services: &[String],
+    boxes: &Boxes,
     own: impl Fn(&str) -> bool,
 ) -> Report {
     let mut checks = Vec::new();
@@ -244,22 +284,6 @@ pub fn diagnose(
         Some(b) => checks.push(Check::ok("disk".into(), format!("{} GiB free", b >> 30))),
         None => {}
     }
-    let kvm = Path::new("/dev/kvm");
-    checks.push(if kvm.exists() {
-        Check {
-            name: "kvm".into(),
-            status: "ok",
-            detail: "/dev/kvm exists; the microVM boot probe comes with the `microvm` feature"
-                .into(),
-            fix: String::new(),
-        }
-    } else {
-        Check {
-            name: "kvm".into(),
-            status: "warn",
-            detail: "/dev/kvm is missing: only the process backend can run here".into(),
-            fix: "nothing to do for the process backend".into(),
-        }
-    });
+    checks.push(microvm_check(boxes));
     Report { checks }
 }

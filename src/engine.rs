@@ -385,15 +385,14 @@ impl Engine {
             let svc = &self.stack.services[name];
             self.progress
                 .phase(name, &format!("deleting {}", svc.data_dir.display()));
-            match std::fs::remove_dir_all(&svc.data_dir) {
-                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(supervisor::SupervisorError::Io {
-                        path: svc.data_dir.clone(),
-                        source,
+            // Its data, and a box's BoxLite home (the box and its disks) when it ran as one.
+            for dir in [svc.data_dir.clone(), self.layout.box_home(name)] {
+                match std::fs::remove_dir_all(&dir) {
+                    Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(supervisor::SupervisorError::Io { path: dir, source }.into())
                     }
-                    .into())
+                    _ => {}
                 }
-                _ => {}
             }
             for n in &set {
                 if n == name || self.stack.services[n].is_task() {
@@ -587,7 +586,11 @@ impl ServiceRun {
                 .phase(name, &format!("probing ({})", hc.probe.kind()));
             let backend = Arc::clone(&self.backend);
             let spec = svc.clone();
-            probe::wait_ready(hc, move || exited(backend.as_ref(), &spec))
+            let exec = |argv: Vec<String>| {
+                let (backend, spec) = (Arc::clone(&self.backend), svc.clone());
+                async move { backend.exec(&spec, &argv).await }
+            };
+            probe::wait_ready(hc, move || exited(backend.as_ref(), &spec), exec)
                 .await
                 .map_err(|f: ProbeFailure| self.unhealthy(name, f.to_string()))?;
             "healthy"
@@ -636,7 +639,12 @@ impl ServiceRun {
             .map_or(Duration::from_secs(60), |h| {
                 h.start_period + h.interval * h.retries
             });
-        for step in svc.init.iter().filter(|s| s.phase == phase) {
+        let on = self.backend.backend_for(svc);
+        for step in svc
+            .init
+            .iter()
+            .filter(|s| s.phase == phase && s.runs_on(on))
+        {
             if step.creates.as_ref().is_some_and(|p| p.exists()) {
                 continue;
             }

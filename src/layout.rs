@@ -103,4 +103,25 @@ impl Layout {
     pub fn stack_lock(&self) -> PathBuf {
         self.root.join("stack.lock")
     }
+
+    /// `boxlite/`: what the microVM backend owns (BoxLite homes, the boot probe).
+    pub fn boxlite_dir(&self) -> PathBuf {
+        self.root.join("boxlite")
+    }
+
+    /// `boxlite/<service>/`: the BoxLite home of one service's box. BoxLite locks a home for
+    /// one process, and each box has its own supervisor, so each has its own home.
+    pub fn box_home(&self, service: &str) -> PathBuf {
+        self.boxlite_dir().join(service)
+    }
+
+    /// `run/<service>.sock`: the box supervisor's control socket (exec in the box).
+    pub fn box_socket(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.sock"))
+    }
+
+    /// `boxlite/boot-probe.json`: the last microVM boot probe's verdict, for this host boot.
+    pub fn boot_probe(&self) -> PathBuf {
+        self.boxlite_dir().join("boot-probe.json")
+    }
 }

@@ -68,30 +68,7 @@ async fn attempt(http: &reqwest::Client, probe: &ProbeSpec) -> Result<(), String
                 Err(format!("GET {url} answered {code}"))
             }
         }
-        ProbeSpec::Exec(argv) => {
-            let out = tokio::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| format!("cannot run `{}`: {e}", argv[0]))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                let text = String::from_utf8_lossy(if out.stderr.is_empty() {
-                    &out.stdout
-                } else {
-                    &out.stderr
-                });
-                Err(format!(
-                    "`{}` exited with {}: {}",
-                    argv.join(" "),
-                    out.status,
-                    text.trim()
-                ))
-            }
-        }
+        ProbeSpec::Exec(argv) => host_exec(argv).await,
         ProbeSpec::Postgres {
             host,
             port,
@@ -192,6 +169,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// How long after the start the probe keeps polling at the fast rate.
 const FAST_PHASE: Duration = Duration::from_secs(5);
+/// Runs an exec probe's command on this host: passes when it exits 0.
+pub async fn host_exec(argv: &[String]) -> Result<(), String> {
+    let out = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run `{}`: {e}", argv[0]))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(if out.stderr.is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    });
+    Err(format!(
+        "`{}` exited with {}: {}",
+        argv.join(" "),
+        out.status,
+        text.trim()
+    ))
+}
+
 /// The fast rate: a refused connect costs microseconds, so being late costs more than polling.
 const FAST_DELAY: Duration = Duration::from_millis(5);
 
@@ -199,10 +201,17 @@ const FAST_DELAY: Duration = Duration::from_millis(5);
 /// if that is shorter), so a service that is up in 300 ms is seen at 300 ms, not at the next
 /// 250 ms tick; then at the configured interval. The time allowed is the same as with plain
 /// interval polling: `start_period + retries × interval`. `alive` is asked before each attempt
-/// so a service that exited fails at once instead of after every retry.
-pub async fn wait_ready<F>(hc: &Healthcheck, mut alive: F) -> Result<Duration, ProbeFailure>
+/// so a service that exited fails at once instead of after every retry. An `exec` probe's
+/// command runs through `exec`, where the service runs (this host, or inside its box).
+pub async fn wait_ready<F, X, XF>(
+    hc: &Healthcheck,
+    mut alive: F,
+    exec: X,
+) -> Result<Duration, ProbeFailure>
 where
     F: FnMut() -> Result<(), String>,
+    X: Fn(Vec<String>) -> XF,
+    XF: std::future::Future<Output = Result<(), String>>,
 {
     let t0 = Instant::now();
     let budget = hc.start_period + hc.interval * hc.retries;
@@ -225,7 +234,18 @@ where
             });
         }
         attempts += 1;
-        match check_with(&http, &hc.probe, hc.timeout).await {
+        let outcome = match &hc.probe {
+            ProbeSpec::Exec(argv) => tokio::time::timeout(hc.timeout, exec(argv.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "exec probe timed out after {}",
+                        humantime::format_duration(hc.timeout)
+                    ))
+                }),
+            _ => check_with(&http, &hc.probe, hc.timeout).await,
+        };
+        match outcome {
             Ok(()) => return Ok(t0.elapsed()),
             Err(e) => last_error = e,
         }

@@ -2,6 +2,7 @@
 //! phase of its last start took.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::layout::Layout;
 use crate::probe;
-use crate::spec::Stack;
+use crate::spec::{ProbeSpec, Stack};
 use crate::supervisor::record::{read_json, Readiness, State};
 
 /// Per-phase timings of the last start, in milliseconds.
@@ -56,7 +57,11 @@ pub struct ServiceStatus {
 }
 
 /// Collects the status of every service, probing the running ones in parallel.
-pub async fn collect(stack: &Stack, backend: &dyn Backend, layout: &Layout) -> Vec<ServiceStatus> {
+pub async fn collect(
+    stack: &Stack,
+    backend: &Arc<dyn Backend>,
+    layout: &Layout,
+) -> Vec<ServiceStatus> {
     let mut rows = Vec::new();
     let mut probes = tokio::task::JoinSet::new();
     for (i, svc) in stack.services.values().enumerate() {
@@ -80,17 +85,25 @@ pub async fn collect(stack: &Stack, backend: &dyn Backend, layout: &Layout) -> V
         let up = inst.is_up();
         if up {
             if let Some(hc) = svc.healthcheck.clone() {
+                let (backend, spec) = (Arc::clone(backend), svc.clone());
                 probes.spawn(async move {
-                    (
-                        i,
-                        probe::check(&hc.probe, hc.timeout.min(Duration::from_secs(2))).await,
-                    )
+                    let timeout = hc.timeout.min(Duration::from_secs(2));
+                    let r = match &hc.probe {
+                        // An exec probe runs where the service runs (inside its box, say).
+                        ProbeSpec::Exec(argv) => {
+                            tokio::time::timeout(timeout, backend.exec(&spec, argv))
+                                .await
+                                .unwrap_or_else(|_| Err("exec probe timed out".into()))
+                        }
+                        _ => probe::check(&hc.probe, timeout).await,
+                    };
+                    (i, r)
                 });
             }
         }
         rows.push(ServiceStatus {
             name: svc.name.clone(),
-            backend: backend.name().into(),
+            backend: backend.backend_for(svc).into(),
             program,
             state: inst.state.as_str(),
             healthy: match inst.state {

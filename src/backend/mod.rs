@@ -1,8 +1,13 @@
 //! The seam between the engine and what actually runs a service. `process` runs native programs
-//! under per-service supervisors; `microvm` (feature `microvm`) will run OCI images as BoxLite
-//! boxes. Nothing here assumes processes: an instance has an id, a state and optional details.
+//! under per-service supervisors; `microvm` (feature `microvm`) runs OCI images as BoxLite
+//! boxes; `routed` sends each service to one of them (`backend: auto`). Nothing here assumes
+//! processes: an instance has an id, a state and optional details.
 
+#[cfg(feature = "microvm")]
+pub mod microvm;
 pub mod process;
+pub mod routed;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::layout::Layout;
 use crate::spec::{InitStep, ServiceSpec};
 use crate::supervisor::record::{ExitInfo, State};
 
@@ -100,8 +106,18 @@ pub enum BackendError {
 /// Runs services.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// `process` or `microvm`.
+    /// `process`, `microvm`, or `auto` for a backend that routes each service to one of them.
     fn name(&self) -> &'static str;
+
+    /// The backend that runs `svc` (`process` or `microvm`).
+    fn backend_for(&self, _svc: &ServiceSpec) -> &'static str {
+        self.name()
+    }
+
+    /// Runs an `exec` healthcheck's command where `svc` runs: passes when it exits 0.
+    async fn exec(&self, _svc: &ServiceSpec, argv: &[String]) -> Result<(), String> {
+        crate::probe::host_exec(argv).await
+    }
 
     /// Problems that would stop `svc` from starting (missing program, missing user, ...).
     fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem>;
@@ -143,4 +159,74 @@ pub trait Backend: Send + Sync {
 
     /// Kills `svc` at once, no grace (second Ctrl-C).
     fn kill(&self, svc: &str);
+}
+
+/// The instance of a service run under a supervisor (a process or a box supervisor: both write
+/// the same record), as its record and the liveness of its processes say.
+pub(crate) fn supervised_instance(
+    layout: &Layout,
+    svc: &ServiceSpec,
+    program: impl FnOnce() -> String,
+) -> Instance {
+    let obs = crate::supervisor::observe(layout, &svc.name);
+    let state = obs.state();
+    match obs.record {
+        None => Instance {
+            id: String::new(),
+            state,
+            pid: None,
+            program: program(),
+            hash: String::new(),
+            ports: svc.ports.clone(),
+            started_at: None,
+            restarts: 0,
+            last_exit: None,
+            alive: false,
+            supervised: false,
+            spawn_ms: None,
+        },
+        Some(r) => Instance {
+            id: r.id,
+            state,
+            pid: r.process.filter(|_| obs.alive).map(|p| p.pid),
+            program: r.program,
+            hash: r.hash,
+            ports: r.ports,
+            started_at: r.started_at,
+            restarts: r.restarts,
+            last_exit: r.last_exit,
+            alive: obs.alive,
+            supervised: obs.supervised,
+            spawn_ms: r.spawn_ms,
+        },
+    }
+}
+
+/// Returns when the supervised service's state may have changed: its supervisor exited (a
+/// task's supervisor writes the final record and exits), or after `timeout`.
+pub(crate) async fn supervised_wait_change(layout: &Layout, svc: &ServiceSpec, timeout: Duration) {
+    let obs = crate::supervisor::observe(layout, &svc.name);
+    match obs.record.filter(|_| obs.supervised) {
+        Some(r) => {
+            let sup = r.supervisor;
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::supervisor::proc::wait_gone(&sup, timeout)
+            })
+            .await;
+        }
+        None => tokio::time::sleep(timeout.min(Duration::from_millis(10))).await,
+    }
+}
+
+/// Stops a supervised service (see `supervisor::stop`); true when something was running.
+pub(crate) async fn supervised_stop(layout: &Layout, svc: &str) -> Result<bool, BackendError> {
+    let (layout, name) = (layout.clone(), svc.to_string());
+    let stop_err = |message: String| BackendError::Stop {
+        service: svc.into(),
+        message,
+    };
+    tokio::task::spawn_blocking(move || crate::supervisor::stop(&layout, &name))
+        .await
+        .map_err(|e| stop_err(e.to_string()))?
+        .map_err(|e| stop_err(e.to_string()))
 }

@@ -227,7 +227,7 @@ fn kill_stale_step(record: &Path) {
 }
 
 /// Writes a rendered config file when its content changed, readable by the service's user.
-fn write_config(
+pub(crate) fn write_config(
     target: &Path,
     text: &str,
     mode: u32,
@@ -338,42 +338,12 @@ impl Backend for ProcessBackend {
     }
 
     fn inspect(&self, svc: &ServiceSpec) -> Instance {
-        let obs = supervisor::observe(&self.layout, &svc.name);
-        let state = obs.state();
-        match obs.record {
-            None => Instance {
-                id: String::new(),
-                state,
-                pid: None,
-                program: svc
-                    .process
-                    .as_ref()
-                    .map(|p| program_path(&p.command[0]))
-                    .unwrap_or_default(),
-                hash: String::new(),
-                ports: svc.ports.clone(),
-                started_at: None,
-                restarts: 0,
-                last_exit: None,
-                alive: false,
-                supervised: false,
-                spawn_ms: None,
-            },
-            Some(r) => Instance {
-                id: r.id,
-                state,
-                pid: r.process.filter(|_| obs.alive).map(|p| p.pid),
-                program: r.program,
-                hash: r.hash,
-                ports: r.ports,
-                started_at: r.started_at,
-                restarts: r.restarts,
-                last_exit: r.last_exit,
-                alive: obs.alive,
-                supervised: obs.supervised,
-                spawn_ms: r.spawn_ms,
-            },
-        }
+        super::supervised_instance(&self.layout, svc, || {
+            svc.process
+                .as_ref()
+                .map(|p| program_path(&p.command[0]))
+                .unwrap_or_default()
+        })
     }
 
     async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError> {
@@ -389,6 +359,8 @@ impl Backend for ProcessBackend {
                     cfg.source.display()
                 ))
             })?;
+            let text =
+                crate::spec::interp::fill_backend(&text, crate::spec::interp::BackendVars::PROCESS);
             write_config(&cfg.target, &text, cfg.mode, run_as.as_ref())
                 .map_err(|e| err(format!("cannot write {}: {e}", cfg.target.display())))?;
         }
@@ -557,32 +529,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn wait_change(&self, svc: &ServiceSpec, timeout: Duration) {
-        // A task's supervisor writes the final record and exits: its exit is the change.
-        let obs = supervisor::observe(&self.layout, &svc.name);
-        match obs.record.filter(|_| obs.supervised) {
-            Some(r) => {
-                let sup = r.supervisor;
-                let _ =
-                    tokio::task::spawn_blocking(move || supervisor::proc::wait_gone(&sup, timeout))
-                        .await;
-            }
-            None => tokio::time::sleep(timeout.min(Duration::from_millis(10))).await,
-        }
+        super::supervised_wait_change(&self.layout, svc, timeout).await
     }
 
     async fn stop(&self, svc: &str) -> Result<bool, BackendError> {
-        let layout = self.layout.clone();
-        let name = svc.to_string();
-        tokio::task::spawn_blocking(move || supervisor::stop(&layout, &name))
-            .await
-            .map_err(|e| BackendError::Stop {
-                service: svc.into(),
-                message: e.to_string(),
-            })?
-            .map_err(|e| BackendError::Stop {
-                service: svc.into(),
-                message: e.to_string(),
-            })
+        super::supervised_stop(&self.layout, svc).await
     }
 
     fn kill(&self, svc: &str) {

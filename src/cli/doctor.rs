@@ -11,7 +11,7 @@ pub struct Args {}
 pub fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let names: Vec<String> = ctx.stack.services.keys().cloned().collect();
     let backend = ctx.backend.as_ref();
-    let report = doctor::diagnose(&ctx.stack, backend, &names, |n| {
+    let report = doctor::diagnose(&ctx.stack, backend, &names, &ctx.boxes, |n| {
         ctx.stack
             .services
             .get(n)

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::backend::process::ProcessBackend;
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineError};
 use crate::exit::{ExitStatus, EXIT_CODES_HELP};
@@ -83,6 +82,12 @@ enum Command {
     #[command(name = "__supervise", hide = true)]
     Supervise {
         /// The supervisor spec file.
+        spec: PathBuf,
+    },
+    /// Internal: supervise one service's microVM (started by `up`).
+    #[command(name = "__box", hide = true)]
+    Box {
+        /// The box supervisor spec file.
         spec: PathBuf,
     },
 }
@@ -149,10 +154,14 @@ pub struct Ctx {
     pub plain: bool,
     /// Why `auto` chose what it chose, to say once.
     pub backend_note: Option<String>,
+    /// What the microVM boot probe said.
+    pub boxes: crate::backend::select::Boxes,
 }
 
 impl Ctx {
-    fn load(cli: &Cli) -> Result<Ctx, CliError> {
+    /// Loads the stack and picks its backend. `starts`: the command may start services, so
+    /// `auto` may run the microVM boot probe (once per host boot).
+    async fn load(cli: &Cli, starts: bool) -> Result<Ctx, CliError> {
         let cwd = std::env::current_dir()
             .map_err(|e| CliError::Other(format!("cannot read the current directory: {e}")))?;
         let env: HashMap<String, String> = std::env::vars().collect();
@@ -168,18 +177,12 @@ impl Ctx {
             None => stack.backend,
         };
         let layout = Layout::new(stack.state_dir.clone());
-        let (backend, backend_note): (Arc<dyn Backend>, Option<String>) = match choice {
-            BackendChoice::Process => (Arc::new(ProcessBackend::new(layout.clone())), None),
-            BackendChoice::Auto => (
-                Arc::new(ProcessBackend::new(layout.clone())),
-                Some("backend auto: using process (this build has no microVM support; see `stack doctor`)".into()),
-            ),
-            BackendChoice::Microvm => {
-                return Err(CliError::Usage(
-                    "the microvm backend is not built into this binary: rebuild with `--features microvm`, or use `--backend process`".into(),
-                ))
-            }
-        };
+        let selected = crate::backend::select::select(&stack, &layout, choice, starts)
+            .await
+            .map_err(CliError::Preflight)?;
+        // Only commands that start services say which backend `auto` chose.
+        let backend_note = selected.note.filter(|_| starts);
+        let (backend, boxes) = (selected.backend, selected.boxes);
         Ok(Ctx {
             stack,
             layout,
@@ -187,6 +190,7 @@ impl Ctx {
             json: cli.json,
             plain: cli.plain,
             backend_note,
+            boxes,
         })
     }
 
@@ -230,6 +234,15 @@ pub fn main() -> std::process::ExitCode {
         // No async runtime here: the supervisor is a small threaded program that forks children.
         return std::process::ExitCode::from(crate::supervisor::shim::run(spec) as u8);
     }
+    #[cfg(feature = "microvm")]
+    {
+        // Before any thread starts: the `boxlite` crate reads its runtime dir from the
+        // environment, and `stack` finds the runtime so users never set it.
+        crate::backend::microvm::runtime::export();
+        if let Command::Box { spec } = &cli.command {
+            return std::process::ExitCode::from(crate::backend::microvm::boxsup::run(spec) as u8);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -253,7 +266,11 @@ pub fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
-    let ctx = Ctx::load(&cli)?;
+    let starts = matches!(
+        cli.command,
+        Command::Up(_) | Command::Restart(_) | Command::RebuildBox(_) | Command::Doctor(_)
+    );
+    let ctx = Ctx::load(&cli, starts).await?;
     match cli.command {
         Command::Plan(a) => plan::run(a, ctx),
         Command::Up(a) => up::run(a, ctx).await,
@@ -268,6 +285,9 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Reset(a) => reset::run(a, ctx).await,
         Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
         Command::Supervise { .. } => Ok(ExitStatus::Ok),
+        Command::Box { .. } => Err(CliError::Usage(
+            "this binary has no microVM support: rebuild with `--features microvm`".into(),
+        )),
     }
 }
 

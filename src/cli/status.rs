@@ -9,7 +9,7 @@ use crate::status;
 pub struct Args {}
 
 pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    let rows = status::collect(&ctx.stack, ctx.backend.as_ref(), &ctx.layout).await;
+    let rows = status::collect(&ctx.stack, &ctx.backend, &ctx.layout).await;
     if ctx.json {
         let doc = serde_json::json!({ "services": rows });
         super::print_json(&doc, true)?;

@@ -4,6 +4,36 @@
 
 use std::collections::BTreeMap;
 
+/// Values only the backend knows, filled into `configs:` when a service starts:
+/// - `${backend.bind}`: the address a server listens on: `127.0.0.1` as a process, `0.0.0.0`
+///   inside a box (only its published ports reach it, and those listen on host loopback);
+/// - `${backend.host}`: where it reaches the stack's other services: `127.0.0.1` as a process,
+///   BoxLite's `host.boxlite.internal` (the host's loopback) inside a box.
+pub const BACKEND_VARS: &[&str] = &["backend.bind", "backend.host"];
+
+/// The backend's values for [`BACKEND_VARS`].
+#[derive(Debug, Clone, Copy)]
+pub struct BackendVars {
+    /// `${backend.bind}`.
+    pub bind: &'static str,
+    /// `${backend.host}`.
+    pub host: &'static str,
+}
+
+impl BackendVars {
+    /// A native process: everything on loopback.
+    pub const PROCESS: BackendVars = BackendVars {
+        bind: "127.0.0.1",
+        host: "127.0.0.1",
+    };
+}
+
+/// Fills `${backend.bind}` and `${backend.host}` in a rendered config.
+pub fn fill_backend(text: &str, vars: BackendVars) -> String {
+    text.replace("${backend.bind}", vars.bind)
+        .replace("${backend.host}", vars.host)
+}
+
 /// The variables visible to one service's definition.
 #[derive(Debug, Clone, Default)]
 pub struct Vars {
@@ -19,7 +49,8 @@ impl Vars {
         self.expand_with(input, false)
     }
 
-    /// Like [`Vars::expand`] but leaves `${secret.NAME}` in place, to be filled at start time.
+    /// Like [`Vars::expand`] but leaves `${secret.NAME}` and the backend's `${backend.bind}` and
+    /// `${backend.host}` in place, to be filled at start time (see [`fill_backend`]).
     pub fn expand_keeping_secrets(&self, input: &str) -> Result<String, String> {
         self.expand_with(input, true)
     }
@@ -38,7 +69,7 @@ impl Vars {
                     .find('}')
                     .ok_or_else(|| format!("unclosed `${{` in `{input}`: add the closing `}}`"))?;
                 let body = &body_start[..end];
-                if keep_secrets && body.starts_with("secret.") {
+                if keep_secrets && (body.starts_with("secret.") || BACKEND_VARS.contains(&body)) {
                     out.push_str("${");
                     out.push_str(body);
                     out.push('}');
@@ -149,5 +180,32 @@ mod tests {
         assert!(e.contains("set NOPE to the token"), "{e}");
         assert!(v.expand("${unclosed").is_err());
         assert!(v.expand("${}").is_err());
+    }
+
+    #[test]
+    fn backend_values_wait_for_the_backend_and_are_filled_at_start() {
+        let v = vars();
+        let tpl = "bind ${backend.bind}:${port.http} to ${backend.host}:1 ${secret.k}";
+        let kept = v.expand_keeping_secrets(tpl).unwrap();
+        assert_eq!(
+            kept,
+            "bind ${backend.bind}:28090 to ${backend.host}:1 ${secret.k}"
+        );
+        assert!(
+            v.expand(tpl).is_err(),
+            "outside config templates they are not variables"
+        );
+        assert_eq!(
+            fill_backend(&kept, BackendVars::PROCESS),
+            "bind 127.0.0.1:28090 to 127.0.0.1:1 ${secret.k}"
+        );
+        let boxed = BackendVars {
+            bind: "0.0.0.0",
+            host: "host.boxlite.internal",
+        };
+        assert_eq!(
+            fill_backend(&kept, boxed),
+            "bind 0.0.0.0:28090 to host.boxlite.internal:1 ${secret.k}"
+        );
     }
 }

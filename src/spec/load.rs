@@ -68,6 +68,7 @@ const BOX_KEYS: &[&str] = &[
     "working_dir",
     "volumes",
     "ports",
+    "environment",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "tcp",
@@ -82,7 +83,7 @@ const HEALTH_KEYS: &[&str] = &[
     "start_period",
     "retries",
 ];
-const INIT_KEYS: &[&str] = &["name", "command", "creates", "when"];
+const INIT_KEYS: &[&str] = &["name", "command", "creates", "when", "backend"];
 
 /// Collects problems for one file.
 struct Checker<'a> {
@@ -905,6 +906,13 @@ fn box_spec(
             "entrypoint" => spec.entrypoint = c.argv(v, &path, vars).unwrap_or_default(),
             "command" => spec.command = c.argv(v, &path, vars).unwrap_or_default(),
             "working_dir" => spec.working_dir = c.string(v, &path, vars),
+            "environment" => {
+                for (k, ev) in c.map(v, &path, &[]) {
+                    if let Some(val) = c.string(ev, &format!("{path}.{k}"), vars) {
+                        spec.environment.insert(k, val);
+                    }
+                }
+            }
             "volumes" => {
                 if let Value::Seq(items) = &v.value {
                     for (i, item) in items.iter().enumerate() {
@@ -1172,6 +1180,7 @@ fn init_step(
     let mut command = None;
     let mut creates = None;
     let mut phase = InitPhase::BeforeStart;
+    let mut backend = None;
     for (k, v) in c.map(node, path, INIT_KEYS) {
         let p = format!("{path}.{k}");
         match k.as_str() {
@@ -1188,6 +1197,15 @@ fn init_step(
                     format!(
                         "unknown phase `{other}`: use before_start, after_start or after_healthy"
                     ),
+                ),
+                None => {}
+            },
+            "backend" => match c.string(v, &p, vars).as_deref() {
+                Some(b @ ("process" | "microvm")) => backend = Some(b.to_string()),
+                Some(other) => c.err(
+                    v.line,
+                    &p,
+                    format!("unknown backend `{other}`: use process or microvm (or leave it out for both)"),
                 ),
                 None => {}
             },
@@ -1208,6 +1226,7 @@ fn init_step(
         command,
         creates,
         phase,
+        backend,
     })
 }
 

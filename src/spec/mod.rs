@@ -1,7 +1,7 @@
 //! The stack definition: `stack.yaml` plus `services/*.yaml`, loaded, interpolated and validated
 //! into typed values. Every problem is reported at once, each with file, line and key path.
 
-mod interp;
+pub mod interp;
 mod load;
 mod yaml;
 
@@ -162,6 +162,10 @@ impl ServiceSpec {
         for cfg in &self.configs {
             feed(&cfg.target.to_string_lossy(), &cfg.content);
         }
+        if let Some(b) = &self.boxed {
+            // A box's options are fixed when it is created: any change means a new box.
+            feed("box", &format!("{b:?}"));
+        }
         hex::encode(&h.finalize()[..12])
     }
 }
@@ -224,6 +228,8 @@ pub struct BoxSpec {
     pub volumes: Vec<(PathBuf, String)>,
     /// Guest port per named host port.
     pub guest_ports: BTreeMap<String, u16>,
+    /// Environment only the box gets (merged over `environment:`).
+    pub environment: BTreeMap<String, String>,
 }
 
 /// When a service exits on its own, start it again?
@@ -361,6 +367,15 @@ pub struct InitStep {
     pub creates: Option<PathBuf>,
     /// When it runs.
     pub phase: InitPhase,
+    /// Only on this backend (`process` or `microvm`); `None` runs it on both.
+    pub backend: Option<String>,
+}
+
+impl InitStep {
+    /// Does this step run on `backend`?
+    pub fn runs_on(&self, backend: &str) -> bool {
+        self.backend.as_deref().is_none_or(|b| b == backend)
+    }
 }
 
 /// One problem in the stack definition.

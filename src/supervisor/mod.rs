@@ -12,6 +12,8 @@ pub mod proc;
 pub mod record;
 pub mod shim;
 
+pub use shim::handshake as send_handshake;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -112,7 +114,8 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    fn ok(pid: Option<u32>, state: State) -> Handshake {
+    /// The service is up.
+    pub fn ok(pid: Option<u32>, state: State) -> Handshake {
         Handshake {
             ok: true,
             pid,
@@ -120,7 +123,8 @@ impl Handshake {
             error: None,
         }
     }
-    fn failed(error: String) -> Handshake {
+    /// It could not start, and why.
+    pub fn failed(error: String) -> Handshake {
         Handshake {
             ok: false,
             pid: None,
@@ -219,10 +223,21 @@ pub fn lock_held(layout: &Layout, service: &str) -> bool {
 pub fn launch(layout: &Layout, spec: &SupervisorSpec) -> Result<Handshake, SupervisorError> {
     let spec_path = layout.supervisor_spec(&spec.service);
     write_json(&spec_path, spec).map_err(io_err(&spec_path))?;
+    spawn_supervisor("__supervise", &spec_path, &spec.service, &spec.log_path)
+}
+
+/// Starts `stack <subcommand> <spec_path>` (a process or box supervisor) in its own session and
+/// waits for its one-line handshake.
+pub fn spawn_supervisor(
+    subcommand: &str,
+    spec_path: &Path,
+    service: &str,
+    log_path: &Path,
+) -> Result<Handshake, SupervisorError> {
     let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("__supervise")
-        .arg(&spec_path)
+    cmd.arg(subcommand)
+        .arg(spec_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -235,7 +250,7 @@ pub fn launch(layout: &Layout, spec: &SupervisorSpec) -> Result<Handshake, Super
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(io_err(&spec_path))?;
+    let mut child = cmd.spawn().map_err(io_err(spec_path))?;
     let stdout = child.stdout.take();
     // Reap the supervisor if it exits while we still live; afterwards init adopts it.
     std::thread::spawn(move || child.wait());
@@ -249,9 +264,8 @@ pub fn launch(layout: &Layout, spec: &SupervisorSpec) -> Result<Handshake, Super
             h.error.unwrap_or_else(|| "the supervisor failed".into()),
         )),
         Err(_) => Err(SupervisorError::Spawn(format!(
-            "the supervisor of `{}` exited without a word: see {}",
-            spec.service,
-            spec.log_path.display()
+            "the supervisor of `{service}` exited without a word: see {}",
+            log_path.display()
         ))),
     }
 }
@@ -281,6 +295,18 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     // Re-read: the supervisor may have stopped the process and updated the record.
     if let Some(r) = read_json::<Record>(&layout.record(service)).ok().flatten() {
         record = r;
+    }
+    if let Some(p) = record.process.clone().filter(ProcRef::is_alive) {
+        did = true;
+        if !proc::is_group_leader(p.pid) {
+            // Not a group we made (a box's shim, started by BoxLite): signal it alone.
+            proc::signal(p.pid, sig);
+            if !proc::wait_gone(&p, grace) {
+                proc::signal(p.pid, Signal::SIGKILL);
+                proc::wait_gone(&p, Duration::from_secs(5));
+            }
+            record.process = None;
+        }
     }
     if let Some(p) = record.process.clone().filter(ProcRef::is_alive) {
         did = true;
@@ -324,7 +350,11 @@ pub fn kill_now(layout: &Layout, service: &str) {
             proc::signal(r.supervisor.pid, Signal::SIGKILL);
         }
         if let Some(p) = r.process.filter(ProcRef::is_alive) {
-            proc::signal_group(p.pid, Signal::SIGKILL);
+            if proc::is_group_leader(p.pid) {
+                proc::signal_group(p.pid, Signal::SIGKILL);
+            } else {
+                proc::signal(p.pid, Signal::SIGKILL);
+            }
         }
     }
 }

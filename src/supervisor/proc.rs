@@ -112,6 +112,12 @@ pub fn user_of(pid: u32) -> String {
     }
 }
 
+/// Does `pid` lead its own process group (as every service the process backend starts does)?
+pub fn is_group_leader(pid: u32) -> bool {
+    let p = Pid::from_raw(pid as i32);
+    nix::unistd::getpgid(Some(p)).is_ok_and(|g| g == p)
+}
+
 /// Does any process of the group still run? Zombies do not count: a group whose members were
 /// re-parented to an init that never reaps would otherwise look alive forever.
 pub fn group_alive(pgid: u32) -> bool {

@@ -39,29 +39,11 @@ enum Event {
 
 /// Runs the supervisor for the spec at `spec_path`; returns the process exit code.
 pub fn run(spec_path: &Path) -> i32 {
-    let spec: SupervisorSpec = match read_json(spec_path) {
-        Ok(Some(s)) => s,
-        other => {
-            handshake(&Handshake::failed(format!(
-                "cannot read supervisor spec {}: {other:?}",
-                spec_path.display()
-            )));
-            return 2;
-        }
+    let Some(spec) = read_spec::<SupervisorSpec>(spec_path) else {
+        return 2;
     };
-    let lock = match File::create(&spec.lock_path)
-        .map_err(|e| e.to_string())
-        .and_then(|f| {
-            Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.to_string())
-        }) {
-        Ok(l) => l,
-        Err(e) => {
-            handshake(&Handshake::failed(format!(
-                "`{}` already has a supervisor ({e})",
-                spec.service
-            )));
-            return 3;
-        }
+    let Some(lock) = hold_service_lock(&spec.lock_path, &spec.service) else {
+        return 3;
     };
     let mut sup = match Supervisor::new(spec) {
         Ok(s) => s,
@@ -75,8 +57,38 @@ pub fn run(spec_path: &Path) -> i32 {
     code
 }
 
+/// Reads a supervisor's spec file; when it cannot, says so in the handshake and returns `None`.
+pub fn read_spec<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> {
+    let why = match read_json(path) {
+        Ok(Some(s)) => return Some(s),
+        Ok(None) => "it does not exist".to_string(),
+        Err(e) => e.to_string(),
+    };
+    handshake(&Handshake::failed(format!(
+        "cannot read supervisor spec {}: {why}",
+        path.display()
+    )));
+    None
+}
+
+/// Takes the service's supervisor lock for the caller's lifetime; when another supervisor holds
+/// it, says so in the handshake and returns `None`.
+pub fn hold_service_lock(path: &Path, service: &str) -> Option<Flock<File>> {
+    match File::create(path).map_err(|e| e.to_string()).and_then(|f| {
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.to_string())
+    }) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            handshake(&Handshake::failed(format!(
+                "`{service}` already has a supervisor ({e})"
+            )));
+            None
+        }
+    }
+}
+
 /// Sends the one-line handshake on stdout, then detaches stdout from the launching command.
-fn handshake(h: &Handshake) {
+pub fn handshake(h: &Handshake) {
     let mut out = std::io::stdout();
     let _ = serde_json::to_writer(&mut out, h);
     let _ = out.write_all(b"\n");

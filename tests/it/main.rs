@@ -6,6 +6,8 @@ mod harness;
 mod data;
 mod engine;
 mod lifecycle;
+#[cfg(feature = "microvm")]
+mod microvm;
 mod platform;
 mod services;
 mod spec;

@@ -1,0 +1,479 @@
+//! The box supervisor (`stack __box SPEC`): the microVM counterpart of `stack __supervise`. One
+//! per service, outliving the `stack` command that started it. It holds the service's lock,
+//! owns the service's BoxLite home (BoxLite allows one runtime per home), boots the box, writes
+//! the box's output to the service log, answers exec requests on `run/<service>.sock` (exec
+//! probes and init steps run inside the box), restarts the box per policy, and stops it on
+//! SIGTERM. The record it writes has the same shape as a process's, with the box id as the
+//! instance id (what export/import will carry) and the box's shim as its process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boxlite::{AttachOptions, BoxCommand, BoxOptions, BoxliteOptions, BoxliteRuntime, LiteBox};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::spec::RestartPolicy;
+use crate::supervisor::log::{LogSink, Stream};
+use crate::supervisor::proc::ProcRef;
+use crate::supervisor::record::{now_rfc3339, write_json, ExitInfo, Record, State};
+use crate::supervisor::shim::{hold_service_lock, read_spec};
+use crate::supervisor::{send_handshake, Handshake};
+
+/// Everything the box supervisor needs, written by the backend as `run/<service>.spec.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoxSupervisorSpec {
+    /// Service.
+    pub service: String,
+    /// Definition hash.
+    pub hash: String,
+    /// The image, shown as the program.
+    pub program: String,
+    /// `<stack>-<service>`.
+    pub box_name: String,
+    /// The service's BoxLite home.
+    pub home: PathBuf,
+    /// The box.
+    pub options: BoxOptions,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// A one-shot task.
+    pub is_task: bool,
+    /// Host ports.
+    pub ports: BTreeMap<String, u16>,
+    /// How long a boot may take.
+    pub boot_timeout: Duration,
+    /// How long the box may take to stop.
+    pub stop_grace: Duration,
+    /// Service log.
+    pub log_path: PathBuf,
+    /// Its cap.
+    pub log_cap: u64,
+    /// Record path.
+    pub record_path: PathBuf,
+    /// Lock path.
+    pub lock_path: PathBuf,
+    /// Control socket.
+    pub socket_path: PathBuf,
+}
+
+/// An exec request on the control socket (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// argv.
+    pub argv: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Kill it after this long.
+    pub timeout: Duration,
+}
+
+/// Its answer (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecReply {
+    /// Exit code (negative: killed by that signal); `None` when it could not run.
+    pub exit_code: Option<i32>,
+    /// stdout then stderr, as text.
+    pub output: String,
+    /// Why it could not run.
+    pub error: Option<String>,
+}
+
+/// Sends one exec request to a box supervisor and waits for the answer.
+pub async fn exec(socket: &Path, req: &ExecRequest) -> Result<ExecReply, String> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot reach the box supervisor at {}: {e} (is the service running?)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(r)
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(answer.trim())
+        .map_err(|e| format!("the box supervisor answered nonsense ({e}): {answer}"))
+}
+
+/// Runs the box supervisor for the spec at `spec_path`; returns the process exit code.
+pub fn run(spec_path: &Path) -> i32 {
+    let Some(spec) = read_spec::<BoxSupervisorSpec>(spec_path) else {
+        return 2;
+    };
+    let Some(lock) = hold_service_lock(&spec.lock_path, &spec.service) else {
+        return 3;
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            send_handshake(&Handshake::failed(format!(
+                "cannot start an async runtime: {e}"
+            )));
+            return 2;
+        }
+    };
+    let code = rt.block_on(supervise(spec));
+    drop(lock);
+    code
+}
+
+struct Sup {
+    spec: BoxSupervisorSpec,
+    log: Arc<Mutex<LogSink>>,
+    record: Record,
+}
+
+impl Sup {
+    fn note(&self, text: &str) {
+        if let Ok(mut l) = self.log.lock() {
+            l.line(Stream::Sup, text);
+        }
+    }
+
+    fn save(&self) {
+        let _ = write_json(&self.spec.record_path, &self.record);
+    }
+}
+
+async fn supervise(spec: BoxSupervisorSpec) -> i32 {
+    let log = match LogSink::open(&spec.log_path, spec.log_cap) {
+        Ok(l) => Arc::new(Mutex::new(l)),
+        Err(e) => {
+            send_handshake(&Handshake::failed(format!(
+                "cannot open log {}: {e}",
+                spec.log_path.display()
+            )));
+            return 2;
+        }
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        send_handshake(&Handshake::failed("cannot install signal handlers".into()));
+        return 2;
+    };
+    let Some(me) = ProcRef::of(std::process::id()) else {
+        send_handshake(&Handshake::failed("cannot read its own start time".into()));
+        return 2;
+    };
+    let mut sup = Sup {
+        record: Record {
+            id: String::new(),
+            service: spec.service.clone(),
+            backend: "microvm".into(),
+            program: spec.program.clone(),
+            hash: spec.hash.clone(),
+            ports: spec.ports.clone(),
+            supervisor: me,
+            process: None,
+            state: State::Starting,
+            started_at: None,
+            spawn_ms: None,
+            restarts: 0,
+            last_exit: None,
+        },
+        spec,
+        log,
+    };
+    let runtime = match BoxliteRuntime::new(BoxliteOptions {
+        home_dir: sup.spec.home.clone(),
+        ..BoxliteOptions::default()
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            send_handshake(&Handshake::failed(format!(
+                "cannot open BoxLite's home {}: {e}",
+                sup.spec.home.display()
+            )));
+            return 2;
+        }
+    };
+    let bx = match boot(&runtime, &mut sup).await {
+        Ok(b) => b,
+        Err(e) => {
+            sup.note(&format!("boot failed: {e}"));
+            sup.record.state = State::Failed;
+            sup.save();
+            send_handshake(&Handshake::failed(e));
+            let _ = runtime.shutdown(Some(5)).await;
+            return 1;
+        }
+    };
+    send_handshake(&Handshake::ok(
+        sup.record.process.as_ref().map(|p| p.pid),
+        State::Running,
+    ));
+    let _ = std::fs::remove_file(&sup.spec.socket_path);
+    let listener = UnixListener::bind(&sup.spec.socket_path);
+    let current = Arc::new(tokio::sync::RwLock::new(bx));
+    if let Ok(listener) = listener {
+        tokio::spawn(serve(listener, Arc::clone(&current)));
+    } else if let Err(e) = listener {
+        sup.note(&format!(
+            "cannot listen on {}: {e}; exec probes and init steps will fail",
+            sup.spec.socket_path.display()
+        ));
+    }
+    let mut backoff = Duration::from_millis(100);
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => break stop(&runtime, &current, &mut sup).await,
+            _ = int.recv() => break stop(&runtime, &current, &mut sup).await,
+            _ = hup.recv() => break stop(&runtime, &current, &mut sup).await,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let info = current.read().await.info().await;
+        let (active, exit_code) = match &info {
+            Ok(i) => (i.status.is_active(), i.exit_code),
+            Err(_) => (false, None),
+        };
+        if active {
+            continue;
+        }
+        let exit = ExitInfo {
+            code: exit_code,
+            signal: None,
+            at: now_rfc3339(),
+        };
+        sup.note(&format!("the box stopped ({})", exit.describe()));
+        let restart = match sup.spec.restart {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure => !exit.is_clean(),
+            _ => true,
+        };
+        sup.record.last_exit = Some(exit.clone());
+        sup.record.process = None;
+        if !restart {
+            sup.record.state = match (exit.is_clean(), sup.spec.is_task) {
+                (true, true) => State::Completed,
+                (true, false) => State::Exited,
+                _ => State::Failed,
+            };
+            sup.save();
+            break 0;
+        }
+        sup.record.state = State::Starting;
+        sup.save();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        match boot(&runtime, &mut sup).await {
+            Ok(b) => {
+                sup.record.restarts += 1;
+                sup.save();
+                *current.write().await = b;
+            }
+            Err(e) => sup.note(&format!("restart failed: {e}")),
+        }
+    };
+    let _ = std::fs::remove_file(&sup.spec.socket_path);
+    let _ = runtime.shutdown(Some(5)).await;
+    code
+}
+
+/// Finds or creates the box, boots it, records it, and follows its output into the log.
+async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String> {
+    let t0 = Instant::now();
+    let name = sup.spec.box_name.clone();
+    // A box made from another definition is replaced: its options are fixed at creation.
+    let hash_file = sup.spec.home.join("stack-definition-hash");
+    let same = std::fs::read_to_string(&hash_file).is_ok_and(|h| h == sup.spec.hash);
+    let existing = runtime.get(&name).await.map_err(|e| e.to_string())?;
+    let bx = match existing {
+        Some(b) if same => b,
+        other => {
+            if other.is_some() {
+                sup.note("the definition changed: replacing the box");
+                runtime
+                    .remove(&name, true)
+                    .await
+                    .map_err(|e| format!("cannot remove the outdated box `{name}`: {e}"))?;
+            }
+            let b = runtime
+                .create(sup.spec.options.clone(), Some(name.clone()))
+                .await
+                .map_err(|e| format!("cannot create box `{name}`: {e}"))?;
+            let _ = std::fs::write(&hash_file, &sup.spec.hash);
+            b
+        }
+    };
+    sup.record.id = bx.id().to_string();
+    sup.note(&format!(
+        "booting box {} ({})",
+        sup.record.id, sup.spec.program
+    ));
+    match tokio::time::timeout(sup.spec.boot_timeout, bx.start()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(format!(
+                "box `{name}` did not boot: {e} (see `stack doctor` for the microVM boot probe)"
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "box `{name}` did not boot within {}s (see `stack doctor`)",
+                sup.spec.boot_timeout.as_secs()
+            ))
+        }
+    }
+    let info = bx.info().await.map_err(|e| e.to_string())?;
+    sup.record.process = info.pid.and_then(ProcRef::of);
+    sup.record.state = State::Running;
+    sup.record.started_at = Some(now_rfc3339());
+    sup.record.spawn_ms = Some(t0.elapsed().as_millis() as u64);
+    sup.save();
+    sup.note(&format!(
+        "box {} running (shim pid {:?}) in {} ms",
+        sup.record.id,
+        info.pid,
+        t0.elapsed().as_millis()
+    ));
+    match bx.attach(AttachOptions::main().read_only()).await {
+        Ok(mut session) => {
+            let log = Arc::clone(&sup.log);
+            let (out, err) = (session.stdout(), session.stderr());
+            tokio::spawn(async move {
+                let follow = |s: Option<boxlite::ExecStdout>| {
+                    let log = Arc::clone(&log);
+                    async move {
+                        if let Some(mut s) = s {
+                            while let Some(chunk) = s.next().await {
+                                for line in chunk.lines() {
+                                    if let Ok(mut l) = log.lock() {
+                                        l.line(Stream::Out, line);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                let log2 = Arc::clone(&log);
+                let errs = async move {
+                    if let Some(mut s) = err {
+                        while let Some(chunk) = s.next().await {
+                            for line in chunk.lines() {
+                                if let Ok(mut l) = log2.lock() {
+                                    l.line(Stream::Err, line);
+                                }
+                            }
+                        }
+                    }
+                };
+                tokio::join!(follow(out), errs);
+            });
+        }
+        Err(e) => sup.note(&format!("cannot follow the box's output: {e}")),
+    }
+    Ok(bx)
+}
+
+/// Stops the box (graceful, bounded by the grace period) and records it stopped.
+async fn stop(
+    runtime: &BoxliteRuntime,
+    current: &tokio::sync::RwLock<LiteBox>,
+    sup: &mut Sup,
+) -> i32 {
+    sup.record.state = State::Stopping;
+    sup.save();
+    sup.note("stopping the box");
+    let bx = current.read().await;
+    let stopped = tokio::time::timeout(sup.spec.stop_grace, bx.stop()).await;
+    if !matches!(stopped, Ok(Ok(()))) {
+        sup.note("the box did not stop in time: removing it by force");
+        let _ = runtime.remove(bx.id().as_str(), true).await;
+    }
+    sup.record.state = State::Stopped;
+    sup.record.process = None;
+    sup.save();
+    0
+}
+
+/// Answers exec requests, one connection at a time each on its own task.
+async fn serve(listener: UnixListener, current: Arc<tokio::sync::RwLock<LiteBox>>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let current = Arc::clone(&current);
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<ExecRequest>(line.trim()) {
+                Ok(req) => run_exec(&*current.read().await, req).await,
+                Err(e) => ExecReply {
+                    exit_code: None,
+                    output: String::new(),
+                    error: Some(format!("bad request: {e}")),
+                },
+            };
+            if let Ok(mut bytes) = serde_json::to_vec(&reply) {
+                bytes.push(b'\n');
+                let _ = w.write_all(&bytes).await;
+            }
+        });
+    }
+}
+
+async fn run_exec(bx: &LiteBox, req: ExecRequest) -> ExecReply {
+    let failed = |e: String| ExecReply {
+        exit_code: None,
+        output: String::new(),
+        error: Some(e),
+    };
+    let Some((program, args)) = req.argv.split_first() else {
+        return failed("empty command".into());
+    };
+    let mut cmd = BoxCommand::new(program.as_str())
+        .args(args.iter().map(String::as_str))
+        .timeout(req.timeout);
+    for (k, v) in &req.env {
+        cmd = cmd.env(k.as_str(), v.as_str());
+    }
+    let mut ex = match bx.exec(cmd).await {
+        Ok(x) => x,
+        Err(e) => return failed(e.to_string()),
+    };
+    let (out, err) = (ex.stdout(), ex.stderr());
+    let collect = |s: Option<boxlite::ExecStdout>| async move {
+        let mut text = String::new();
+        if let Some(mut s) = s {
+            while let Some(chunk) = s.next().await {
+                text.push_str(&chunk);
+            }
+        }
+        text
+    };
+    let errs = async move {
+        let mut text = String::new();
+        if let Some(mut s) = err {
+            while let Some(chunk) = s.next().await {
+                text.push_str(&chunk);
+            }
+        }
+        text
+    };
+    let (o, e, r) = tokio::join!(collect(out), errs, ex.wait());
+    match r {
+        Ok(res) => ExecReply {
+            exit_code: Some(res.exit_code),
+            output: o + &e,
+            error: res.error_message,
+        },
+        Err(e) => failed(e.to_string()),
+    }
+}
