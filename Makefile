@@ -1,5 +1,5 @@
 # Thin wrappers; the logic lives in Rust and scripts/.
-.PHONY: help deps build up down test check bench acceptance
+.PHONY: help deps deps-microvm build build-microvm up down test test-microvm check bench acceptance
 
 STACK := target/release/stack
 
@@ -9,8 +9,14 @@ help:            ## list targets
 deps:            ## install the servers of the default stack (Debian)
 	scripts/install-deps.sh
 
+deps-microvm:    ## also what the microvm backend needs: protoc, busybox-static, BoxLite's runtime
+	scripts/install-deps.sh --microvm
+
 build:           ## build the release binary
 	cargo build --release --locked
+
+build-microvm:   ## the release binary with the microvm backend (docs/microvm.md)
+	cargo build --release --locked --features microvm
 
 up: deps build   ## install, build and bring up the default stack
 	$(STACK) up
@@ -21,13 +27,19 @@ down:            ## stop the default stack (data kept)
 acceptance: build ## the shared CLI contract checks
 	../shared/acceptance/run $(STACK)
 
-test: build      ## the whole suite: unit + integration tests, then the CLI contract checks
+test: deps-microvm build ## the whole suite: unit + integration, microvm feature, CLI contract
 	cargo test --locked --all-targets
+	$(MAKE) test-microvm
 	@if [ -x ../shared/acceptance/run ]; then ../shared/acceptance/run $(STACK); else echo "acceptance: ../shared not present, skipped"; fi
 
-check:           ## formatting and lints, as CI runs them
+test-microvm:    ## the microvm backend's tests (booting ones skip, with the reason, where KVM cannot boot)
+	cargo test --locked --features microvm --lib backend::microvm
+	cargo test --locked --features microvm --test it microvm:: -- --nocapture
+
+check:           ## formatting and lints, as CI runs them (both builds: default and microvm)
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --all-targets --features microvm -- -D warnings
 
 bench: build     ## benchmarks: cold/warm up and down against the critical-path limit
 	scripts/bench.sh

@@ -2,7 +2,20 @@
 # Installs what `stack` and its default services need on Debian/Ubuntu (run as root, or with sudo
 # available). Idempotent: what is already present is skipped. Usage:
 #   scripts/install-deps.sh            # servers of the default stack + the service user
+#   scripts/install-deps.sh --microvm  # also what the microVM backend needs (docs/microvm.md):
+#                                      # protoc to build `--features microvm`, busybox-static for
+#                                      # the boot probe, and BoxLite's 0.10.8 runtime
 set -euo pipefail
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+MICROVM=0
+for arg in "$@"; do
+  case "$arg" in
+    --microvm) MICROVM=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) printf 'error: unknown option %s (try --help)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -16,6 +29,10 @@ command -v apt-get >/dev/null || die "this script installs Debian packages; inst
 
 # Debian packages of the default stack's servers (and the clients its init steps use).
 PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates)
+if [ "$MICROVM" = 1 ]; then
+  # protoc builds the boxlite crate; busybox-static fills the boot probe's image.
+  PACKAGES+=(protobuf-compiler busybox-static python3-pip)
+fi
 # Node.js 20+ runs the OIDC provider; machines that already have it (nodesource) keep theirs.
 if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
   PACKAGES+=(nodejs npm)
@@ -69,6 +86,37 @@ if [ -f "$here/services/dex/package-lock.json" ]; then
   if [ ! -d "$here/services/dex/node_modules" ] || [ "$here/services/dex/package-lock.json" -nt "$here/services/dex/node_modules" ]; then
     say "installing the OIDC provider's npm packages"
     (cd "$here/services/dex" && npm ci --no-audit --no-fund --loglevel=error && touch node_modules)
+  fi
+fi
+# BoxLite's runtime (shim, guest agent, libkrunfw) for the microvm feature. The crate is built
+# without one (stub mode, .cargo/config.toml); the same version ships inside BoxLite's Python
+# wheel on PyPI, which unpacks it on first use. We let it, then keep a copy where `stack` looks.
+if [ "$MICROVM" = 1 ]; then
+  BOXLITE_VERSION=0.10.8
+  runtime_dir="$TOOLS/boxlite-$BOXLITE_VERSION/runtime"
+  if [ -x "$runtime_dir/boxlite-shim" ] && [ -f "$runtime_dir/libkrunfw.so.5" ]; then
+    say "BoxLite $BOXLITE_VERSION runtime already installed"
+  else
+    say "fetching BoxLite $BOXLITE_VERSION's runtime from its PyPI wheel"
+    py=$(command -v python3.11 || command -v python3)
+    "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+      || die "BoxLite's $BOXLITE_VERSION wheel is built for CPython 3.11; found $("$py" --version 2>&1)"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    "$py" -m pip download --quiet --no-deps --only-binary=:all: "boxlite==$BOXLITE_VERSION" -d "$work/wheel"
+    "$py" -m pip install --quiet --no-deps --target "$work/site" "$work"/wheel/boxlite-*.whl
+    # Creating a runtime unpacks the embedded binaries under $HOME/.local/share/boxlite/runtimes.
+    HOME="$work/home" PYTHONPATH="$work/site" "$py" -c "
+import asyncio, boxlite
+async def main():
+    boxlite.Boxlite(boxlite.Options(home_dir='$work/boxlite-home'))
+asyncio.run(main())
+" || true
+    unpacked=$(ls -d "$work"/home/.local/share/boxlite/runtimes/v"$BOXLITE_VERSION"-* 2>/dev/null | head -1)
+    [ -n "$unpacked" ] && [ -x "$unpacked/boxlite-shim" ] || die "BoxLite's wheel did not unpack its runtime (see docs/microvm.md)"
+    $SUDO mkdir -p "$runtime_dir"
+    $SUDO cp -a "$unpacked"/. "$runtime_dir"/
+    say "BoxLite runtime installed in $runtime_dir"
   fi
 fi
 say "dependencies ready"
