@@ -88,10 +88,18 @@ pub async fn select(
         (BackendChoice::Microvm, Boxes::NotBuilt) => return Err(
             "the microvm backend is not built into this binary: rebuild with `--features microvm` (see docs/microvm.md), or use `--backend process`".into(),
         ),
-        (BackendChoice::Microvm, Boxes::Probed(v)) if !v.ok => return Err(format!(
-            "the microvm backend cannot run here: {}\n  fix: {}; or use `--backend process` or `auto`",
-            v.reason, v.fix
-        )),
+        (BackendChoice::Microvm, Boxes::Probed(v)) if !v.ok => {
+            // The probe's own fix, when there is something to fix on this host.
+            let host_fix = if v.fix.starts_with("nothing to do") {
+                String::new()
+            } else {
+                format!("{}; or ", v.fix)
+            };
+            return Err(format!(
+                "the microvm backend cannot run here: {}\n  fix: {host_fix}use `--backend auto` (boxes where they boot, processes elsewhere) or `--backend process`",
+                v.reason
+            ));
+        }
         (BackendChoice::Microvm, _) => (routed(microvm), None),
         (_, Boxes::Probed(v)) if v.ok => (
             routed(microvm),

@@ -11,12 +11,21 @@ pub struct Args {}
 pub fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let names: Vec<String> = ctx.stack.services.keys().cloned().collect();
     let backend = ctx.backend.as_ref();
-    let report = doctor::diagnose(&ctx.stack, backend, &names, &ctx.boxes, |n| {
+    let mut report = doctor::diagnose(&ctx.stack, backend, &names, &ctx.boxes, |n| {
         ctx.stack
             .services
             .get(n)
             .is_some_and(|s| backend.inspect(s).is_up())
     });
+    if let Some(why) = &ctx.backend_refusal {
+        let (detail, fix) = why.split_once("\n  fix: ").unwrap_or((why, ""));
+        report.checks.push(doctor::Check {
+            name: "backend".into(),
+            status: "fail",
+            detail: detail.into(),
+            fix: fix.into(),
+        });
+    }
     if ctx.json {
         let doc = serde_json::json!({ "passed": report.passed(), "backend": backend.name(), "checks": report.checks });
         super::print_json(&doc, true)?;

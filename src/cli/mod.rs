@@ -156,6 +156,8 @@ pub struct Ctx {
     pub backend_note: Option<String>,
     /// What the microVM boot probe said.
     pub boxes: crate::backend::select::Boxes,
+    /// Why the backend asked for cannot run here (`doctor` reports it; others exit 4).
+    pub backend_refusal: Option<String>,
 }
 
 impl Ctx {
@@ -177,9 +179,18 @@ impl Ctx {
             None => stack.backend,
         };
         let layout = Layout::new(stack.state_dir.clone());
-        let selected = crate::backend::select::select(&stack, &layout, choice, starts)
-            .await
-            .map_err(CliError::Preflight)?;
+        let mut backend_refusal = None;
+        let selected = match crate::backend::select::select(&stack, &layout, choice, starts).await {
+            Ok(s) => s,
+            // `doctor` reports a backend that cannot run here as one of its checks.
+            Err(why) if matches!(cli.command, Command::Doctor(_)) => {
+                backend_refusal = Some(why);
+                crate::backend::select::select(&stack, &layout, BackendChoice::Auto, starts)
+                    .await
+                    .map_err(CliError::Preflight)?
+            }
+            Err(why) => return Err(CliError::Preflight(why)),
+        };
         // Only commands that start services say which backend `auto` chose.
         let backend_note = selected.note.filter(|_| starts);
         let (backend, boxes) = (selected.backend, selected.boxes);
@@ -191,6 +202,7 @@ impl Ctx {
             plain: cli.plain,
             backend_note,
             boxes,
+            backend_refusal,
         })
     }
 

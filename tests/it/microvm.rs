@@ -100,9 +100,29 @@ fn doctor_probes_a_real_boot_within_the_deadline_and_caches_the_verdict() {
     }
     assert_eq!(
         bootprobe::cached(&layout),
-        Some(verdict),
+        Some(verdict.clone()),
         "the cache was not re-measured"
     );
+    if !verdict.ok {
+        // Asked for explicitly, a backend that cannot run here fails doctor, with the reason.
+        let r = p.run(&["--backend", "microvm", "doctor", "--json"]);
+        assert_eq!(r.code, 4, "{}", r.text());
+        let failed: Vec<serde_json::Value> = r.json()["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .filter(|c| c["status"] == "fail")
+            .cloned()
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0]["name"], "backend");
+        assert!(failed[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&verdict.reason)));
+        assert!(failed[0]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("--backend auto")));
+    }
 }
 
 /// `backend: auto` with a Redis that has both `process:` and `image:`: a box where the probe
@@ -151,4 +171,61 @@ fn auto_runs_redis_as_a_box_where_boxes_boot_and_as_a_process_elsewhere() {
     let down = p.run(&["down"]);
     assert_eq!(down.code, 0, "{}", down.text());
     assert!(!crate::harness::listening(port), "redis stopped");
+}
+
+/// A box that cannot boot fails `up` cleanly: exit 5 naming BoxLite's reason, the record says
+/// failed, and no supervisor or BoxLite shim is left behind. The probe's cached verdict is set to
+/// "passed" so `up` takes the box path even here; on a host where boxes boot, the same service
+/// comes up instead, healthy by an exec probe that runs inside the box.
+#[test]
+fn a_box_that_cannot_boot_fails_up_cleanly_and_one_that_boots_is_probed_inside() {
+    let p = Project::new("mvbox");
+    p.write("stack.yaml", "name: mvbox\nbackend: microvm\n");
+    stack::backend::microvm::image::build(
+        &p.dir.join("images/busybox"),
+        std::path::Path::new(stack::backend::microvm::image::BUSYBOX),
+    )
+    .expect("busybox image (install busybox-static)");
+    p.service(
+        "tiny",
+        "image: ./images/busybox\nbox:\n  command: [/bin/sleep, \"3600\"]\n  memory: 128MiB\nhealthcheck:\n  exec: [/bin/true]\n  interval: 500ms\n  retries: 60\nrestart: \"no\"\n",
+    );
+    let layout = Layout::new(p.state_dir());
+    // The real verdict, then what a passing probe would have cached for this host boot.
+    let doctor = p.run(&["doctor"]);
+    assert!(doctor.text().contains("microvm"), "{}", doctor.text());
+    let real = bootprobe::cached(&layout).expect("doctor probed");
+    let mut passed = real.clone();
+    passed.ok = true;
+    std::fs::create_dir_all(layout.boxlite_dir()).expect("mkdir");
+    std::fs::write(
+        layout.boot_probe(),
+        serde_json::to_string(&passed).expect("json"),
+    )
+    .expect("write verdict");
+    let up = p.run(&["--plain", "up"]);
+    let st = p.status();
+    assert_eq!(st["tiny"]["backend"], "microvm", "{st:?}");
+    if real.ok {
+        assert_eq!(up.code, 0, "{}", up.text());
+        assert_eq!(st["tiny"]["healthy"], true, "{st:?}");
+        assert!(st["tiny"]["id"].as_str().is_some_and(|id| !id.is_empty()));
+    } else {
+        assert_eq!(up.code, 5, "{}", up.text());
+        assert!(up.text().contains("did not boot"), "{}", up.text());
+        assert_eq!(st["tiny"]["state"], "failed", "{st:?}");
+        let log = std::fs::read_to_string(layout.log_file("tiny")).unwrap_or_default();
+        assert!(log.contains("boot failed"), "the log says why: {log}");
+    }
+    let down = p.run(&["down"]);
+    assert_eq!(down.code, 0, "{}", down.text());
+    let home = layout.box_home("tiny").display().to_string();
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), || {
+            crate::harness::processes_matching(&[&home]).is_empty()
+                && p.processes("__box").is_empty()
+        }),
+        "no box supervisor or shim outlives `down`: {:?}",
+        crate::harness::processes_matching(&[&home])
+    );
 }

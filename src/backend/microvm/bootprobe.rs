@@ -98,7 +98,8 @@ pub async fn verdict_for_boot(layout: &Layout) -> Verdict {
     v
 }
 
-/// Boots the probe image once. Returns the verdict and whether it is definitive (a boot was
+/// Boots the probe image once (the process must have exported the runtime dir, see
+/// [`runtime::export`]). Returns the verdict and whether it is definitive (a boot was
 /// attempted), as opposed to something missing that an install fixes.
 pub async fn probe(layout: &Layout, deadline: Duration) -> (Verdict, bool) {
     let t0 = Instant::now();
@@ -127,6 +128,19 @@ pub async fn probe(layout: &Layout, deadline: Duration) -> (Verdict, bool) {
     }
     if let Err(e) = runtime::find() {
         return (verdict(false, e, runtime::INSTALL_FIX, t0), false);
+    }
+    if !runtime::exported() {
+        // BoxLite finds its helpers (mke2fs, the shim) only through the environment, and
+        // panics without them.
+        return (
+            verdict(
+                false,
+                "BOXLITE_RUNTIME_DIR is not set in this process".into(),
+                "call `backend::microvm::runtime::export()` at start, before any thread (the `stack` binary does)",
+                t0,
+            ),
+            false,
+        );
     }
     let img = match image::build(
         &layout.boxlite_dir().join("probe-image"),

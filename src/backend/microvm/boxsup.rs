@@ -319,11 +319,7 @@ async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String
     ));
     match tokio::time::timeout(sup.spec.boot_timeout, bx.start()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(format!(
-                "box `{name}` did not boot: {e} (see `stack doctor` for the microVM boot probe)"
-            ))
-        }
+        Ok(Err(e)) => return Err(start_error(&name, &sup.spec.program, &e)),
         Err(_) => {
             return Err(format!(
                 "box `{name}` did not boot within {}s (see `stack doctor`)",
@@ -380,6 +376,20 @@ async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String
         Err(e) => sup.note(&format!("cannot follow the box's output: {e}")),
     }
     Ok(bx)
+}
+
+/// Says what went wrong starting a box, and where to look: an image that cannot be had is not a
+/// boot failure.
+fn start_error(name: &str, image: &str, e: &boxlite::BoxliteError) -> String {
+    use boxlite::BoxliteError as E;
+    match e {
+        E::Image(_) | E::Storage(_) | E::Network(_) => format!(
+            "box `{name}` has no image: {e}\n  fix: a registry image such as `{image}` is pulled on first use and needs network access to its registry; or set `image:` to a local OCI image layout (`./path`)"
+        ),
+        _ => format!(
+            "box `{name}` did not boot: {e}\n  fix: see `stack doctor` (its microvm check boots a test box) and the box's shim.stderr under the state dir's boxlite/"
+        ),
+    }
 }
 
 /// Stops the box (graceful, bounded by the grace period) and records it stopped.

@@ -65,3 +65,9 @@ pub fn export() {
         std::env::set_var("BOXLITE_RUNTIME_DIR", dir);
     }
 }
+
+/// Does this process's environment point BoxLite at a complete runtime?
+pub fn exported() -> bool {
+    std::env::var_os("BOXLITE_RUNTIME_DIR")
+        .is_some_and(|v| std::env::split_paths(&v).any(|d| complete(&d)))
+}
