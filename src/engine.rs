@@ -322,16 +322,19 @@ impl Engine {
             if actions.get(n) == Some(&Action::Keep) {
                 return 0;
             }
-            let svc = &self.stack.services[n];
-            let first_start = svc.init.iter().any(|s| {
-                s.phase == InitPhase::BeforeStart && !s.creates.as_ref().is_some_and(|c| c.exists())
-            });
+            let first = first_start(&self.stack.services[n]);
             match read_json::<Readiness>(&self.layout.readiness(n))
                 .ok()
                 .flatten()
             {
-                Some(r) if first_start => r.ready_ms.max(1),
-                Some(r) => r.ready_ms.saturating_sub(r.before_ms).max(1),
+                Some(r) if first => r.ready_ms.max(1),
+                // Without a warm start to go by, the last one less its init steps: those are
+                // mostly first-start work (initdb, a bootstrap) that a warm start skips or
+                // finds done.
+                Some(r) => r
+                    .warm_ms
+                    .unwrap_or(r.ready_ms.saturating_sub(r.init_ms))
+                    .max(1),
                 None => 1000,
             }
         })
@@ -550,6 +553,7 @@ impl ServiceRun {
         let mut program_key = previous.as_ref().and_then(|r| r.program_key.clone());
         let mut version = None;
         let fail = |e: BackendError| self.unhealthy(name, e.to_string());
+        let first = first_start(svc);
         if matches!(action, Action::Start | Action::Replace | Action::Orphaned) {
             if action != Action::Start {
                 self.progress.phase(name, "stopping the outdated instance");
@@ -613,6 +617,11 @@ impl ServiceRun {
             ready_ms,
             init_ms,
             before_ms,
+            warm_ms: if first || spawned_ms == 0 {
+                previous.as_ref().and_then(|r| r.warm_ms)
+            } else {
+                Some(ready_ms)
+            },
             at: now_rfc3339(),
             program,
             program_key,
@@ -669,8 +678,12 @@ impl ServiceRun {
                         }
                     }
                 }
+                // Like the probes: often at first (a server is usually up within a second, and
+                // a doubling delay would overshoot it by as much again), then backing off.
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
+                if t0.elapsed() >= STEP_FAST_PHASE {
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
             }
         }
         Ok(t0.elapsed().as_millis() as u64)
@@ -690,6 +703,17 @@ impl ServiceRun {
             self.backend.wait_change(svc, Duration::from_secs(1)).await;
         }
     }
+}
+
+/// How long after a service's start its `after_start` steps are retried at the first, short
+/// delay (20 ms) before backing off.
+const STEP_FAST_PHASE: Duration = Duration::from_secs(2);
+
+/// Is this `svc`'s first start: does an init step still have to create its data?
+fn first_start(svc: &ServiceSpec) -> bool {
+    svc.init.iter().any(|s| {
+        s.phase == InitPhase::BeforeStart && !s.creates.as_ref().is_some_and(|c| c.exists())
+    })
 }
 
 /// `Err` with the exit status when the service's process has exited for good.

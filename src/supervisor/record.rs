@@ -125,6 +125,10 @@ pub struct Readiness {
     /// Of those, milliseconds in steps before the start (skipped once their `creates` exists).
     #[serde(default)]
     pub before_ms: u64,
+    /// `ready_ms` of the last start that was not a first start (its data already there): what
+    /// the next such start will likely cost.
+    #[serde(default)]
+    pub warm_ms: Option<u64>,
     /// When it became ready (RFC 3339).
     pub at: String,
     /// The serving program and its version, e.g. `garage 2.5.0`.
