@@ -87,6 +87,7 @@ if [ -f "$here/services/dex/package-lock.json" ]; then
     say "installing the OIDC provider's npm packages"
     (cd "$here/services/dex" && npm ci --no-audit --no-fund --loglevel=error && touch node_modules)
   fi
+  sh "$here/services/dex/bundle.sh"
 fi
 # BoxLite's runtime (shim, guest agent, libkrunfw) for the microvm feature. The crate is built
 # without one (stub mode, .cargo/config.toml); the same version ships inside BoxLite's Python
