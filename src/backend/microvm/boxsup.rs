@@ -215,21 +215,22 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
             return 1;
         }
     };
+    // The socket answers before the handshake: `up` execs probes and init steps right after.
+    let _ = std::fs::remove_file(&sup.spec.socket_path);
+    let current = Arc::new(tokio::sync::RwLock::new(bx));
+    match UnixListener::bind(&sup.spec.socket_path) {
+        Ok(listener) => {
+            tokio::spawn(serve(listener, Arc::clone(&current)));
+        }
+        Err(e) => sup.note(&format!(
+            "cannot listen on {}: {e}; exec probes and init steps will fail",
+            sup.spec.socket_path.display()
+        )),
+    }
     send_handshake(&Handshake::ok(
         sup.record.process.as_ref().map(|p| p.pid),
         State::Running,
     ));
-    let _ = std::fs::remove_file(&sup.spec.socket_path);
-    let listener = UnixListener::bind(&sup.spec.socket_path);
-    let current = Arc::new(tokio::sync::RwLock::new(bx));
-    if let Ok(listener) = listener {
-        tokio::spawn(serve(listener, Arc::clone(&current)));
-    } else if let Err(e) = listener {
-        sup.note(&format!(
-            "cannot listen on {}: {e}; exec probes and init steps will fail",
-            sup.spec.socket_path.display()
-        ));
-    }
     let mut backoff = Duration::from_millis(100);
     let code = loop {
         tokio::select! {

@@ -160,3 +160,60 @@ fn box_options_round_trip_through_the_supervisor_spec() {
     let back: boxlite::BoxOptions = serde_json::from_str(&text).expect("deserialize");
     assert_eq!(serde_json::to_string(&back).expect("again"), text);
 }
+
+/// `auto` with bootable boxes: an image runs as a box, a service with only `process:` as a
+/// process, and a running instance stays with the backend that started it (its record says
+/// which), so it is inspected and stopped by the right one.
+#[test]
+fn routing_follows_the_image_and_then_the_running_instances_record() {
+    use std::sync::Arc;
+
+    use crate::backend::process::ProcessBackend;
+    use crate::backend::routed::Routed;
+    use crate::backend::Backend;
+    use crate::layout::Layout;
+    use crate::supervisor::proc::ProcRef;
+    use crate::supervisor::record::{write_json, Record, State};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new(tmp.path());
+    layout.create().expect("layout");
+    let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(layout.clone()));
+    let microvm: Arc<dyn Backend> = Arc::new(super::MicrovmBackend::new(
+        layout.clone(),
+        "t",
+        tmp.path().to_path_buf(),
+    ));
+    let routed = Routed::new(layout.clone(), Arc::clone(&process), Some(microvm));
+    let boxed = service("redis:7-alpine", None);
+    assert_eq!(routed.backend_for(&boxed), "microvm");
+    let mut native = service("redis:7-alpine", None);
+    native.image = None;
+    assert_eq!(routed.backend_for(&native), "process");
+
+    // The same image service, already running as a process (started before boxes could boot).
+    let me = ProcRef::of(std::process::id()).expect("own proc entry");
+    let record = Record {
+        id: "abc".into(),
+        service: "redis".into(),
+        backend: "process".into(),
+        program: "redis-server".into(),
+        hash: String::new(),
+        ports: BTreeMap::new(),
+        supervisor: me.clone(),
+        process: Some(me),
+        state: State::Running,
+        started_at: None,
+        spawn_ms: None,
+        restarts: 0,
+        last_exit: None,
+    };
+    write_json(&layout.record("redis"), &record).expect("record");
+    assert_eq!(routed.backend_for(&boxed), "process");
+    assert_eq!(routed.inspect(&boxed).id, "abc");
+
+    // Without bootable boxes everything is a process.
+    let fallback = Routed::new(layout, process, None);
+    std::fs::remove_file(tmp.path().join("run/redis.json")).expect("rm");
+    assert_eq!(fallback.backend_for(&boxed), "process");
+}
