@@ -149,6 +149,26 @@ impl Sup {
     }
 }
 
+/// First restart delay after the box stops on its own; doubles per failed restart up to
+/// [`MAX_BACKOFF`], as the process supervisor does.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A box that ran this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Returns when a stop is asked for (SIGTERM, SIGINT or SIGHUP).
+async fn stop_requested(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    hup: &mut tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
 async fn supervise(spec: BoxSupervisorSpec) -> i32 {
     let log = match LogSink::open(&spec.log_path, spec.log_cap) {
         Ok(l) => Arc::new(Mutex::new(l)),
@@ -231,12 +251,13 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
         sup.record.process.as_ref().map(|p| p.pid),
         State::Running,
     ));
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
+    let mut booted = Instant::now();
     let code = loop {
         tokio::select! {
-            _ = term.recv() => break stop(&runtime, &current, &mut sup).await,
-            _ = int.recv() => break stop(&runtime, &current, &mut sup).await,
-            _ = hup.recv() => break stop(&runtime, &current, &mut sup).await,
+            _ = stop_requested(&mut term, &mut int, &mut hup) => {
+                break stop(&runtime, &current, &mut sup).await
+            }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         let info = current.read().await.info().await;
@@ -271,12 +292,23 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
         }
         sup.record.state = State::Starting;
         sup.save();
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        // A box that ran a while crashed anew: start the backoff over.
+        if booted.elapsed() >= STABLE_AFTER {
+            backoff = FIRST_BACKOFF;
+        }
+        sup.note(&format!("restarting in {} ms", backoff.as_millis()));
+        tokio::select! {
+            _ = stop_requested(&mut term, &mut int, &mut hup) => {
+                break stop(&runtime, &current, &mut sup).await
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
         match boot(&runtime, &mut sup).await {
             Ok(b) => {
                 sup.record.restarts += 1;
                 sup.save();
+                booted = Instant::now();
                 *current.write().await = b;
             }
             Err(e) => sup.note(&format!("restart failed: {e}")),
