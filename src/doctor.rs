@@ -197,7 +197,11 @@ fn microvm_check(boxes: &Boxes) -> Check {
                 if v.cached { format!(", cached from {}", v.at) } else { String::new() },
                 v.reason
             ),
-            fix: v.fix.clone(),
+            fix: if v.fix.is_empty() {
+                "nothing to do: `backend: auto` runs every service as a process here; on a host with hardware KVM (VT-x/AMD-V) services with an image run as microVMs".into()
+            } else {
+                v.fix.clone()
+            },
         },
         Boxes::NotBuilt if kvm => Check::ok(
             name,

@@ -29,7 +29,8 @@ pub struct BootVerdict {
     pub ok: bool,
     /// Why not, in plain words (empty when ok).
     pub reason: String,
-    /// What to do about it (empty when ok).
+    /// What to do about it on this host; empty when ok, or when there is nothing to fix (no
+    /// hardware KVM: processes serve everything).
     pub fix: String,
     /// How long the probe took.
     pub elapsed_ms: u64,
@@ -57,6 +58,16 @@ pub enum Boxes {
     Probed(BootVerdict),
 }
 
+/// Why the backend asked for cannot run here: `--backend microvm` where no box can boot.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the microvm backend cannot run here: {reason}\n  fix: {fix}")]
+pub struct Refusal {
+    /// Why.
+    pub reason: String,
+    /// What to do.
+    pub fix: String,
+}
+
 /// Picks the backend for `choice`. `may_probe`: the command starts services, so it may pay for
 /// a boot probe (once per host boot; later calls read the cached verdict).
 pub async fn select(
@@ -64,7 +75,7 @@ pub async fn select(
     layout: &Layout,
     choice: BackendChoice,
     may_probe: bool,
-) -> Result<Selected, String> {
+) -> Result<Selected, Refusal> {
     let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(layout.clone()));
     if choice == BackendChoice::Process {
         return Ok(Selected {
@@ -85,20 +96,22 @@ pub async fn select(
     let routed =
         |m| -> Arc<dyn Backend> { Arc::new(Routed::new(layout.clone(), Arc::clone(&process), m)) };
     let (backend, note) = match (choice, &boxes) {
-        (BackendChoice::Microvm, Boxes::NotBuilt) => return Err(
-            "the microvm backend is not built into this binary: rebuild with `--features microvm` (see docs/microvm.md), or use `--backend process`".into(),
-        ),
+        (BackendChoice::Microvm, Boxes::NotBuilt) => {
+            return Err(Refusal {
+                reason: "this binary was built without it".into(),
+                fix: "rebuild with `--features microvm` (see docs/microvm.md), or use `--backend process`".into(),
+            })
+        }
         (BackendChoice::Microvm, Boxes::Probed(v)) if !v.ok => {
-            // The probe's own fix, when there is something to fix on this host.
-            let host_fix = if v.fix.starts_with("nothing to do") {
+            let on_host = if v.fix.is_empty() {
                 String::new()
             } else {
                 format!("{}; or ", v.fix)
             };
-            return Err(format!(
-                "the microvm backend cannot run here: {}\n  fix: {host_fix}use `--backend auto` (boxes where they boot, processes elsewhere) or `--backend process`",
-                v.reason
-            ));
+            return Err(Refusal {
+                reason: v.reason.clone(),
+                fix: format!("{on_host}use `--backend auto` (boxes where they boot, processes elsewhere) or `--backend process`"),
+            });
         }
         (BackendChoice::Microvm, _) => (routed(microvm), None),
         (_, Boxes::Probed(v)) if v.ok => (

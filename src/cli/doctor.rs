@@ -18,12 +18,11 @@ pub fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
             .is_some_and(|s| backend.inspect(s).is_up())
     });
     if let Some(why) = &ctx.backend_refusal {
-        let (detail, fix) = why.split_once("\n  fix: ").unwrap_or((why, ""));
         report.checks.push(doctor::Check {
             name: "backend".into(),
             status: "fail",
-            detail: detail.into(),
-            fix: fix.into(),
+            detail: format!("the microvm backend cannot run here: {}", why.reason),
+            fix: why.fix.clone(),
         });
     }
     if ctx.json {

@@ -157,7 +157,7 @@ pub struct Ctx {
     /// What the microVM boot probe said.
     pub boxes: crate::backend::select::Boxes,
     /// Why the backend asked for cannot run here (`doctor` reports it; others exit 4).
-    pub backend_refusal: Option<String>,
+    pub backend_refusal: Option<crate::backend::select::Refusal>,
 }
 
 impl Ctx {
@@ -187,9 +187,9 @@ impl Ctx {
                 backend_refusal = Some(why);
                 crate::backend::select::select(&stack, &layout, BackendChoice::Auto, starts)
                     .await
-                    .map_err(CliError::Preflight)?
+                    .map_err(|e| CliError::Preflight(e.to_string()))?
             }
-            Err(why) => return Err(CliError::Preflight(why)),
+            Err(why) => return Err(CliError::Preflight(why.to_string())),
         };
         // Only commands that start services say which backend `auto` chose.
         let backend_note = selected.note.filter(|_| starts);

@@ -43,14 +43,15 @@ fn verdict(ok: bool, reason: String, fix: &str, t0: Instant) -> Verdict {
     }
 }
 
-const PROCESS_FIX: &str = "nothing to do: `backend: auto` runs every service on the process backend; on a host with hardware KVM (Linux with VT-x/AMD-V) the microvm backend works";
+/// A host that cannot boot guests has nothing to fix (processes serve everything): no fix.
+const NO_FIX: &str = "";
 
 /// Explains a failed boot in plain words, keeping BoxLite's own message.
 fn explain(err: &str) -> (String, &'static str) {
     if is_kvm_pvm() {
         (
             format!("this host's KVM is `kvm-pvm`, a software nested hypervisor that cannot run a stock guest kernel: the VM dies with KVM_EXIT_INTERNAL_ERROR before the guest prints anything (BoxLite: {err})"),
-            PROCESS_FIX,
+            NO_FIX,
         )
     } else {
         (
@@ -109,7 +110,7 @@ pub async fn probe(layout: &Layout, deadline: Duration) -> (Verdict, bool) {
             verdict(
                 false,
                 "/dev/kvm does not exist: this host has no KVM".into(),
-                PROCESS_FIX,
+                NO_FIX,
                 t0,
             ),
             true,
