@@ -1200,13 +1200,14 @@ fn init_step(
                 ),
                 None => {}
             },
-            "backend" => match c.string(v, &p, vars).as_deref() {
-                Some(b @ ("process" | "microvm")) => backend = Some(b.to_string()),
-                Some(other) => c.err(
+            "backend" => match c.string(v, &p, vars).map(|b| b.parse::<BackendChoice>()) {
+                Some(Ok(BackendChoice::Auto)) => c.err(
                     v.line,
                     &p,
-                    format!("unknown backend `{other}`: use process or microvm (or leave it out for both)"),
+                    "a step runs on `process` or `microvm`; leave `backend` out to run it on both",
                 ),
+                Some(Ok(b)) => backend = Some(b),
+                Some(Err(e)) => c.err(v.line, &p, e),
                 None => {}
             },
             _ => {}

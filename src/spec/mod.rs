@@ -43,6 +43,17 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+impl BackendChoice {
+    /// The name used in stack files, records and `status` (a backend's `name()`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Microvm => "microvm",
+            Self::Auto => "auto",
+        }
+    }
+}
+
 /// A whole, validated stack definition.
 #[derive(Debug, Clone)]
 pub struct Stack {
@@ -367,14 +378,14 @@ pub struct InitStep {
     pub creates: Option<PathBuf>,
     /// When it runs.
     pub phase: InitPhase,
-    /// Only on this backend (`process` or `microvm`); `None` runs it on both.
-    pub backend: Option<String>,
+    /// Only on this backend (`Process` or `Microvm`); `None` runs it on both.
+    pub backend: Option<BackendChoice>,
 }
 
 impl InitStep {
-    /// Does this step run on `backend`?
+    /// Does this step run on the backend called `backend` (a backend's `name()`)?
     pub fn runs_on(&self, backend: &str) -> bool {
-        self.backend.as_deref().is_none_or(|b| b == backend)
+        self.backend.is_none_or(|b| b.as_str() == backend)
     }
 }
 

@@ -55,6 +55,33 @@ fn unknown_stack_keys_bad_backend_and_missing_env_file_are_reported() {
     insta::assert_snapshot!(plan_error(&p));
 }
 
+/// The box options and per-backend init steps are checked like everything else: an unknown
+/// backend, `auto` on a step, a box port that is not one of the service's, a bad volume.
+#[test]
+fn box_options_and_step_backends_are_validated() {
+    let p = Project::new("boxbad");
+    p.service(
+        "a",
+        "ports: { http: 39991 }\nimage: busybox\nbox:\n  ports: { grpc: 9000 }\n  volumes: [data]\n  environment: { MODE: box }\n  memory: lots\nprocess:\n  command: [sleep, \"60\"]\ninit:\n  - command: [\"true\"]\n    backend: docker\n  - command: [\"true\"]\n    backend: auto\n",
+    );
+    let err = plan_error(&p);
+    for want in [
+        "init[0].backend",
+        "unknown backend `docker`",
+        "init[1].backend",
+        "leave `backend` out to run it on both",
+        "box.ports.grpc",
+        "box.volumes[0]",
+        "box.memory",
+    ] {
+        assert!(err.contains(want), "`{want}` in:\n{err}");
+    }
+    assert!(
+        !err.contains("box.environment"),
+        "box.environment is a valid key:\n{err}"
+    );
+}
+
 #[test]
 fn interpolation_reads_env_file_defaults_ports_and_dirs() {
     let p = Project::new("interp");
