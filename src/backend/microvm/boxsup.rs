@@ -88,7 +88,7 @@ pub struct ExecReply {
 pub async fn exec(socket: &Path, req: &ExecRequest) -> Result<ExecReply, String> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         format!(
-            "cannot reach the box supervisor at {}: {e} (is the service running?)",
+            "cannot reach the box supervisor at {}: {e}; see `stack status` and `stack logs SERVICE`, and `stack up SERVICE` to start it",
             socket.display()
         )
     })?;
