@@ -431,6 +431,7 @@ impl Backend for ProcessBackend {
         if let Some(pid) = self.inspect(svc).pid {
             // SAFETY: setpriority on a process group id we just verified through the record.
             unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, 0) };
+            let _ = supervisor::proc::set_session_nice(Some(pid), 0);
         }
     }
 

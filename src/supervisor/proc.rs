@@ -118,6 +118,23 @@ pub fn is_group_leader(pid: u32) -> bool {
     nix::unistd::getpgid(Some(p)).is_ok_and(|g| g == p)
 }
 
+/// Sets the CPU weight of the scheduler autogroup (the session) that `pid` belongs to; `None` is
+/// this process. Where the kernel groups tasks by session (`sched_autogroup_enabled`, the default
+/// on desktop distributions and on these machines) a task's own nice value only ranks it within
+/// its session: every supervised service has a session of its own, so its weight against the
+/// other services is the session's. A kernel without autogroups has no such file; that is fine,
+/// as the task's nice value then does the job alone.
+pub fn set_session_nice(pid: Option<u32>, nice: i32) -> std::io::Result<()> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/autogroup"),
+        None => "/proc/self/autogroup".into(),
+    };
+    match std::fs::write(path, nice.to_string()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Does any process of the group still run? Zombies do not count: a group whose members were
 /// re-parented to an init that never reaps would otherwise look alive forever.
 pub fn group_alive(pgid: u32) -> bool {

@@ -280,6 +280,9 @@ impl Supervisor {
             .process_group(0);
         if self.record.started_at.is_none() && spec.startup_nice != 0 {
             let nice = spec.startup_nice;
+            // This session is the service's scheduler group; best effort, as priority only
+            // shapes how fast things start.
+            let _ = proc::set_session_nice(None, nice);
             // SAFETY: setpriority is async-signal-safe and affects only the child.
             unsafe {
                 cmd.pre_exec(move || {
@@ -287,6 +290,11 @@ impl Supervisor {
                     Ok(())
                 });
             }
+        }
+        if self.record.started_at.is_some() && spec.startup_nice != 0 {
+            // A restart runs at normal weight, even if the `up` that would have settled the
+            // first start is gone.
+            let _ = proc::set_session_nice(None, 0);
         }
         if let Some(u) = &spec.run_as {
             cmd.uid(u.uid).gid(u.gid);
