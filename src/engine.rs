@@ -620,7 +620,10 @@ impl ServiceRun {
             warm_ms: if first || spawned_ms == 0 {
                 previous.as_ref().and_then(|r| r.warm_ms)
             } else {
-                Some(ready_ms)
+                Some(next_warm_estimate(
+                    previous.as_ref().and_then(|r| r.warm_ms),
+                    ready_ms,
+                ))
             },
             at: now_rfc3339(),
             program,
@@ -709,11 +712,24 @@ impl ServiceRun {
 /// delay (20 ms) before backing off.
 const STEP_FAST_PHASE: Duration = Duration::from_secs(2);
 
-/// Is this `svc`'s first start: does an init step still have to create its data?
+/// Is this `svc`'s first start: does an init step still have to create its data? A step
+/// without `creates` runs on every start, so it says nothing either way.
 fn first_start(svc: &ServiceSpec) -> bool {
     svc.init.iter().any(|s| {
-        s.phase == InitPhase::BeforeStart && !s.creates.as_ref().is_some_and(|c| c.exists())
+        s.phase == InitPhase::BeforeStart && s.creates.as_ref().is_some_and(|c| !c.exists())
     })
+}
+
+/// The warm-start cost to plan the next start by. Services started together slow each other
+/// down, and the ones `up` deprioritised most, so the latest time alone would make yesterday's
+/// background service look like today's long pole. The estimate is a floor that drops at once
+/// to a faster observation and rises by at most a quarter per start, following a service that
+/// really got slower (more data to recover) without chasing contention.
+fn next_warm_estimate(previous: Option<u64>, observed: u64) -> u64 {
+    match previous {
+        Some(p) => observed.min(p + p / 4 + 1),
+        None => observed,
+    }
 }
 
 /// `Err` with the exit status when the service's process has exited for good.
@@ -731,4 +747,24 @@ fn last_exit(inst: &Instance) -> String {
     inst.last_exit
         .as_ref()
         .map_or_else(|| "no status".into(), |e| e.describe())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_warm_estimate;
+
+    #[test]
+    fn warm_estimate_drops_at_once_and_rises_slowly() {
+        assert_eq!(next_warm_estimate(None, 180), 180);
+        // Slowed down by the others once: barely moves.
+        assert_eq!(next_warm_estimate(Some(100), 300), 126);
+        // Faster than ever: taken as is.
+        assert_eq!(next_warm_estimate(Some(126), 90), 90);
+        // Really slower for good: reaches it within a few starts.
+        let mut e = 100;
+        for _ in 0..5 {
+            e = next_warm_estimate(Some(e), 300);
+        }
+        assert_eq!(e, 300);
+    }
 }

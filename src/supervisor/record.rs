@@ -125,8 +125,8 @@ pub struct Readiness {
     /// Of those, milliseconds in steps before the start (skipped once their `creates` exists).
     #[serde(default)]
     pub before_ms: u64,
-    /// `ready_ms` of the last start that was not a first start (its data already there): what
-    /// the next such start will likely cost.
+    /// What a start that is not a first start (its data already there) costs, from the
+    /// `ready_ms` of such starts: a floor that rises slowly (see `engine::next_warm_estimate`).
     #[serde(default)]
     pub warm_ms: Option<u64>,
     /// When it became ready (RFC 3339).
