@@ -177,7 +177,6 @@ async fn standalone(root: &Path, name: &str) -> Standalone {
     for (d, child) in running.into_iter().rev() {
         stop(&d, child);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     Standalone {
         cold,
         warm,
@@ -187,10 +186,22 @@ async fn standalone(root: &Path, name: &str) -> Standalone {
     }
 }
 
+/// Where this run's scratch dirs live. None is deleted before the run ends: on a filesystem without
+/// a journal (these machines' ext4), creating inodes in a block group where thousands were freed
+/// in the last half minute costs a scan per inode (`recently_deleted`), and freeing blocks issues
+/// synchronous discards. Deleting one measurement's PostgreSQL cluster just before the next
+/// measurement would slow whichever came second by up to 2x, and not the other.
+fn scratch_root() -> PathBuf {
+    std::env::temp_dir().join(format!("stack-bench-{}", std::process::id()))
+}
+
 fn tempdir() -> PathBuf {
+    let root = scratch_root();
+    std::fs::create_dir_all(&root).expect("scratch root");
+    let _ = std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755));
     let dir = tempfile::Builder::new()
-        .prefix("stack-bench-")
-        .tempdir()
+        .prefix("run-")
+        .tempdir_in(&root)
         .expect("temp dir")
         .keep();
     // The unprivileged service user must reach its data dir.
@@ -296,7 +307,6 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     for (svc, child) in running.into_iter().rev() {
         stop(&svc, child);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
 
     let state = tempdir();
     let cold = stack_cmd(root, &state, &["up"]);
@@ -304,7 +314,6 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     let down = stack_cmd(root, &state, &["down"]);
     let warm_start = stack_cmd(root, &state, &["up"]);
     stack_cmd(root, &state, &["down"]);
-    let _ = std::fs::remove_dir_all(&state);
     // However well it schedules, an orchestrator on N cores cannot finish before the services'
     // own CPU work, spread perfectly over those cores, is done.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -451,7 +460,7 @@ fn main() {
     if stack.services.contains_key("schema") {
         data_lifecycle(&root);
     }
-    let _ = std::fs::remove_dir_all(&probe_state);
+    let _ = std::fs::remove_dir_all(scratch_root());
 }
 
 fn stack_out(root: &Path, state: &Path, args: &[&str]) -> String {
@@ -506,7 +515,6 @@ fn data_lifecycle(root: &Path) {
     let nuke = stack_cmd(root, &state, &["reset", "--nuke", "--yes"]);
     let up = stack_cmd(root, &state, &["up"]);
     stack_cmd(root, &state, &["down"]);
-    let _ = std::fs::remove_dir_all(&state);
     println!();
     println!(
         "  schema load: {statements} statements in {ms} ms ({:.0} statements/s)",
