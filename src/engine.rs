@@ -637,7 +637,9 @@ impl ServiceRun {
 
     /// Runs `svc`'s init steps of `phase`, skipping those whose `creates` path exists. Steps
     /// right after the start talk to a server that may still be coming up, so they are retried
-    /// (fast at first) until they pass, the service exits, or the healthcheck budget is spent.
+    /// (fast at first) until they pass, the service exits, the step exits
+    /// [`EXIT_DO_NOT_RETRY`](crate::backend::EXIT_DO_NOT_RETRY), or the healthcheck budget is
+    /// spent.
     /// Returns the milliseconds spent.
     async fn run_steps(
         &self,
@@ -666,7 +668,7 @@ impl ServiceRun {
             loop {
                 match self.backend.run_step(svc, step, self.priority).await {
                     Ok(_) => break,
-                    Err(e) if phase != InitPhase::AfterStart => {
+                    Err(e) if phase != InitPhase::AfterStart || e.is_permanent() => {
                         return Err(self.unhealthy(&svc.name, e.to_string()))
                     }
                     Err(e) => {

@@ -6,98 +6,114 @@
 #   read/write/owner permission on it.
 #   bootstrap.sh CONFIG KEY_ID KEY_SECRET BUCKET...
 #
-# It speaks Garage's admin API (v2, JSON) from this one bash over /dev/tcp: no CLI processes
-# (each opened an RPC session, about 60 ms of CPU) and no curl, because it runs while every
-# other service starts too, on small machines. A warm start costs one request.
+# It calls Garage's admin API through `garage json-api`, which goes over the RPC port with the
+# cluster's RPC secret: about 5 ms of CPU a call. The admin API's HTTP port would need a bearer
+# token, and Garage checks one with argon2 on every request and hashes the configured one at
+# every start, about 37 ms of CPU each, which is why garage.toml configures none. Each CLI call
+# waits about 40 ms on the network (Garage's RPC), so independent calls run side by side.
+# A warm start costs one call.
 set -eu
 config=$1 key_id=$2 key_secret=$3
 shift 3
 
-admin="" token="" section=""
+rpc=""
 while IFS= read -r line; do
   case "$line" in
-    "["*"]") section=$line ;;
-    "api_bind_addr = "*) [ "$section" != "[admin]" ] || { admin=${line#*\"}; admin=${admin%\"*}; } ;;
-    "admin_token = "*) token=${line#*\"}; token=${token%\"*} ;;
+    "rpc_bind_addr = "*) rpc=${line#*\"}; rpc=${rpc%\"*} ;;
   esac
 done < "$config"
-[ -n "$admin" ] && [ -n "$token" ] || { echo "$config has no [admin] api_bind_addr and admin_token" >&2; exit 2; }
+# Exit 78 (EX_CONFIG) tells `stack up` that retrying cannot help; any other failure is retried.
+[ -n "$rpc" ] || { echo "$config has no rpc_bind_addr" >&2; exit 78; }
+# Until Garage listens, fail at the cost of a connect rather than a CLI run; `stack up` retries.
+{ exec 3<>"/dev/tcp/${rpc%:*}/${rpc##*:}"; } 2>/dev/null || {
+  echo "garage's RPC port $rpc does not answer yet" >&2
+  exit 1
+}
+exec 3<&-
 
-# api METHOD PATH [JSON]: sets $status (HTTP code) and $body (whitespace removed).
+# api ENDPOINT [JSON]: one admin API call. Sets $ok (1 when it succeeded), $out (what it
+# printed) and $body ($out without whitespace, to match against).
 api() {
-  { exec 3<>"/dev/tcp/${admin%:*}/${admin##*:}"; } 2>/dev/null || {
-    # Nothing listens yet: fail, and `stack up` retries the step in a moment.
-    echo "garage's admin API does not answer yet" >&2
-    exit 1
-  }
-  local data=${3:-}
-  printf '%s /v2/%s HTTP/1.0\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
-    "$1" "$2" "$admin" "$token" "${#data}" "$data" >&3
-  local response="" line
-  while IFS= read -r line || [ -n "$line" ]; do response+=${line%$'\r'}$'\n'; done <&3
-  exec 3<&-
-  status=${response#HTTP/1.? }
-  status=${status:0:3}
-  said=${response#*$'\n'$'\n'}
-  said=${said//$'\n'/ }
-  # Matched against, so without the pretty-printer's whitespace.
-  body=${said//[[:space:]]/}
+  if out=$(garage -c "$config" json-api "$@" 2>&1); then ok=1; else ok=0; fi
+  body=${out//[[:space:]]/}
 }
 
-# want CODE WHAT: fail with Garage's answer unless the last request returned CODE.
+# want WHAT: fail with Garage's answer unless the last call succeeded.
 want() {
-  [ "$status" = "$1" ] || { echo "garage refused to $2 (HTTP $status): $said" >&2; exit 1; }
+  [ "$ok" = 1 ] || { echo "garage refused to $1: $out" >&2; exit 1; }
 }
+
+# Does the key (its info in $key_info) have read, write and owner on the bucket named $1?
+full_access() {
+  [[ $key_info =~ \"globalAliases\":\[[^]]*\"$1\"[^]]*\][^}]*\"permissions\":\{\"owner\":true,\"read\":true,\"write\":true\} ]]
+}
+can_create_buckets() { [[ $key_info == *'"permissions":{"createBucket":true}'* ]]; }
 
 # A warm start: the key reaches every bucket, so the layout, key and buckets all exist.
-api GET "GetKeyInfo?id=$key_id"
-key_info=$body
-has_bucket() { [[ $key_info == *'"globalAliases":['*'"'"$1"'"'* ]]; }
-if [ "$status" = 200 ]; then
+api GetKeyInfo "{\"id\":\"$key_id\"}"
+if [ "$ok" = 1 ]; then
+  key_info=$body
   missing=0
-  for bucket in "$@"; do has_bucket "$bucket" || missing=1; done
+  for bucket in "$@"; do full_access "$bucket" || missing=1; done
+  can_create_buckets || missing=1
   [ "$missing" = 1 ] || { echo "garage ready: key $key_id, buckets: $*"; exit 0; }
 fi
+key_known=$ok
 
 # A fresh node has no role: give it one (1 GB nominal capacity) and apply the next layout.
-api GET GetClusterStatus
-want 200 "report its status"
+api GetClusterStatus
+want "report its status"
 if [[ $body == *'"role":null'* ]]; then
   node=${body#*'"id":"'}
   node=${node%%'"'*}
   version=${body#*'"layoutVersion":'}
   version=${version%%[!0-9]*}
-  api POST UpdateClusterLayout "{\"roles\":[{\"id\":\"$node\",\"zone\":\"dc1\",\"capacity\":1000000000,\"tags\":[]}]}"
-  want 200 "stage a layout role for node $node"
-  api POST ApplyClusterLayout "{\"version\":$((version + 1))}"
-  want 200 "apply layout version $((version + 1))"
+  api UpdateClusterLayout "{\"roles\":[{\"id\":\"$node\",\"zone\":\"dc1\",\"capacity\":1000000000,\"tags\":[]}]}"
+  want "stage a layout role for node $node"
+  api ApplyClusterLayout "{\"version\":$((version + 1))}"
+  want "apply layout version $((version + 1))"
 fi
 
-api GET "GetKeyInfo?id=$key_id"
-if [ "$status" != 200 ]; then
-  api POST ImportKey "{\"accessKeyId\":\"$key_id\",\"secretAccessKey\":\"$key_secret\",\"name\":\"stack\"}"
-  if [ "$status" = 409 ]; then
-    echo "garage will not import key $key_id again: it was deleted, and Garage never reuses a key id." >&2
-    echo "fix: \`stack rebuild-box minio\` (a fresh Garage; its objects are lost), or set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY to a new key (GK + 24 hex digits, 64 hex digits)" >&2
-    exit 1
+if [ "$key_known" = 0 ]; then
+  # Missing, or unreadable before the layout existed: import it, and look it up if it exists.
+  api ImportKey "{\"accessKeyId\":\"$key_id\",\"secretAccessKey\":\"$key_secret\",\"name\":\"stack\"}"
+  if [ "$ok" = 0 ] && [[ $out == *KeyAlreadyExists* ]]; then
+    api GetKeyInfo "{\"id\":\"$key_id\"}"
+    if [ "$ok" = 0 ]; then
+      echo "garage will not import key $key_id again: it was deleted, and Garage never reuses a key id." >&2
+      echo "fix: \`stack rebuild-box minio\` (a fresh Garage; its objects are lost), or set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY to a new key (GK + 24 hex digits, 64 hex digits)" >&2
+      exit 78
+    fi
   fi
-  want 200 "import key $key_id"
-  api POST "UpdateKey?id=$key_id" '{"allow":{"createBucket":true}}'
-  want 200 "let key $key_id create buckets"
-  api GET "GetKeyInfo?id=$key_id"
+  want "import key $key_id"
+  key_info=$body
 fi
-key_info=$body
 
+# ensure_bucket NAME: the bucket exists and the key has read, write and owner on it.
+ensure_bucket() {
+  api CreateBucket "{\"globalAlias\":\"$1\"}"
+  if [ "$ok" = 0 ] && [[ $out == *BucketAlreadyExists* ]]; then
+    api GetBucketInfo "{\"globalAlias\":\"$1\"}"
+  fi
+  want "create bucket $1"
+  local id=${body#*'"id":"'}
+  id=${id%%'"'*}
+  api AllowBucketKey "{\"bucketId\":\"$id\",\"accessKeyId\":\"$key_id\",\"permissions\":{\"read\":true,\"write\":true,\"owner\":true}}"
+  want "give key $key_id access to bucket $1"
+}
+
+# The remaining repairs are independent: run them side by side, each in a subshell.
+pids=()
+if ! can_create_buckets; then
+  (api UpdateKey "{\"id\":\"$key_id\",\"body\":{\"allow\":{\"createBucket\":true}}}"; want "let key $key_id create buckets") &
+  pids+=($!)
+fi
 for bucket in "$@"; do
-  has_bucket "$bucket" && continue
-  api GET "GetBucketInfo?globalAlias=$bucket"
-  if [ "$status" != 200 ]; then
-    api POST CreateBucket "{\"globalAlias\":\"$bucket\"}"
-    want 200 "create bucket $bucket"
-  fi
-  bucket_id=${body#*'"id":"'}
-  bucket_id=${bucket_id%%'"'*}
-  api POST AllowBucketKey "{\"bucketId\":\"$bucket_id\",\"accessKeyId\":\"$key_id\",\"permissions\":{\"read\":true,\"write\":true,\"owner\":true}}"
-  want 200 "give key $key_id access to bucket $bucket"
+  full_access "$bucket" && continue
+  ensure_bucket "$bucket" &
+  pids+=($!)
 done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || exit 1
 echo "garage ready: key $key_id, buckets: $*"

@@ -98,9 +98,29 @@ pub enum BackendError {
         step: String,
         /// Exit status.
         status: String,
+        /// Its exit code, when it exited.
+        exit_code: Option<i32>,
         /// Its output (tail).
         output: String,
     },
+}
+
+/// The exit code (sysexits' `EX_CONFIG`) by which an init step says that running it again cannot
+/// help: an `after_start` step is otherwise retried until its server answers, which would turn a
+/// permanent fault into a wait for the whole healthcheck budget.
+pub const EXIT_DO_NOT_RETRY: i32 = 78;
+
+impl BackendError {
+    /// Did an init step fail in a way retrying cannot fix (it exited [`EXIT_DO_NOT_RETRY`])?
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Init {
+                exit_code: Some(EXIT_DO_NOT_RETRY),
+                ..
+            }
+        )
+    }
 }
 
 /// Runs services.

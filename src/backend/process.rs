@@ -493,6 +493,7 @@ impl Backend for ProcessBackend {
         let child = cmd.spawn().map_err(|e| BackendError::Init {
             service: svc.name.clone(),
             step: step.name.clone(),
+            exit_code: None,
             status: "not started".into(),
             output: format!("cannot run `{}`: {e}", argv[0]),
         })?;
@@ -503,6 +504,7 @@ impl Backend for ProcessBackend {
             .map_err(|e| BackendError::Init {
                 service: svc.name.clone(),
                 step: step.name.clone(),
+                exit_code: None,
                 status: "lost".into(),
                 output: e.to_string(),
             })?;
@@ -516,6 +518,7 @@ impl Backend for ProcessBackend {
         Err(BackendError::Init {
             service: svc.name.clone(),
             step: step.name.clone(),
+            exit_code: out.status.code(),
             status: out.status.to_string(),
             output: lines[lines.len().saturating_sub(20)..].join("\n"),
         })

@@ -587,3 +587,132 @@ fn a_failing_init_step_exits_5_naming_the_step_and_its_output() {
     );
     assert!(r.stderr.contains("cannot reach the widget"), "{}", r.stderr);
 }
+
+/// One admin API call through Garage's CLI (over RPC, as the bootstrap makes them).
+fn garage_api(config: &std::path::Path, endpoint: &str, payload: &str) -> serde_json::Value {
+    let out = std::process::Command::new("garage")
+        .arg("-c")
+        .arg(config)
+        .args(["json-api", endpoint, payload])
+        .output()
+        .expect("run garage");
+    assert!(
+        out.status.success(),
+        "{endpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn garage_bootstrap_repairs_what_is_missing_and_names_the_fix_for_a_deleted_key() {
+    if which::which("garage").is_err() {
+        panic!("run scripts/install-deps.sh first; missing: garage");
+    }
+    let (s3p, admin, rpc) = (free_port(), free_port(), free_port());
+    let p = Project::new("garage");
+    p.default_service_ports("minio", &[(29000, s3p), (29001, admin), (29002, rpc)]);
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let config = p.state_dir().join("data/minio/garage.toml");
+    let env = p.run(&["env", "--json"]).json();
+    let env: BTreeMap<String, String> = serde_json::from_value(env).expect("env map");
+    let key = env["AWS_ACCESS_KEY_ID"].clone();
+    let bucket_id = |alias: &str| {
+        garage_api(
+            &config,
+            "GetBucketInfo",
+            &format!(r#"{{"globalAlias":"{alias}"}}"#),
+        )["id"]
+            .as_str()
+            .expect("bucket id")
+            .to_string()
+    };
+
+    // Take away a permission, the key's right to create buckets, and a whole bucket.
+    garage_api(
+        &config,
+        "DenyBucketKey",
+        &format!(
+            r#"{{"bucketId":"{}","accessKeyId":"{key}","permissions":{{"read":false,"write":true,"owner":false}}}}"#,
+            bucket_id("backups")
+        ),
+    );
+    garage_api(
+        &config,
+        "UpdateKey",
+        &format!(r#"{{"id":"{key}","body":{{"deny":{{"createBucket":true}}}}}}"#),
+    );
+    garage_api(
+        &config,
+        "DeleteBucket",
+        &format!(r#"{{"id":"{}"}}"#, bucket_id("boxlite")),
+    );
+    let r = p.run(&["restart", "minio"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let info = garage_api(&config, "GetKeyInfo", &format!(r#"{{"id":"{key}"}}"#));
+    assert_eq!(info["permissions"]["createBucket"], true, "{info}");
+    for alias in ["boxlite", "backups"] {
+        let b = info["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .find(|b| b["globalAliases"][0] == alias)
+            .unwrap_or_else(|| panic!("{alias} is back: {info}"));
+        for perm in ["read", "write", "owner"] {
+            assert_eq!(b["permissions"][perm], true, "{alias} {perm}: {info}");
+        }
+    }
+    block_on(async {
+        s3(&env)
+            .put_object()
+            .bucket("backups")
+            .key("after-repair")
+            .body(ByteStream::from_static(b"ok"))
+            .send()
+            .await
+            .expect("write to the repaired bucket")
+    });
+
+    // A deleted key cannot be imported again: `up` fails naming the fix, which works.
+    garage_api(&config, "DeleteKey", &format!(r#"{{"id":"{key}"}}"#));
+    let r = p.run(&["restart", "minio"]);
+    assert_eq!(r.code, 5, "{}", r.text());
+    assert!(
+        r.stderr.contains("never reuses a key id") && r.stderr.contains("rebuild-box minio"),
+        "{}",
+        r.stderr
+    );
+    let r = p.run(&["rebuild-box", "minio"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let buckets = block_on(stack::s3::list_buckets(
+        &env["S3_ENDPOINT"],
+        "us-east-1",
+        &key,
+        &env["AWS_SECRET_ACCESS_KEY"],
+    ))
+    .expect("list buckets after the rebuild");
+    let mut buckets = buckets;
+    buckets.sort();
+    assert_eq!(buckets, ["backups", "boxlite"]);
+}
+
+#[test]
+fn an_after_start_step_exiting_78_is_not_retried() {
+    let p = Project::new("noretry");
+    p.service(
+        "svc",
+        "process:\n  command: [sleep, \"60\"]\ninit:\n  - name: check the key\n    when: after_start\n    command: [sh, -c, \"echo run >> runs; echo the key was deleted >&2; exit 78\"]\nhealthcheck:\n  exec: [\"true\"]\n",
+    );
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 5, "{}", r.text());
+    assert!(
+        r.stderr
+            .contains("init step `check the key` of `svc` failed")
+            && r.stderr.contains("the key was deleted"),
+        "{}",
+        r.stderr
+    );
+    let runs = std::fs::read_to_string(p.dir.join("runs")).expect("the step ran");
+    assert_eq!(runs.lines().count(), 1, "run once, not retried");
+}

@@ -203,25 +203,32 @@ impl Backend for MicrovmBackend {
             env: Self::env_of(svc),
             timeout: Duration::from_secs(300),
         };
-        let init_err = |status: String, output: String| BackendError::Init {
-            service: svc.name.clone(),
-            step: step.name.clone(),
-            status,
-            output,
-        };
+        let init_err =
+            |status: String, exit_code: Option<i32>, output: String| BackendError::Init {
+                service: svc.name.clone(),
+                step: step.name.clone(),
+                status,
+                exit_code,
+                output,
+            };
         let reply = boxsup::exec(&self.layout.box_socket(&svc.name), &req)
             .await
-            .map_err(|e| init_err("not started".into(), e))?;
+            .map_err(|e| init_err("not started".into(), None, e))?;
         match reply.exit_code {
             Some(0) => Ok(t0.elapsed()),
             Some(c) => {
                 let lines: Vec<&str> = reply.output.lines().collect();
                 Err(init_err(
                     format!("exit {c}"),
+                    Some(c),
                     lines[lines.len().saturating_sub(20)..].join("\n"),
                 ))
             }
-            None => Err(init_err("not run".into(), reply.error.unwrap_or_default())),
+            None => Err(init_err(
+                "not run".into(),
+                None,
+                reply.error.unwrap_or_default(),
+            )),
         }
     }
 
