@@ -16,10 +16,11 @@ set -eu
 config=$1 key_id=$2 key_secret=$3
 shift 3
 
-rpc=""
+rpc="" meta=""
 while IFS= read -r line; do
   case "$line" in
     "rpc_bind_addr = "*) rpc=${line#*\"}; rpc=${rpc%\"*} ;;
+    "metadata_dir = "*) meta=${line#*\"}; meta=${meta%\"*} ;;
   esac
 done < "$config"
 # Exit 78 (EX_CONFIG) tells `stack up` that retrying cannot help; any other failure is retried.
@@ -49,14 +50,18 @@ full_access() {
 }
 can_create_buckets() { [[ $key_info == *'"permissions":{"createBucket":true}'* ]]; }
 
-# A warm start: the key reaches every bucket, so the layout, key and buckets all exist.
-api GetKeyInfo "{\"id\":\"$key_id\"}"
-if [ "$ok" = 1 ]; then
-  key_info=$body
-  missing=0
-  for bucket in "$@"; do full_access "$bucket" || missing=1; done
-  can_create_buckets || missing=1
-  [ "$missing" = 1 ] || { echo "garage ready: key $key_id, buckets: $*"; exit 0; }
+# A warm start: the key reaches every bucket, so the layout, key and buckets all exist. A node
+# that never had a layout (no cluster_layout file yet) has no key to ask about.
+ok=0
+if [ ! -d "$meta" ] || [ -e "$meta/cluster_layout" ]; then
+  api GetKeyInfo "{\"id\":\"$key_id\"}"
+  if [ "$ok" = 1 ]; then
+    key_info=$body
+    missing=0
+    for bucket in "$@"; do full_access "$bucket" || missing=1; done
+    can_create_buckets || missing=1
+    [ "$missing" = 1 ] || { echo "garage ready: key $key_id, buckets: $*"; exit 0; }
+  fi
 fi
 key_known=$ok
 
@@ -89,16 +94,23 @@ if [ "$key_known" = 0 ]; then
   key_info=$body
 fi
 
-# ensure_bucket NAME: the bucket exists and the key has read, write and owner on it.
+# ensure_bucket NAME: the bucket exists and the key has read, write and owner on it. A new
+# bucket gets the permission in the same call, through a local alias of the key with the same
+# name (it resolves to the same bucket, and S3 lists the name once).
 ensure_bucket() {
-  api CreateBucket "{\"globalAlias\":\"$1\"}"
-  if [ "$ok" = 0 ] && [[ $out == *BucketAlreadyExists* ]]; then
+  local perms='{"read":true,"write":true,"owner":true}'
+  api CreateBucket "{\"globalAlias\":\"$1\",\"localAlias\":{\"accessKeyId\":\"$key_id\",\"alias\":\"$1\",\"allow\":$perms}}"
+  [ "$ok" = 0 ] || return 0
+  if [[ $out == *BucketAlreadyExists* ]]; then
     api GetBucketInfo "{\"globalAlias\":\"$1\"}"
+  else
+    # The key may hold a local alias of that name already: create it without one.
+    api CreateBucket "{\"globalAlias\":\"$1\"}"
   fi
   want "create bucket $1"
   local id=${body#*'"id":"'}
   id=${id%%'"'*}
-  api AllowBucketKey "{\"bucketId\":\"$id\",\"accessKeyId\":\"$key_id\",\"permissions\":{\"read\":true,\"write\":true,\"owner\":true}}"
+  api AllowBucketKey "{\"bucketId\":\"$id\",\"accessKeyId\":\"$key_id\",\"permissions\":$perms}"
   want "give key $key_id access to bucket $1"
 }
 
