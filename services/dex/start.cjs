@@ -11,6 +11,27 @@ const Module = require('node:module');
 
 const file = path.join(__dirname, 'dist', 'server.cjs');
 const cacheFile = `${file}.v8cache`;
+
+// A bundle older than its sources is rebuilt first (bundle.sh). This is checked here rather
+// than in an init step, because a shell on every start costs more than the stat calls.
+const mtime = (f) => {
+  try {
+    return fs.statSync(f).mtimeMs;
+  } catch {
+    return -1;
+  }
+};
+const built = mtime(file);
+if (['server.mjs', 'package-lock.json'].some((src) => built <= mtime(path.join(__dirname, src)))) {
+  try {
+    require('node:child_process').execFileSync('sh', [path.join(__dirname, 'bundle.sh')], {
+      stdio: 'inherit',
+    });
+  } catch {
+    // bundle.sh said why on stderr.
+    process.exit(1);
+  }
+}
 let cachedData;
 try {
   cachedData = fs.readFileSync(cacheFile);
