@@ -269,8 +269,11 @@ impl Supervisor {
 
     fn spawn(&mut self) -> Result<ProcRef, String> {
         let spec = &self.spec;
-        let mut cmd = Command::new(&spec.command[0]);
-        cmd.args(&spec.command[1..])
+        // The program `up` resolved through PATH (no second search, and what `status` shows),
+        // still called by the name the service file gives it.
+        let mut cmd = Command::new(&spec.program);
+        cmd.arg0(&spec.command[0])
+            .args(&spec.command[1..])
             .envs(&spec.env)
             .current_dir(&spec.working_dir)
             .stdin(Stdio::null())
