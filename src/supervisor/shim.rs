@@ -281,11 +281,16 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Its own process group, so a stop reaches every process it forks and nothing else.
             .process_group(0);
-        if self.record.started_at.is_none() && spec.startup_nice != 0 {
-            let nice = spec.startup_nice;
+        // The first start off the critical path runs at lower priority until `up` settles it;
+        // a restart runs at normal weight, even if that `up` is gone.
+        let first = self.record.started_at.is_none();
+        let nice = if first { spec.startup_nice } else { 0 };
+        if spec.startup_nice != 0 {
             // This session is the service's scheduler group; best effort, as priority only
             // shapes how fast things start.
             let _ = proc::set_session_nice(None, nice);
+        }
+        if nice != 0 {
             // SAFETY: setpriority is async-signal-safe and affects only the child.
             unsafe {
                 cmd.pre_exec(move || {
@@ -293,11 +298,6 @@ impl Supervisor {
                     Ok(())
                 });
             }
-        }
-        if self.record.started_at.is_some() && spec.startup_nice != 0 {
-            // A restart runs at normal weight, even if the `up` that would have settled the
-            // first start is gone.
-            let _ = proc::set_session_nice(None, 0);
         }
         if let Some(u) = &spec.run_as {
             cmd.uid(u.uid).gid(u.gid);
@@ -373,7 +373,15 @@ impl Supervisor {
         self.record.started_at = Some(now_rfc3339());
         self.record.spawn_ms = Some(t0.elapsed().as_millis() as u64);
         self.save();
-        self.note(&format!("spawned pid {pid}: {}", show_argv(&spec.command)));
+        let priority = if nice != 0 {
+            format!(" (nice {nice} until ready: off the critical path)")
+        } else {
+            String::new()
+        };
+        self.note(&format!(
+            "spawned pid {pid}{priority}: {}",
+            show_argv(&spec.command)
+        ));
         Ok(me)
     }
 

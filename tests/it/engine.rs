@@ -380,3 +380,54 @@ fn logs_follow_prints_lines_written_after_it_started() {
         "in order, none lost: {ticks:?}"
     );
 }
+
+#[test]
+fn a_service_off_the_critical_path_starts_at_low_priority_and_gets_normal_weight_back() {
+    // Only root shapes startup priority (only root can give it back); the kernel's session
+    // groups are where it has to be set for the services to feel it.
+    if !crate::harness::is_root() || !std::path::Path::new("/proc/self/autogroup").exists() {
+        eprintln!("skipped: startup priority needs root and a kernel with scheduler autogroups");
+        return;
+    }
+    let (a, b) = (free_port(), free_port());
+    let p = Project::new("priority");
+    p.service(
+        "slow",
+        &format!("ports: {{ http: {a} }}\nprocess:\n  command: [python3, -c, \"import time, socket; time.sleep(0.6); s = socket.create_server(('127.0.0.1', {a})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
+    )
+    .http_service("fast", b, &[]);
+    // The first start has no history to plan by; the second knows `slow` is the long pole.
+    assert_eq!(p.run(&["up"]).code, 0);
+    assert_eq!(p.run(&["down"]).code, 0);
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let log = |svc: &str| {
+        std::fs::read_to_string(p.state_dir().join(format!("logs/{svc}.log"))).expect("log")
+    };
+    let spawned = |svc: &str| {
+        log(svc)
+            .lines()
+            .rfind(|l| l.contains("spawned pid"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        spawned("fast").contains("nice 10 until ready"),
+        "{}",
+        log("fast")
+    );
+    assert!(!spawned("slow").contains("nice"), "{}", log("slow"));
+    for svc in ["slow", "fast"] {
+        let pid = p.pid(svc).expect("running");
+        let group = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).expect("autogroup");
+        assert!(group.trim_end().ends_with("nice 0"), "{svc}: {group}");
+        let task = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<&str> = task
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields.get(16), Some(&"0"), "{svc}'s own nice value: {task}");
+    }
+}

@@ -162,7 +162,7 @@ fn postgres_runs_unprivileged_and_binds_loopback_only() {
         .find(|l| l.starts_with("Uid:"))
         .unwrap_or_default()
         .to_string();
-    if nix_is_root() {
+    if crate::harness::is_root() {
         assert!(
             uid_line.split_whitespace().nth(1).is_some_and(|u| u != "0"),
             "not root: {uid_line}"
@@ -189,13 +189,6 @@ fn postgres_runs_unprivileged_and_binds_loopback_only() {
             );
         }
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 #[test]
