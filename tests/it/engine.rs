@@ -431,3 +431,53 @@ fn a_service_off_the_critical_path_starts_at_low_priority_and_gets_normal_weight
         assert_eq!(fields.get(16), Some(&"0"), "{svc}'s own nice value: {task}");
     }
 }
+
+/// `up` of one long-running service whose init step `step` (run `when`) prints `message` on
+/// stderr and exits `code`: it must exit 5 naming the step and its output.
+fn up_with_a_failing_step(
+    project: &str,
+    when: &str,
+    step: &str,
+    message: &str,
+    code: u8,
+) -> Project {
+    let p = Project::new(project);
+    p.service(
+        "svc",
+        &format!("process:\n  command: [sleep, \"60\"]\ninit:\n  - name: {step}\n    when: {when}\n    command: [sh, -c, \"echo run >> runs; echo {message} >&2; exit {code}\"]\nhealthcheck:\n  exec: [\"true\"]\n"),
+    );
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 5, "{}", r.text());
+    assert!(
+        r.stderr
+            .contains(&format!("init step `{step}` of `svc` failed")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(message), "{}", r.stderr);
+    p
+}
+
+#[test]
+fn a_failing_init_step_exits_5_naming_the_step_and_its_output() {
+    up_with_a_failing_step(
+        "badinit",
+        "after_healthy",
+        "seed the thing",
+        "cannot reach the widget",
+        7,
+    );
+}
+
+#[test]
+fn an_after_start_step_exiting_78_is_not_retried() {
+    let p = up_with_a_failing_step(
+        "noretry",
+        "after_start",
+        "check the key",
+        "the key was deleted",
+        78,
+    );
+    let runs = std::fs::read_to_string(p.dir.join("runs")).expect("the step ran");
+    assert_eq!(runs.lines().count(), 1, "run once, not retried");
+}

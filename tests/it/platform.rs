@@ -570,24 +570,6 @@ fn the_default_stack_serves_real_clients_and_keeps_data_across_kills_and_restart
     block_on(check_data(&env, &image, &token));
 }
 
-#[test]
-fn a_failing_init_step_exits_5_naming_the_step_and_its_output() {
-    let p = Project::new("badinit");
-    p.service(
-        "svc",
-        "process:\n  command: [sleep, \"60\"]\ninit:\n  - name: seed the thing\n    when: after_healthy\n    command: [sh, -c, \"echo cannot reach the widget >&2; exit 7\"]\n",
-    );
-    let r = p.run(&["up"]);
-    assert_eq!(r.code, 5, "{}", r.text());
-    assert!(
-        r.stderr
-            .contains("init step `seed the thing` of `svc` failed"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("cannot reach the widget"), "{}", r.stderr);
-}
-
 /// One admin API call through Garage's CLI (over RPC, as the bootstrap makes them).
 fn garage_api(config: &std::path::Path, endpoint: &str, payload: &str) -> serde_json::Value {
     let out = std::process::Command::new("garage")
@@ -695,24 +677,4 @@ fn garage_bootstrap_repairs_what_is_missing_and_names_the_fix_for_a_deleted_key(
     let mut buckets = buckets;
     buckets.sort();
     assert_eq!(buckets, ["backups", "boxlite"]);
-}
-
-#[test]
-fn an_after_start_step_exiting_78_is_not_retried() {
-    let p = Project::new("noretry");
-    p.service(
-        "svc",
-        "process:\n  command: [sleep, \"60\"]\ninit:\n  - name: check the key\n    when: after_start\n    command: [sh, -c, \"echo run >> runs; echo the key was deleted >&2; exit 78\"]\nhealthcheck:\n  exec: [\"true\"]\n",
-    );
-    let r = p.run(&["up"]);
-    assert_eq!(r.code, 5, "{}", r.text());
-    assert!(
-        r.stderr
-            .contains("init step `check the key` of `svc` failed")
-            && r.stderr.contains("the key was deleted"),
-        "{}",
-        r.stderr
-    );
-    let runs = std::fs::read_to_string(p.dir.join("runs")).expect("the step ran");
-    assert_eq!(runs.lines().count(), 1, "run once, not retried");
 }
