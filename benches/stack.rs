@@ -428,21 +428,23 @@ fn main() {
         "<= 1.15",
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let floor = |limit: Duration, cpu: Duration| limit.max(cpu);
-    row(
-        &format!("cold up vs {cores}-core floor"),
-        med(&|r| r.cold),
-        med(&|r| floor(r.cold_limit, r.cold_cpu_floor)),
-        medr(&|r| ratio(r.cold, floor(r.cold_limit, r.cold_cpu_floor))),
-        "",
-    );
-    row(
-        &format!("warm start vs {cores}-core floor"),
-        med(&|r| r.warm_start),
-        med(&|r| floor(r.warm_limit, r.warm_cpu_floor)),
-        medr(&|r| ratio(r.warm_start, floor(r.warm_limit, r.warm_cpu_floor))),
-        "",
-    );
+    // Each round's (stack's time, the larger of its critical path and its CPU floor).
+    type Pick = fn(&Round) -> (Duration, Duration);
+    let floors: [(&str, Pick); 2] = [
+        ("cold up", |r| (r.cold, r.cold_limit.max(r.cold_cpu_floor))),
+        ("warm start", |r| {
+            (r.warm_start, r.warm_limit.max(r.warm_cpu_floor))
+        }),
+    ];
+    for (label, pick) in floors {
+        row(
+            &format!("{label} vs {cores}-core floor"),
+            med(&|r| pick(r).0),
+            med(&|r| pick(r).1),
+            medr(&|r| ratio(pick(r).0, pick(r).1)),
+            "",
+        );
+    }
     println!(
         "  (floor: the larger of the critical path and the services' own CPU time, {} cold and {} warm, spread over {cores} cores)",
         secs(med(&|r| r.cold_cpu_floor * cores as u32)),
