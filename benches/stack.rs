@@ -4,7 +4,9 @@
 //!
 //! * standalone: each service alone, fresh data dir, its init steps, spawn, probe every 5 ms;
 //! * critical-path limit: those times summed along the longest dependency chain (what a perfect
-//!   parallel orchestrator could reach);
+//!   parallel orchestrator could reach), where a `service_started` dependency adds only its
+//!   time to spawned (caddy may start as soon as dex is spawned, so dex's start is not on
+//!   caddy's path);
 //! * sequential baseline: the services started one after another, each polled until healthy
 //!   (the reference's shell-script way);
 //! * down limit: for each reverse wave the slowest service's own clean stop, summed;
@@ -49,6 +51,10 @@ fn load(root: &Path, state: &Path) -> Stack {
 struct Standalone {
     cold: Duration,
     warm: Duration,
+    /// Time to spawned (init steps before the start included), cold and warm: what a
+    /// `service_started` dependent waits for.
+    cold_started: Duration,
+    warm_started: Duration,
     stop: Duration,
     /// CPU time (user + system) its cold start took, init steps included.
     cold_cpu: Duration,
@@ -103,8 +109,9 @@ fn stop(svc: &ServiceSpec, mut child: Child) -> Duration {
     t0.elapsed()
 }
 
-/// Starts one service without the orchestrator; returns the running child and the time to ready.
-async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Duration) {
+/// Starts one service without the orchestrator; returns the running child, the time to spawned
+/// and the time to ready.
+async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Duration, Duration) {
     let t0 = Instant::now();
     backend.prepare(svc).await.expect("data dir and configs");
     for step in svc
@@ -120,6 +127,7 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
         }
     }
     let mut child = spawn(svc);
+    let started = t0.elapsed();
     for step in svc.init.iter().filter(|s| s.phase == InitPhase::AfterStart) {
         // Talks to a server that is still starting: retry, as `up` does.
         while backend
@@ -150,7 +158,7 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
             .await
             .expect("init step");
     }
-    (child, t0.elapsed())
+    (child, started, t0.elapsed())
 }
 
 /// One standalone measurement of one service: cold start, stop, warm start, stop. A service that
@@ -163,15 +171,15 @@ async fn standalone(root: &Path, name: &str) -> Standalone {
     let mut running = Vec::new();
     for dep in graph::plan(&stack, &deps).services().filter(|d| *d != name) {
         let d = &stack.services[dep];
-        let (child, _) = start_alone(&backend, d).await;
+        let (child, _, _) = start_alone(&backend, d).await;
         running.push((d.clone(), child));
     }
     let svc = &stack.services[name];
     let c0 = children_cpu();
-    let (child, cold) = start_alone(&backend, svc).await;
+    let (child, cold_started, cold) = start_alone(&backend, svc).await;
     let stop1 = stop(svc, child);
     let c1 = children_cpu();
-    let (child, warm) = start_alone(&backend, svc).await;
+    let (child, warm_started, warm) = start_alone(&backend, svc).await;
     let stop2 = stop(svc, child);
     let c2 = children_cpu();
     for (d, child) in running.into_iter().rev() {
@@ -180,6 +188,8 @@ async fn standalone(root: &Path, name: &str) -> Standalone {
     Standalone {
         cold,
         warm,
+        cold_started,
+        warm_started,
         stop: stop1.max(stop2),
         cold_cpu: c1 - c0,
         warm_cpu: c2 - c1,
@@ -230,34 +240,24 @@ fn stack_cmd(root: &Path, state: &Path, args: &[&str]) -> Duration {
     t
 }
 
-/// Longest path through the dependency graph, weighting each service by `w`.
-fn critical_path(stack: &Stack, w: &BTreeMap<String, Duration>) -> Duration {
-    fn finish(
-        stack: &Stack,
-        w: &BTreeMap<String, Duration>,
-        n: &str,
-        memo: &mut BTreeMap<String, Duration>,
-    ) -> Duration {
-        if let Some(d) = memo.get(n) {
-            return *d;
+/// The critical-path limit: the latest of the services' earliest ready times with unlimited
+/// cores, each costing what `times` says (to spawned, to ready), as `up` plans it
+/// ([`graph::earliest`]: a `service_started` dependent waits only for the spawn).
+fn critical_path(
+    stack: &Stack,
+    times: impl Fn(&Standalone) -> (Duration, Duration),
+    alone: &BTreeMap<String, Standalone>,
+) -> Duration {
+    let all = stack.services.keys().cloned().collect();
+    let micros = |d: Duration| d.as_micros() as u64;
+    let at = graph::earliest(stack, &all, |n| {
+        let (started, ready) = times(&alone[n]);
+        graph::Cost {
+            started: micros(started),
+            ready: micros(ready),
         }
-        let before = stack.services[n]
-            .depends_on
-            .keys()
-            .map(|d| finish(stack, w, d, memo))
-            .max()
-            .unwrap_or_default();
-        let d = before + w[n];
-        memo.insert(n.to_string(), d);
-        d
-    }
-    let mut memo = BTreeMap::new();
-    stack
-        .services
-        .keys()
-        .map(|n| finish(stack, w, n, &mut memo))
-        .max()
-        .unwrap_or_default()
+    });
+    Duration::from_micros(at.values().map(|(_, ready)| *ready).max().unwrap_or(0))
 }
 
 /// Everything measured in one round; rounds interleave the baselines and `stack` so that both
@@ -284,8 +284,6 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     for name in stack.services.keys() {
         alone.insert(name.clone(), rt.block_on(standalone(root, name)));
     }
-    let cold_w: BTreeMap<_, _> = alone.iter().map(|(n, s)| (n.clone(), s.cold)).collect();
-    let warm_w: BTreeMap<_, _> = alone.iter().map(|(n, s)| (n.clone(), s.warm)).collect();
     let down_limit = plan
         .waves
         .iter()
@@ -300,7 +298,7 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     let mut running = Vec::new();
     for name in plan.services() {
         let svc = &st.services[name];
-        let (child, _) = rt.block_on(start_alone(&backend, svc));
+        let (child, _, _) = rt.block_on(start_alone(&backend, svc));
         running.push((svc.clone(), child));
     }
     let sequential = t0.elapsed();
@@ -320,11 +318,11 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     let cold_cpu: Duration = alone.values().map(|s| s.cold_cpu).sum();
     let warm_cpu: Duration = alone.values().map(|s| s.warm_cpu).sum();
     Round {
-        cold_limit: critical_path(stack, &cold_w),
-        warm_limit: critical_path(stack, &warm_w),
+        cold_limit: critical_path(stack, |s| (s.cold_started, s.cold), &alone),
+        warm_limit: critical_path(stack, |s| (s.warm_started, s.warm), &alone),
         cold_cpu_floor: cold_cpu / cores,
         warm_cpu_floor: warm_cpu / cores,
-        serial_sum: cold_w.values().sum(),
+        serial_sum: alone.values().map(|s| s.cold).sum(),
         alone,
         down_limit,
         sequential,

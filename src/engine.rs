@@ -311,33 +311,50 @@ impl Engine {
     /// The services on the longest path to ready. Each weighs what it will cost this time: its
     /// last start (from its readiness file) without the first-start init steps it will skip,
     /// nothing when it is kept as it is, and a flat guess before its first start (so hops
-    /// decide). `up` lets the others yield the CPU while they start: on a small machine the
-    /// critical path then runs at full speed.
+    /// decide). A `service_started` dependency weighs only its spawn. `up` lets the others
+    /// yield the CPU while they start: on a small machine the critical path then runs at full
+    /// speed.
     fn critical_path(
         &self,
         selected: &BTreeSet<String>,
         actions: &BTreeMap<String, Action>,
     ) -> BTreeSet<String> {
+        let costs: BTreeMap<&str, graph::Cost> = selected
+            .iter()
+            .map(|n| (n.as_str(), self.expected_cost(n, actions.get(n))))
+            .collect();
         graph::critical_path(&self.stack, selected, |n| {
-            if actions.get(n) == Some(&Action::Keep) {
-                return 0;
-            }
-            let first = first_start(&self.stack.services[n]);
-            match read_json::<Readiness>(&self.layout.readiness(n))
-                .ok()
-                .flatten()
-            {
-                Some(r) if first => r.ready_ms.max(1),
-                // Without a warm start to go by, the last one less its init steps: those are
-                // mostly first-start work (initdb, a bootstrap) that a warm start skips or
-                // finds done.
-                Some(r) => r
-                    .warm_ms
-                    .unwrap_or(r.ready_ms.saturating_sub(r.init_ms))
-                    .max(1),
-                None => 1000,
-            }
+            costs.get(n).copied().unwrap_or_default()
         })
+    }
+
+    fn expected_cost(&self, name: &str, action: Option<&Action>) -> graph::Cost {
+        if action == Some(&Action::Keep) {
+            return graph::Cost::default();
+        }
+        let first = first_start(&self.stack.services[name]);
+        let Some(r) = read_json::<Readiness>(&self.layout.readiness(name))
+            .ok()
+            .flatten()
+        else {
+            return graph::Cost::ready(1000);
+        };
+        let (started, ready) = if first {
+            (r.spawned_ms, r.ready_ms)
+        } else {
+            // Without a warm start to go by, the last one less its init steps: those are
+            // mostly first-start work (initdb, a bootstrap) that a warm start skips or finds
+            // done.
+            (
+                r.spawned_ms.saturating_sub(r.before_ms),
+                r.warm_ms.unwrap_or(r.ready_ms.saturating_sub(r.init_ms)),
+            )
+        };
+        let ready = ready.max(1);
+        graph::Cost {
+            started: started.min(ready),
+            ready,
+        }
     }
 
     /// Stops `names` and everything that depends on them (all services when empty), dependents

@@ -7,7 +7,7 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graphmap::DiGraphMap;
 use serde::Serialize;
 
-use crate::spec::Stack;
+use crate::spec::{Condition, Stack};
 
 /// The start order: services in one wave depend only on earlier waves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -152,47 +152,87 @@ pub fn plan(stack: &Stack, selected: &BTreeSet<String>) -> Plan {
     Plan { waves }
 }
 
-/// The services of `selected` with (almost) no slack on the longest weighted path: delaying one
-/// of them delays the whole start. Within 10% of the total counts as no slack.
+/// What one service costs on the way up, in any unit: until it counts as started (its
+/// before-start steps and its spawn) and until it is ready (healthy, or completed for a task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cost {
+    /// From its own start to `service_started`.
+    pub started: u64,
+    /// From its own start to ready; at least `started`.
+    pub ready: u64,
+}
+
+impl Cost {
+    /// A service that is ready as soon as it is spawned (or whose spawn costs nothing).
+    pub fn ready(ready: u64) -> Self {
+        Cost { started: 0, ready }
+    }
+}
+
+/// When each service of `selected` could start and be ready with unlimited cores, each costing
+/// `cost`: `(start, ready)`. A dependent waits for what its condition names: a
+/// `service_started` dependency only until it started, the others until it is ready. The
+/// largest `ready` is the critical-path limit: no orchestrator can be done sooner.
+pub fn earliest(
+    stack: &Stack,
+    selected: &BTreeSet<String>,
+    cost: impl Fn(&str) -> Cost,
+) -> BTreeMap<String, (u64, u64)> {
+    let mut at: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for n in plan(stack, selected).services() {
+        let start = stack.services[n]
+            .depends_on
+            .iter()
+            .filter_map(|(d, cond)| {
+                let (d_start, d_ready) = at.get(d)?;
+                Some(match cond {
+                    Condition::ServiceStarted => d_start + cost(d).started,
+                    _ => *d_ready,
+                })
+            })
+            .max()
+            .unwrap_or(0);
+        at.insert(n.clone(), (start, start + cost(n).ready));
+    }
+    at
+}
+
+/// The services of `selected` with (almost) no slack on the longest weighted path (see
+/// [`earliest`]): delaying one of them delays the whole start. Within 10% of the total counts
+/// as no slack. A dependent that only needs a service started does not put that service's
+/// whole start on its path.
 pub fn critical_path(
     stack: &Stack,
     selected: &BTreeSet<String>,
-    weight: impl Fn(&str) -> u64,
+    cost: impl Fn(&str) -> Cost,
 ) -> BTreeSet<String> {
-    let plan = plan(stack, selected);
-    let deps = |n: &str| -> Vec<&String> {
-        stack.services[n]
-            .depends_on
-            .keys()
-            .filter(|d| selected.contains(*d))
-            .collect()
-    };
-    let mut finish: BTreeMap<&str, u64> = BTreeMap::new();
-    for n in plan.services() {
-        let start = deps(n)
-            .iter()
-            .map(|d| finish[d.as_str()])
-            .max()
-            .unwrap_or(0);
-        finish.insert(n, start + weight(n));
-    }
-    let total = finish.values().copied().max().unwrap_or(0);
-    // The latest each may finish without delaying the end, walking the waves backwards.
-    let mut latest: BTreeMap<&str, u64> = BTreeMap::new();
-    for n in plan.waves.iter().rev().flatten() {
+    let at = earliest(stack, selected, &cost);
+    let total = at.values().map(|(_, r)| *r).max().unwrap_or(0);
+    // The latest each may be ready without delaying the end, walking the waves backwards: a
+    // dependent's latest start bounds it, through its start for `service_started`.
+    let mut latest_ready: BTreeMap<&str, u64> = BTreeMap::new();
+    let waves = plan(stack, selected).waves;
+    for n in waves.iter().rev().flatten() {
+        let c = cost(n);
         let l = selected
             .iter()
-            .filter(|m| stack.services[m.as_str()].depends_on.contains_key(n))
-            .map(|m| latest[m.as_str()].saturating_sub(weight(m)))
-            .min()
-            .unwrap_or(total);
-        latest.insert(n, l);
+            .filter_map(|m| {
+                let cond = stack.services[m.as_str()].depends_on.get(n)?;
+                let m_latest_start = latest_ready[m.as_str()].saturating_sub(cost(m).ready);
+                Some(match cond {
+                    Condition::ServiceStarted => {
+                        (m_latest_start + c.ready).saturating_sub(c.started)
+                    }
+                    _ => m_latest_start,
+                })
+            })
+            .fold(total, u64::min);
+        latest_ready.insert(n, l);
     }
     let tolerance = total / 10;
-    finish
-        .iter()
-        .filter(|(n, f)| latest[*n].saturating_sub(**f) <= tolerance)
-        .map(|(n, _)| n.to_string())
+    at.iter()
+        .filter(|(n, (_, ready))| latest_ready[n.as_str()].saturating_sub(*ready) <= tolerance)
+        .map(|(n, _)| n.clone())
         .collect()
 }
 

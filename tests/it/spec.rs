@@ -143,7 +143,7 @@ fn the_process_environment_wins_over_the_env_file() {
 #[test]
 fn plan_orders_chains_diamonds_and_independent_sets() {
     let p = Project::new("shapes");
-    let svc = sleeper;
+    let svc = |deps: &[&str]| sleeper(deps, "service_started");
     // diamond: top <- (left, right) <- bottom; chain: c1 <- c2 <- c3; lone: solo
     p.service("bottom", &svc(&[]))
         .service("left", &svc(&["bottom"]))
@@ -190,49 +190,105 @@ fn plan_orders_chains_diamonds_and_independent_sets() {
 #[test]
 fn the_critical_path_follows_the_slowest_chain() {
     let p = Project::new("critical");
-    let svc = sleeper;
-    // db -> migrate -> app, cache -> app, and a lone search service.
+    // db -> migrate -> app, cache -> app, and a lone search service; each waits until its
+    // dependencies are ready.
+    let svc = |deps: &[&str]| sleeper(deps, "service_healthy");
     p.service("db", &svc(&[]))
         .service("migrate", &svc(&["db"]))
         .service("cache", &svc(&[]))
         .service("app", &svc(&["migrate", "cache"]))
-        .service("search", &svc(&[]));
-    let stack = stack::spec::Stack::load(&stack::spec::LoadOptions {
-        cwd: p.dir.clone(),
-        ..Default::default()
-    })
-    .expect("valid");
+        .service("search", &sleeper(&[], ""));
+    let stack = load_valid(&p);
     let all = stack::graph::closure(&stack, &[]);
     let names = |set: std::collections::BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+    let cost = stack::graph::Cost::ready;
     // Unknown timings: hops decide.
     assert_eq!(
-        names(stack::graph::critical_path(&stack, &all, |_| 1000)),
+        names(stack::graph::critical_path(&stack, &all, |_| cost(1000))),
         vec!["app", "db", "migrate"]
     );
     // A slow cache and a slower search take over.
     let w = |n: &str| match n {
-        "cache" => 5000,
-        "search" => 9000,
-        _ => 100,
+        "cache" => cost(5000),
+        "search" => cost(9000),
+        _ => cost(100),
     };
     assert_eq!(
         names(stack::graph::critical_path(&stack, &all, w)),
         vec!["search"]
     );
-    let w = |n: &str| if n == "cache" { 5000 } else { 100 };
+    let w = |n: &str| cost(if n == "cache" { 5000 } else { 100 });
     assert_eq!(
         names(stack::graph::critical_path(&stack, &all, w)),
         vec!["app", "cache"]
     );
 }
 
-/// A service that sleeps, started after `deps`.
-fn sleeper(deps: &[&str]) -> String {
-    let mut y = String::from("process:\n  command: [sleep, \"60\"]\n");
+#[test]
+fn a_dependent_that_needs_a_service_only_started_does_not_wait_out_its_start() {
+    let p = Project::new("critical-started");
+    // The proxy starts once the slow identity provider is spawned, as caddy does with dex.
+    p.service("idp", &sleeper(&[], ""))
+        .service("proxy", &sleeper(&["idp"], "service_started"))
+        .service("db", &sleeper(&[], ""))
+        .service("app", &sleeper(&["db"], "service_healthy"));
+    let stack = load_valid(&p);
+    let all = stack::graph::closure(&stack, &[]);
+    let cost = |n: &str| match n {
+        "idp" => stack::graph::Cost {
+            started: 20,
+            ready: 1000,
+        },
+        "proxy" => stack::graph::Cost::ready(300),
+        "db" => stack::graph::Cost {
+            started: 50,
+            ready: 500,
+        },
+        _ => stack::graph::Cost::ready(400),
+    };
+    let at = stack::graph::earliest(&stack, &all, cost);
+    assert_eq!(
+        at["proxy"],
+        (20, 320),
+        "the proxy starts when idp is spawned"
+    );
+    assert_eq!(at["app"], (500, 900), "the app waits until db is ready");
+    assert_eq!(at["idp"], (0, 1000));
+    // idp alone is the long pole: the proxy has 680 of slack, db and app 100 (within 10%).
+    let critical: Vec<String> = stack::graph::critical_path(&stack, &all, cost)
+        .into_iter()
+        .collect();
+    assert_eq!(critical, vec!["app", "db", "idp"]);
+    // A proxy slower than idp's whole start puts idp's spawn, not its start, on its path.
+    let slow_proxy = |n: &str| match n {
+        "proxy" => stack::graph::Cost::ready(2000),
+        other => cost(other),
+    };
+    let at = stack::graph::earliest(&stack, &all, slow_proxy);
+    assert_eq!(at["proxy"], (20, 2020));
+    let critical: Vec<String> = stack::graph::critical_path(&stack, &all, slow_proxy)
+        .into_iter()
+        .collect();
+    assert_eq!(critical, vec!["idp", "proxy"]);
+}
+
+fn load_valid(p: &Project) -> stack::spec::Stack {
+    stack::spec::Stack::load(&stack::spec::LoadOptions {
+        cwd: p.dir.clone(),
+        ..Default::default()
+    })
+    .expect("valid")
+}
+
+/// A service that sleeps, started after `deps` once they reach `condition`. Its healthcheck lets
+/// others wait for it to be healthy.
+fn sleeper(deps: &[&str], condition: &str) -> String {
+    let mut y =
+        String::from("process:\n  command: [sleep, \"60\"]\nhealthcheck:\n  exec: [\"true\"]\n");
     if !deps.is_empty() {
         y.push_str("depends_on:\n");
         for d in deps {
-            y.push_str(&format!("  {d}: {{ condition: service_started }}\n"));
+            y.push_str(&format!("  {d}: {{ condition: {condition} }}\n"));
         }
     }
     y
