@@ -25,124 +25,149 @@ pub struct ProbeFailure {
 
 /// Runs one probe attempt.
 pub async fn check(probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
-    check_with(&http_client()?, probe, timeout).await
+    Prober::new(probe)?.check(probe, timeout).await
 }
 
-/// One attempt with a given HTTP client (`wait_ready` builds one for all its attempts).
-async fn check_with(
-    http: &reqwest::Client,
-    probe: &ProbeSpec,
-    timeout: Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(timeout, attempt(http, probe)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "{} probe timed out after {}",
-            probe.kind(),
-            humantime::format_duration(timeout)
-        )),
+/// The clients a run of attempts at one probe shares. Polls come every 5 ms at first, and
+/// building a client (an S3 client sets up TLS and its signing stack) costs more than the
+/// refused connect it would make.
+pub struct Prober {
+    http: reqwest::Client,
+    s3: Option<aws_sdk_s3::Client>,
+}
+
+impl Prober {
+    /// The clients `probe` needs.
+    pub fn new(probe: &ProbeSpec) -> Result<Prober, String> {
+        let s3 = match probe {
+            ProbeSpec::S3 {
+                endpoint,
+                region,
+                access_key,
+                secret_key,
+            } => Some(crate::s3::client(endpoint, region, access_key, secret_key)),
+            _ => None,
+        };
+        Ok(Prober {
+            http: http_client()?,
+            s3,
+        })
     }
-}
 
-async fn attempt(http: &reqwest::Client, probe: &ProbeSpec) -> Result<(), String> {
-    match probe {
-        ProbeSpec::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("tcp {host}:{port}: {e}")),
-        ProbeSpec::Http { url, status } => {
-            let resp = http
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
-            let code = resp.status().as_u16();
-            let ok = if status.is_empty() {
-                (200..400).contains(&code)
-            } else {
-                status.contains(&code)
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("GET {url} answered {code}"))
-            }
+    /// One attempt at `probe` (the one this prober was made for), bounded by `timeout`.
+    pub async fn check(&self, probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.attempt(probe)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "{} probe timed out after {}",
+                probe.kind(),
+                humantime::format_duration(timeout)
+            )),
         }
-        ProbeSpec::Exec(argv) => host_exec(argv).await,
-        ProbeSpec::Postgres {
-            host,
-            port,
-            user,
-            password,
-            database,
-        } => {
-            let mut opts = sqlx::postgres::PgConnectOptions::new()
-                .host(host)
-                .port(*port)
-                .username(user)
-                .database(database);
-            if let Some(p) = password {
-                opts = opts.password(p);
+    }
+
+    async fn attempt(&self, probe: &ProbeSpec) -> Result<(), String> {
+        let http = &self.http;
+        match probe {
+            ProbeSpec::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("tcp {host}:{port}: {e}")),
+            ProbeSpec::Http { url, status } => {
+                let resp = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+                let code = resp.status().as_u16();
+                let ok = if status.is_empty() {
+                    (200..400).contains(&code)
+                } else {
+                    status.contains(&code)
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("GET {url} answered {code}"))
+                }
             }
-            let mut conn = sqlx::PgConnection::connect_with(&opts)
-                .await
-                .map_err(|e| format!("postgres {host}:{port}/{database} as {user}: {e}"))?;
-            let one: (i32,) = sqlx::query_as("SELECT 1")
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| format!("postgres SELECT 1: {e}"))?;
-            let _ = conn.close().await;
-            if one.0 == 1 {
-                Ok(())
-            } else {
-                Err("postgres SELECT 1 returned something else".into())
+            ProbeSpec::Exec(argv) => host_exec(argv).await,
+            ProbeSpec::Postgres {
+                host,
+                port,
+                user,
+                password,
+                database,
+            } => {
+                let mut opts = sqlx::postgres::PgConnectOptions::new()
+                    .host(host)
+                    .port(*port)
+                    .username(user)
+                    .database(database);
+                if let Some(p) = password {
+                    opts = opts.password(p);
+                }
+                let mut conn = sqlx::PgConnection::connect_with(&opts)
+                    .await
+                    .map_err(|e| format!("postgres {host}:{port}/{database} as {user}: {e}"))?;
+                let one: (i32,) = sqlx::query_as("SELECT 1")
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(|e| format!("postgres SELECT 1: {e}"))?;
+                let _ = conn.close().await;
+                if one.0 == 1 {
+                    Ok(())
+                } else {
+                    Err("postgres SELECT 1 returned something else".into())
+                }
             }
-        }
-        ProbeSpec::Oidc { issuer } => {
-            let url = format!("{issuer}/.well-known/openid-configuration");
-            let body = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
-            let code = body.status().as_u16();
-            if code != 200 {
-                return Err(format!("GET {url} answered {code}"));
+            ProbeSpec::Oidc { issuer } => {
+                let url = format!("{issuer}/.well-known/openid-configuration");
+                let body = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+                let code = body.status().as_u16();
+                if code != 200 {
+                    return Err(format!("GET {url} answered {code}"));
+                }
+                let bytes = body.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+                let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{url} is not JSON: {e}"))?;
+                match doc.get("issuer").and_then(|i| i.as_str()) {
+                    Some(i) if i == issuer => Ok(()),
+                    other => Err(format!("{url} names issuer {other:?}, expected {issuer:?}")),
+                }
             }
-            let bytes = body.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-            let doc: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not JSON: {e}"))?;
-            match doc.get("issuer").and_then(|i| i.as_str()) {
-                Some(i) if i == issuer => Ok(()),
-                other => Err(format!("{url} names issuer {other:?}, expected {issuer:?}")),
+            ProbeSpec::S3 { endpoint, .. } => {
+                let client = self
+                    .s3
+                    .as_ref()
+                    .ok_or_else(|| "this prober has no S3 client".to_string())?;
+                crate::s3::bucket_names(client)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("s3 ListBuckets at {endpoint}: {e}"))
             }
-        }
-        ProbeSpec::S3 {
-            endpoint,
-            region,
-            access_key,
-            secret_key,
-        } => crate::s3::list_buckets(endpoint, region, access_key, secret_key)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("s3 ListBuckets at {endpoint}: {e}")),
-        ProbeSpec::Redis { host, port } => {
-            let mut s = TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| format!("redis {host}:{port}: {e}"))?;
-            s.write_all(b"*1\r\n$4\r\nPING\r\n")
-                .await
-                .map_err(|e| format!("redis PING: {e}"))?;
-            let mut buf = [0u8; 64];
-            let n = s
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("redis PING: {e}"))?;
-            let reply = String::from_utf8_lossy(&buf[..n]);
-            if reply.starts_with("+PONG") {
-                Ok(())
-            } else {
-                Err(format!("redis PING answered {:?}", reply.trim()))
+            ProbeSpec::Redis { host, port } => {
+                let mut s = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("redis {host}:{port}: {e}"))?;
+                s.write_all(b"*1\r\n$4\r\nPING\r\n")
+                    .await
+                    .map_err(|e| format!("redis PING: {e}"))?;
+                let mut buf = [0u8; 64];
+                let n = s
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("redis PING: {e}"))?;
+                let reply = String::from_utf8_lossy(&buf[..n]);
+                if reply.starts_with("+PONG") {
+                    Ok(())
+                } else {
+                    Err(format!("redis PING answered {:?}", reply.trim()))
+                }
             }
         }
     }
@@ -167,6 +192,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// How often `wait_ready` asks whether the service still runs: reading its record and its
+/// process's start time costs more than a refused connect, and exiting is rare.
+const ALIVE_CHECK_EVERY: Duration = Duration::from_millis(25);
 /// How long after the start the probe keeps polling at the fast rate.
 const FAST_PHASE: Duration = Duration::from_secs(5);
 /// Runs an exec probe's command on this host: passes when it exits 0.
@@ -200,9 +228,10 @@ const FAST_DELAY: Duration = Duration::from_millis(5);
 /// Polls the probe until it passes. For the first seconds it polls every 5 ms (or `interval`
 /// if that is shorter), so a service that is up in 300 ms is seen at 300 ms, not at the next
 /// 250 ms tick; then at the configured interval. The time allowed is the same as with plain
-/// interval polling: `start_period + retries × interval`. `alive` is asked before each attempt
-/// so a service that exited fails at once instead of after every retry. An `exec` probe's
-/// command runs through `exec`, where the service runs (this host, or inside its box).
+/// interval polling: `start_period + retries × interval`. `alive` is asked before the first
+/// attempt and every 25 ms after, so a service that exited fails at once instead of after
+/// every retry. An `exec` probe's command runs through `exec`, where the service runs (this
+/// host, or inside its box).
 pub async fn wait_ready<F, X, XF>(
     hc: &Healthcheck,
     mut alive: F,
@@ -215,23 +244,26 @@ where
 {
     let t0 = Instant::now();
     let budget = hc.start_period + hc.interval * hc.retries;
-    // One client for every attempt: polls come every 5 ms at first.
-    let http = http_client().map_err(|e| ProbeFailure {
+    let prober = Prober::new(&hc.probe).map_err(|e| ProbeFailure {
         attempts: 0,
         elapsed: Duration::ZERO,
         last_error: e,
-        reason: "cannot build an HTTP client".into(),
+        reason: "cannot build the probe's client".into(),
     })?;
     let mut attempts = 0u32;
     let mut last_error = String::from("no attempt made");
+    let mut next_alive_check = t0;
     loop {
-        if let Err(reason) = alive() {
-            return Err(ProbeFailure {
-                attempts,
-                elapsed: t0.elapsed(),
-                last_error,
-                reason,
-            });
+        if Instant::now() >= next_alive_check {
+            if let Err(reason) = alive() {
+                return Err(ProbeFailure {
+                    attempts,
+                    elapsed: t0.elapsed(),
+                    last_error,
+                    reason,
+                });
+            }
+            next_alive_check = Instant::now() + ALIVE_CHECK_EVERY;
         }
         attempts += 1;
         let outcome = match &hc.probe {
@@ -243,7 +275,7 @@ where
                         humantime::format_duration(hc.timeout)
                     ))
                 }),
-            _ => check_with(&http, &hc.probe, hc.timeout).await,
+            _ => prober.check(&hc.probe, hc.timeout).await,
         };
         match outcome {
             Ok(()) => return Ok(t0.elapsed()),

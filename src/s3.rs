@@ -34,7 +34,8 @@ pub async fn list_buckets(
     bucket_names(&client(endpoint, region, access_key, secret_key)).await
 }
 
-async fn bucket_names(client: &aws_sdk_s3::Client) -> Result<Vec<String>, String> {
+/// The bucket names `client` can list (a signed `ListBuckets`).
+pub async fn bucket_names(client: &aws_sdk_s3::Client) -> Result<Vec<String>, String> {
     let out = client
         .list_buckets()
         .send()
