@@ -25,12 +25,23 @@ while IFS= read -r line; do
 done < "$config"
 # Exit 78 (EX_CONFIG) tells `stack up` that retrying cannot help; any other failure is retried.
 [ -n "$rpc" ] || { echo "$config has no rpc_bind_addr" >&2; exit 78; }
-# Until Garage listens, fail at the cost of a connect rather than a CLI run; `stack up` retries.
-{ exec 3<>"/dev/tcp/${rpc%:*}/${rpc##*:}"; } 2>/dev/null || {
-  echo "garage's RPC port $rpc does not answer yet" >&2
-  exit 1
+# Garage is still starting when `stack up` runs this. Wait here until its RPC port answers: a
+# refused connect costs microseconds, and `read -t` on a pipe that nobody writes to sleeps
+# without starting a process. After a second, fail: `stack up` checks that Garage still runs
+# and runs this again.
+rpc_answers() {
+  { exec 3<>"/dev/tcp/${rpc%:*}/${rpc##*:}"; } 2>/dev/null || return 1
+  exec 3<&-
 }
-exec 3<&-
+if ! rpc_answers; then
+  exec {nap}<> <(:)
+  for _ in {1..100}; do
+    read -rt 0.01 -u "$nap" _ || true
+    if rpc_answers; then break; fi
+  done
+  exec {nap}<&-
+  rpc_answers || { echo "garage's RPC port $rpc does not answer yet" >&2; exit 1; }
+fi
 
 # api ENDPOINT [JSON]: one admin API call. Sets $ok (1 when it succeeded), $out (what it
 # printed) and $body ($out without whitespace, to match against).
