@@ -247,7 +247,7 @@ impl Engine {
                 layout: self.layout.clone(),
                 started: Arc::clone(&started),
                 priority: if critical.contains(name) {
-                    Priority::Normal
+                    Priority::Critical
                 } else {
                     Priority::Background
                 },
@@ -293,6 +293,13 @@ impl Engine {
         report.started = started.lock().map(|v| v.clone()).unwrap_or_default();
         report.started.sort();
         report.kept.sort();
+        if !failures.is_empty() {
+            // A service that never got ready keeps running (its supervisor retries it); it must
+            // not keep the priority it was started with.
+            for name in &report.started {
+                self.backend.settle(&self.stack.services[name]);
+            }
+        }
         if failures.is_empty() {
             let n = selected.len();
             self.progress.summary(&format!(
@@ -619,7 +626,7 @@ impl ServiceRun {
             "running"
         };
         init_ms += self.run_steps(svc, InitPhase::AfterHealthy).await?;
-        if self.priority == Priority::Background {
+        if self.priority != Priority::Normal {
             self.backend.settle(svc);
         }
         let ready_ms = t0.elapsed().as_millis() as u64;

@@ -49,13 +49,16 @@ pub struct Instance {
 }
 
 /// How much CPU a starting service may take from the others (`up` gives the critical path the
-/// machine, like systemd's `StartupCPUWeight`).
+/// machine, like systemd's `StartupCPUWeight`). Both shaped priorities last until `settle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
     /// As any process.
     #[default]
     Normal,
-    /// Yields the CPU while it starts (off the critical path); restored by `settle`.
+    /// Goes first while it starts: it is on the critical path, so every moment it waits for
+    /// the CPU delays the whole start.
+    Critical,
+    /// Yields the CPU while it starts (off the critical path).
     Background,
 }
 

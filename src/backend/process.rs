@@ -84,13 +84,22 @@ fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
     None
 }
 
-/// The nice value a starting service gets. Only root can give a process its normal priority back
-/// once it is ready, so only root shapes startup priority; everyone else starts at normal.
+/// The nice value a starting service (and its init steps) gets: -10 on the critical path, 10 off
+/// it. Only root may raise a priority, or give a lowered one back once the service is ready, so
+/// only root shapes startup priority; everyone else starts at normal.
 fn startup_nice(priority: Priority) -> i32 {
-    match priority {
-        Priority::Background if nix::unistd::geteuid().is_root() => 10,
-        _ => 0,
+    if !shapes_priority() {
+        return 0;
     }
+    match priority {
+        Priority::Critical => -10,
+        Priority::Background => 10,
+        Priority::Normal => 0,
+    }
+}
+
+fn shapes_priority() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// Creates the service's data dir; when it runs as another user, hands the dir to that user
@@ -425,7 +434,7 @@ impl Backend for ProcessBackend {
     }
 
     fn settle(&self, svc: &ServiceSpec) {
-        if startup_nice(Priority::Background) == 0 {
+        if !shapes_priority() {
             return;
         }
         if let Some(pid) = self.inspect(svc).pid {
@@ -465,8 +474,10 @@ impl Backend for ProcessBackend {
                 .env("HOME", &u.home)
                 .env("USER", &u.name);
         }
+        // A step with a shaped priority gets a session of its own: that is the scheduler group
+        // its weight is felt in, as for the services (see `supervisor::proc::set_session_nice`).
         let nice = startup_nice(priority);
-        // SAFETY: prctl and setpriority are async-signal-safe. An init step must not outlive a
+        // SAFETY: prctl and setsid are async-signal-safe. An init step must not outlive a
         // `stack` that is killed: it would race the next `up` over the same files. std runs
         // this hook after switching user, which would otherwise clear the setting.
         unsafe {
@@ -474,16 +485,18 @@ impl Backend for ProcessBackend {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if nice != 0 {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                if nice != 0 && libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        // Its own process group, recorded, so nothing it forks can outlive it: the group is
-        // killed if this `up` is interrupted, and a group left by a killed `stack` is killed by
-        // the next run before it touches the same files.
-        cmd.process_group(0);
+        // Its own process group (a new session is one too), recorded, so nothing it forks can
+        // outlive it: the group is killed if this `up` is interrupted, and a group left by a
+        // killed `stack` is killed by the next run before it touches the same files.
+        if nice == 0 {
+            cmd.process_group(0);
+        }
         let record = self.layout.step_record(&svc.name);
         kill_stale_step(&record);
         let mut cmd = tokio::process::Command::from(cmd);
@@ -497,6 +510,13 @@ impl Backend for ProcessBackend {
             status: "not started".into(),
             output: format!("cannot run `{}`: {e}", argv[0]),
         })?;
+        if let (Some(pid), true) = (child.id(), nice != 0) {
+            // Set from here, as root: the step may run as a user that could not raise its own
+            // priority. Best effort, as priority only shapes how fast things start.
+            // SAFETY: setpriority on the child we just spawned.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
+            let _ = supervisor::proc::set_session_nice(Some(pid), nice);
+        }
         let guard = StepGroup::new(child.id().and_then(ProcRef::of), record);
         let out = child
             .wait_with_output()

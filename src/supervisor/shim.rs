@@ -281,23 +281,19 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Its own process group, so a stop reaches every process it forks and nothing else.
             .process_group(0);
-        // The first start off the critical path runs at lower priority until `up` settles it;
-        // a restart runs at normal weight, even if that `up` is gone.
+        // The first start runs at the priority `up` asked for (higher on the critical path,
+        // lower off it) until `up` settles it; a restart runs at normal weight, even if that
+        // `up` is gone.
         let first = self.record.started_at.is_none();
         let nice = if first { spec.startup_nice } else { 0 };
         if spec.startup_nice != 0 {
             // This session is the service's scheduler group; best effort, as priority only
             // shapes how fast things start.
             let _ = proc::set_session_nice(None, nice);
-        }
-        if nice != 0 {
-            // SAFETY: setpriority is async-signal-safe and affects only the child.
-            unsafe {
-                cmd.pre_exec(move || {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-                    Ok(())
-                });
-            }
+            // The child inherits this thread's nice value, whichever user it then runs as (a
+            // service's user could not raise its own priority).
+            // SAFETY: setpriority with who = 0 changes only the calling thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
         }
         if let Some(u) = &spec.run_as {
             cmd.uid(u.uid).gid(u.gid);
@@ -306,7 +302,12 @@ impl Supervisor {
                 .env("LOGNAME", &u.name);
         }
         let t0 = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
+        let spawned = cmd.spawn();
+        if spec.startup_nice != 0 {
+            // SAFETY: as above; the supervisor itself runs at normal priority.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+        }
+        let mut child = spawned.map_err(|e| {
             format!(
                 "cannot run `{}` for `{}`: {e}",
                 spec.command[0], spec.service
@@ -373,10 +374,10 @@ impl Supervisor {
         self.record.started_at = Some(now_rfc3339());
         self.record.spawn_ms = Some(t0.elapsed().as_millis() as u64);
         self.save();
-        let priority = if nice != 0 {
-            format!(" (nice {nice} until ready: off the critical path)")
-        } else {
-            String::new()
+        let priority = match nice {
+            0 => String::new(),
+            n if n < 0 => format!(" (nice {n} until ready: on the critical path)"),
+            n => format!(" (nice {n} until ready: off the critical path)"),
         };
         self.note(&format!(
             "spawned pid {pid}{priority}: {}",

@@ -382,7 +382,7 @@ fn logs_follow_prints_lines_written_after_it_started() {
 }
 
 #[test]
-fn a_service_off_the_critical_path_starts_at_low_priority_and_gets_normal_weight_back() {
+fn startup_priority_favours_the_critical_path_and_is_given_back_once_ready() {
     // Only root shapes startup priority (only root can give it back); the kernel's session
     // groups are where it has to be set for the services to feel it.
     if !crate::harness::is_root() || !std::path::Path::new("/proc/self/autogroup").exists() {
@@ -412,24 +412,57 @@ fn a_service_off_the_critical_path_starts_at_low_priority_and_gets_normal_weight
             .to_string()
     };
     assert!(
-        spawned("fast").contains("nice 10 until ready"),
+        spawned("fast").contains("nice 10 until ready: off the critical path"),
         "{}",
         log("fast")
     );
-    assert!(!spawned("slow").contains("nice"), "{}", log("slow"));
+    assert!(
+        spawned("slow").contains("nice -10 until ready: on the critical path"),
+        "{}",
+        log("slow")
+    );
     for svc in ["slow", "fast"] {
         let pid = p.pid(svc).expect("running");
         let group = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).expect("autogroup");
         assert!(group.trim_end().ends_with("nice 0"), "{svc}: {group}");
-        let task = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        let fields: Vec<&str> = task
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        assert_eq!(fields.get(16), Some(&"0"), "{svc}'s own nice value: {task}");
+        assert_eq!(nice_of(pid), "0", "{svc}'s own nice value");
     }
+}
+
+#[test]
+fn a_service_that_never_gets_ready_does_not_keep_its_startup_priority() {
+    if !crate::harness::is_root() || !std::path::Path::new("/proc/self/autogroup").exists() {
+        eprintln!("skipped: startup priority needs root and a kernel with scheduler autogroups");
+        return;
+    }
+    let port = free_port();
+    let p = Project::new("priority-fail");
+    // Alone, it is the critical path; it never listens, so its healthcheck gives up.
+    p.service(
+        "mute",
+        &format!("ports: {{ http: {port} }}\nprocess:\n  command: [sleep, \"60\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n  retries: 3\n"),
+    );
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 5, "{}", r.text());
+    let log = std::fs::read_to_string(p.state_dir().join("logs/mute.log")).expect("log");
+    assert!(log.contains("nice -10 until ready"), "{log}");
+    let pid = p.pid("mute").expect("still running under its supervisor");
+    let group = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).expect("autogroup");
+    assert!(group.trim_end().ends_with("nice 0"), "{group}");
+    assert_eq!(nice_of(pid), "0");
+    assert_eq!(p.run(&["down"]).code, 0);
+}
+
+/// A process's own nice value, from /proc.
+fn nice_of(pid: u32) -> String {
+    let task = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    task.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(16)
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// `up` of one long-running service whose init step `step` (run `when`) prints `message` on
