@@ -644,10 +644,11 @@ impl ServiceRun {
             warm_ms: if first || spawned_ms == 0 {
                 previous.as_ref().and_then(|r| r.warm_ms)
             } else {
-                Some(next_warm_estimate(
+                next_warm_estimate(
                     previous.as_ref().and_then(|r| r.warm_ms),
                     ready_ms,
-                ))
+                    self.priority == Priority::Background,
+                )
             },
             at: now_rfc3339(),
             program,
@@ -750,11 +751,16 @@ fn first_start(svc: &ServiceSpec) -> bool {
 /// down, and the ones `up` deprioritised most, so the latest time alone would make yesterday's
 /// background service look like today's long pole. The estimate is a floor that drops at once
 /// to a faster observation and rises by at most a quarter per start, following a service that
-/// really got slower (more data to recover) without chasing contention.
-fn next_warm_estimate(previous: Option<u64>, observed: u64) -> u64 {
+/// really got slower (more data to recover) without chasing contention. A start that was held
+/// back (`background`) only shows what the service costs at most: it may lower the estimate but
+/// neither set nor raise it (until a start at full speed sets it, `up` plans by the latest time
+/// less its init steps).
+fn next_warm_estimate(previous: Option<u64>, observed: u64, background: bool) -> Option<u64> {
     match previous {
-        Some(p) => observed.min(p + p / 4 + 1),
-        None => observed,
+        Some(p) if background => Some(observed.min(p)),
+        Some(p) => Some(observed.min(p + p / 4 + 1)),
+        None if background => None,
+        None => Some(observed),
     }
 }
 
@@ -781,16 +787,26 @@ mod tests {
 
     #[test]
     fn warm_estimate_drops_at_once_and_rises_slowly() {
-        assert_eq!(next_warm_estimate(None, 180), 180);
+        let next = |p, o| next_warm_estimate(p, o, false);
+        assert_eq!(next(None, 180), Some(180));
         // Slowed down by the others once: barely moves.
-        assert_eq!(next_warm_estimate(Some(100), 300), 126);
+        assert_eq!(next(Some(100), 300), Some(126));
         // Faster than ever: taken as is.
-        assert_eq!(next_warm_estimate(Some(126), 90), 90);
+        assert_eq!(next(Some(126), 90), Some(90));
         // Really slower for good: reaches it within a few starts.
-        let mut e = 100;
+        let mut e = Some(100);
         for _ in 0..5 {
-            e = next_warm_estimate(Some(e), 300);
+            e = next(e, 300);
         }
-        assert_eq!(e, 300);
+        assert_eq!(e, Some(300));
+    }
+
+    #[test]
+    fn a_start_held_back_can_only_lower_the_warm_estimate() {
+        // A cold start in the background (a fresh Garage bootstrapping behind initdb) says
+        // nothing about a warm start.
+        assert_eq!(next_warm_estimate(None, 689, true), None);
+        assert_eq!(next_warm_estimate(Some(170), 400, true), Some(170));
+        assert_eq!(next_warm_estimate(Some(170), 120, true), Some(120));
     }
 }

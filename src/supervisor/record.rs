@@ -126,7 +126,8 @@ pub struct Readiness {
     #[serde(default)]
     pub before_ms: u64,
     /// What a start that is not a first start (its data already there) costs, from the
-    /// `ready_ms` of such starts: a floor that rises slowly (see `engine::next_warm_estimate`).
+    /// `ready_ms` of such starts at full speed: a floor that rises slowly (see
+    /// `engine::next_warm_estimate`).
     #[serde(default)]
     pub warm_ms: Option<u64>,
     /// When it became ready (RFC 3339).
