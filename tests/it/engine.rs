@@ -429,6 +429,49 @@ fn startup_priority_favours_the_critical_path_and_is_given_back_once_ready() {
     }
 }
 
+/// When `svc`'s last supervisor log line "spawned pid" was written (its RFC 3339 stamp, which
+/// sorts by time).
+fn last_spawn(p: &Project, svc: &str) -> String {
+    let log = std::fs::read_to_string(p.state_dir().join(format!("logs/{svc}.log"))).expect("log");
+    log.lines()
+        .rfind(|l| l.contains("sup spawned pid"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no spawn in {svc}'s log:\n{log}"))
+        .to_string()
+}
+
+#[test]
+fn the_critical_path_is_launched_first_but_never_waits_on_its_first_start_steps() {
+    let (a, b) = (free_port(), free_port());
+    let p = Project::new("leads");
+    // `slow` is the long pole: on a first start its init step takes 0.4 s, on any start it
+    // listens after 0.3 s.
+    p.service(
+        "slow",
+        &format!("ports: {{ http: {a} }}\ninit:\n  - name: make\n    creates: ${{data_dir}}/made\n    command: [sh, -c, 'sleep 0.4; touch \"$1\"', sh, \"${{data_dir}}/made\"]\nprocess:\n  command: [python3, -c, \"import time, socket; time.sleep(0.3); s = socket.create_server(('127.0.0.1', {a})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
+    )
+    .http_service("fast", b, &[]);
+    // The first start has no history to plan by; the next ones know `slow` is the long pole.
+    assert_eq!(p.run(&["up"]).code, 0);
+    assert_eq!(p.run(&["down"]).code, 0);
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        last_spawn(&p, "slow") < last_spawn(&p, "fast"),
+        "a warm start launches the critical path before the rest"
+    );
+    assert_eq!(p.run(&["down"]).code, 0);
+    // A first start again: the others must not wait out its init step.
+    std::fs::remove_file(p.state_dir().join("data/slow/made")).expect("made");
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        last_spawn(&p, "fast") < last_spawn(&p, "slow"),
+        "`fast` waited for `slow`'s init step"
+    );
+    assert_eq!(p.run(&["down"]).code, 0);
+}
+
 #[test]
 fn a_service_that_never_gets_ready_does_not_keep_its_startup_priority() {
     if !crate::harness::is_root() || !std::path::Path::new("/proc/self/autogroup").exists() {
