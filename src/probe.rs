@@ -34,6 +34,8 @@ pub async fn check(probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
 pub struct Prober {
     http: reqwest::Client,
     s3: Option<aws_sdk_s3::Client>,
+    /// Resolving these reads the environment, the user database and the socket dirs.
+    postgres: Option<sqlx::postgres::PgConnectOptions>,
 }
 
 impl Prober {
@@ -48,9 +50,30 @@ impl Prober {
             } => Some(crate::s3::client(endpoint, region, access_key, secret_key)),
             _ => None,
         };
+        let postgres = match probe {
+            ProbeSpec::Postgres {
+                host,
+                port,
+                user,
+                password,
+                database,
+            } => {
+                let opts = sqlx::postgres::PgConnectOptions::new()
+                    .host(host)
+                    .port(*port)
+                    .username(user)
+                    .database(database);
+                Some(match password {
+                    Some(p) => opts.password(p),
+                    None => opts,
+                })
+            }
+            _ => None,
+        };
         Ok(Prober {
             http: http_client()?,
             s3,
+            postgres,
         })
     }
 
@@ -96,18 +119,14 @@ impl Prober {
                 host,
                 port,
                 user,
-                password,
                 database,
+                ..
             } => {
-                let mut opts = sqlx::postgres::PgConnectOptions::new()
-                    .host(host)
-                    .port(*port)
-                    .username(user)
-                    .database(database);
-                if let Some(p) = password {
-                    opts = opts.password(p);
-                }
-                let mut conn = sqlx::PgConnection::connect_with(&opts)
+                let opts = self
+                    .postgres
+                    .as_ref()
+                    .ok_or_else(|| "this prober has no PostgreSQL options".to_string())?;
+                let mut conn = sqlx::PgConnection::connect_with(opts)
                     .await
                     .map_err(|e| format!("postgres {host}:{port}/{database} as {user}: {e}"))?;
                 let one: (i32,) = sqlx::query_as("SELECT 1")

@@ -41,11 +41,18 @@ impl ProcRef {
     }
 }
 
-/// The current boot's id (empty where the kernel does not expose one).
+/// The current boot's id (empty where the kernel does not expose one). Read once per process:
+/// it cannot change while the process runs, and `up` checks process identities every few
+/// milliseconds while services start.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
