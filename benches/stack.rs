@@ -6,7 +6,8 @@
 //! * critical-path limit: those times summed along the longest dependency chain (what a perfect
 //!   parallel orchestrator could reach), where a `service_started` dependency adds only its
 //!   time to spawned (caddy may start as soon as dex is spawned, so dex's start is not on
-//!   caddy's path);
+//!   caddy's path). The warm start is also shown against the plain chain sum, every dependency
+//!   waited out to ready, as the engine issue words the limit;
 //! * sequential baseline: the services started one after another, each polled until healthy
 //!   (the reference's shell-script way), then stopped and started so again with their data;
 //!   against it, a parallel start can at best reach the graph's bound: the baseline's own
@@ -287,6 +288,10 @@ struct Round {
     alone: BTreeMap<String, Standalone>,
     cold_limit: Duration,
     warm_limit: Duration,
+    /// The warm limit summed along the longest chain as if every dependency were waited out
+    /// to ready: the engine issue's wording, looser where a dependent needs a service only
+    /// started (caddy after dex).
+    warm_chain: Duration,
     /// The services' summed CPU time over the cores: no schedule finishes sooner.
     cold_cpu_floor: Duration,
     warm_cpu_floor: Duration,
@@ -350,6 +355,7 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     Round {
         cold_limit: critical_path(stack, &times(|s| (s.cold_started, s.cold))),
         warm_limit: critical_path(stack, &times(|s| (s.warm_started, s.warm))),
+        warm_chain: critical_path(stack, &times(|s| (s.warm, s.warm))),
         cold_cpu_floor: cold_cpu / cores,
         warm_cpu_floor: warm_cpu / cores,
         sequential_cold: sequential[0],
@@ -454,6 +460,13 @@ fn main() {
         med(&|r| r.warm_limit),
         medr(&|r| ratio(r.warm_start, r.warm_limit)),
         "<= 1.15",
+    );
+    row(
+        "  the same vs the plain chain sum",
+        med(&|r| r.warm_start),
+        med(&|r| r.warm_chain),
+        medr(&|r| ratio(r.warm_start, r.warm_chain)),
+        "",
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Each round's (stack's time, the larger of its critical path and its CPU floor).
