@@ -78,7 +78,7 @@ async fn wait_probe(svc: &ServiceSpec, child: &mut Child) {
     if let Some(hc) = &svc.healthcheck {
         // One set of clients for every attempt, as `up` does.
         let prober = stack::probe::Prober::new(&hc.probe).expect("probe clients");
-        while let Err(e) = prober.check(&hc.probe, hc.timeout).await {
+        while let Err(e) = prober.check(hc.timeout).await {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "`{}` exited ({status}) before its probe passed: {e}",

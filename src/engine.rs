@@ -339,9 +339,9 @@ impl Engine {
     /// The services on the longest path to ready. Each weighs what it will cost this time: its
     /// last start (from its readiness file) without the first-start init steps it will skip,
     /// nothing when it is kept as it is, and a flat guess before its first start (so hops
-    /// decide). A `service_started` dependency weighs only its spawn. `up` lets the others
-    /// yield the CPU while they start: on a small machine the critical path then runs at full
-    /// speed.
+    /// decide). A `service_started` dependency weighs only its spawn. `up` launches these
+    /// first and lets them take the CPU from the others while they start: on a small machine
+    /// the critical path then runs at full speed.
     fn critical_path(
         &self,
         selected: &BTreeSet<String>,
@@ -356,6 +356,7 @@ impl Engine {
         })
     }
 
+    /// What starting `name` will cost this time, to spawned and to ready, in milliseconds.
     fn expected_cost(&self, name: &str, action: Option<&Action>) -> graph::Cost {
         if action == Some(&Action::Keep) {
             return graph::Cost::default();
@@ -554,16 +555,25 @@ enum Launch {
 }
 
 /// Counts one lead as launched, once: when told, or when dropped (its start failed).
-struct LeadLaunched(std::sync::Mutex<Option<Arc<watch::Sender<usize>>>>);
+struct LeadLaunched {
+    left: Arc<watch::Sender<usize>>,
+    counted: std::sync::atomic::AtomicBool,
+}
 
 impl LeadLaunched {
     fn new(left: &Arc<watch::Sender<usize>>) -> Self {
-        LeadLaunched(std::sync::Mutex::new(Some(Arc::clone(left))))
+        LeadLaunched {
+            left: Arc::clone(left),
+            counted: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn done(&self) {
-        if let Some(left) = self.0.lock().ok().and_then(|mut l| l.take()) {
-            left.send_modify(|n| *n = n.saturating_sub(1));
+        if !self
+            .counted
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.left.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 }

@@ -25,13 +25,14 @@ pub struct ProbeFailure {
 
 /// Runs one probe attempt.
 pub async fn check(probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
-    Prober::new(probe)?.check(probe, timeout).await
+    Prober::new(probe)?.check(timeout).await
 }
 
-/// The clients a run of attempts at one probe shares. Polls come every 5 ms at first, and
+/// One probe with the clients its attempts share. Polls come every 5 ms at first, and
 /// building a client (an S3 client sets up TLS and its signing stack) costs more than the
 /// refused connect it would make.
 pub struct Prober {
+    probe: ProbeSpec,
     http: reqwest::Client,
     s3: Option<aws_sdk_s3::Client>,
     /// Resolving these reads the environment, the user database and the socket dirs.
@@ -39,7 +40,7 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// The clients `probe` needs.
+    /// `probe`, with the clients it needs.
     pub fn new(probe: &ProbeSpec) -> Result<Prober, String> {
         let s3 = match probe {
             ProbeSpec::S3 {
@@ -71,27 +72,28 @@ impl Prober {
             _ => None,
         };
         Ok(Prober {
+            probe: probe.clone(),
             http: http_client()?,
             s3,
             postgres,
         })
     }
 
-    /// One attempt at `probe` (the one this prober was made for), bounded by `timeout`.
-    pub async fn check(&self, probe: &ProbeSpec, timeout: Duration) -> Result<(), String> {
-        match tokio::time::timeout(timeout, self.attempt(probe)).await {
+    /// One attempt, bounded by `timeout`.
+    pub async fn check(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.attempt()).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "{} probe timed out after {}",
-                probe.kind(),
+                self.probe.kind(),
                 humantime::format_duration(timeout)
             )),
         }
     }
 
-    async fn attempt(&self, probe: &ProbeSpec) -> Result<(), String> {
+    async fn attempt(&self) -> Result<(), String> {
         let http = &self.http;
-        match probe {
+        match &self.probe {
             ProbeSpec::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
                 .await
                 .map(|_| ())
@@ -294,7 +296,7 @@ where
                         humantime::format_duration(hc.timeout)
                     ))
                 }),
-            _ => prober.check(&hc.probe, hc.timeout).await,
+            _ => prober.check(hc.timeout).await,
         };
         match outcome {
             Ok(()) => return Ok(t0.elapsed()),
