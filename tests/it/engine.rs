@@ -389,37 +389,16 @@ fn startup_priority_favours_the_critical_path_and_is_given_back_once_ready() {
         eprintln!("skipped: startup priority needs root and a kernel with scheduler autogroups");
         return;
     }
-    let (a, b) = (free_port(), free_port());
-    let p = Project::new("priority");
-    p.service(
-        "slow",
-        &format!("ports: {{ http: {a} }}\nprocess:\n  command: [python3, -c, \"import time, socket; time.sleep(0.6); s = socket.create_server(('127.0.0.1', {a})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
-    )
-    .http_service("fast", b, &[]);
-    // The first start has no history to plan by; the second knows `slow` is the long pole.
-    assert_eq!(p.run(&["up"]).code, 0);
-    assert_eq!(p.run(&["down"]).code, 0);
-    let r = p.run(&["up"]);
-    assert_eq!(r.code, 0, "{}", r.text());
-    let log = |svc: &str| {
-        std::fs::read_to_string(p.state_dir().join(format!("logs/{svc}.log"))).expect("log")
-    };
-    let spawned = |svc: &str| {
-        log(svc)
-            .lines()
-            .rfind(|l| l.contains("spawned pid"))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let p = long_pole_started_twice("priority", "0.6", "");
     assert!(
-        spawned("fast").contains("nice 10 until ready: off the critical path"),
+        last_spawn(&p, "fast").contains("nice 10 until ready: off the critical path"),
         "{}",
-        log("fast")
+        last_spawn(&p, "fast")
     );
     assert!(
-        spawned("slow").contains("nice -10 until ready: on the critical path"),
+        last_spawn(&p, "slow").contains("nice -10 until ready: on the critical path"),
         "{}",
-        log("slow")
+        last_spawn(&p, "slow")
     );
     for svc in ["slow", "fast"] {
         let pid = p.pid(svc).expect("running");
@@ -429,33 +408,44 @@ fn startup_priority_favours_the_critical_path_and_is_given_back_once_ready() {
     }
 }
 
-/// When `svc`'s last supervisor log line "spawned pid" was written (its RFC 3339 stamp, which
-/// sorts by time).
+/// `svc`'s last supervisor log line "spawned pid"; it begins with its RFC 3339 stamp, so two
+/// such lines sort by time.
 fn last_spawn(p: &Project, svc: &str) -> String {
     let log = std::fs::read_to_string(p.state_dir().join(format!("logs/{svc}.log"))).expect("log");
     log.lines()
         .rfind(|l| l.contains("sup spawned pid"))
-        .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no spawn in {svc}'s log:\n{log}"))
         .to_string()
 }
 
-#[test]
-fn the_critical_path_is_launched_first_but_never_waits_on_its_first_start_steps() {
+/// A project with `slow`, the long pole (it listens `delay` seconds after it starts, after the
+/// `init` section if one is given), and `fast`, a quick HTTP service: started, stopped and
+/// started again, so that the second start plans by the first one's times.
+fn long_pole_started_twice(name: &str, delay: &str, init: &str) -> Project {
     let (a, b) = (free_port(), free_port());
-    let p = Project::new("leads");
-    // `slow` is the long pole: on a first start its init step takes 0.4 s, on any start it
-    // listens after 0.3 s.
+    let p = Project::new(name);
     p.service(
         "slow",
-        &format!("ports: {{ http: {a} }}\ninit:\n  - name: make\n    creates: ${{data_dir}}/made\n    command: [sh, -c, 'sleep 0.4; touch \"$1\"', sh, \"${{data_dir}}/made\"]\nprocess:\n  command: [python3, -c, \"import time, socket; time.sleep(0.3); s = socket.create_server(('127.0.0.1', {a})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
+        &format!("ports: {{ http: {a} }}\n{init}process:\n  command: [python3, -c, \"import time, socket; time.sleep({delay}); s = socket.create_server(('127.0.0.1', {a})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
     )
     .http_service("fast", b, &[]);
-    // The first start has no history to plan by; the next ones know `slow` is the long pole.
+    // The first start has no history to plan by; the second knows `slow` is the long pole.
     assert_eq!(p.run(&["up"]).code, 0);
     assert_eq!(p.run(&["down"]).code, 0);
     let r = p.run(&["up"]);
     assert_eq!(r.code, 0, "{}", r.text());
+    p
+}
+
+#[test]
+fn the_critical_path_is_launched_first_but_never_waits_on_its_first_start_steps() {
+    // `slow` is the long pole: on a first start its init step takes 0.4 s, on any start it
+    // listens after 0.3 s.
+    let p = long_pole_started_twice(
+        "leads",
+        "0.3",
+        "init:\n  - name: make\n    creates: ${data_dir}/made\n    command: [sh, -c, 'sleep 0.4; touch \"$1\"', sh, \"${data_dir}/made\"]\n",
+    );
     assert!(
         last_spawn(&p, "slow") < last_spawn(&p, "fast"),
         "a warm start launches the critical path before the rest"
@@ -487,8 +477,8 @@ fn a_service_that_never_gets_ready_does_not_keep_its_startup_priority() {
     );
     let r = p.run(&["up"]);
     assert_eq!(r.code, 5, "{}", r.text());
-    let log = std::fs::read_to_string(p.state_dir().join("logs/mute.log")).expect("log");
-    assert!(log.contains("nice -10 until ready"), "{log}");
+    let spawn = last_spawn(&p, "mute");
+    assert!(spawn.contains("nice -10 until ready"), "{spawn}");
     let pid = p.pid("mute").expect("still running under its supervisor");
     let group = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).expect("autogroup");
     assert!(group.trim_end().ends_with("nice 0"), "{group}");
