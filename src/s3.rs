@@ -11,7 +11,11 @@ pub fn client(
     access_key: &str,
     secret_key: &str,
 ) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
+    let mut conf = aws_sdk_s3::Config::builder();
+    if endpoint.starts_with("http://") {
+        conf.set_http_client(Some(plain_http_client()));
+    }
+    let conf = conf
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .endpoint_url(endpoint)
@@ -22,6 +26,22 @@ pub fn client(
         .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// The transport for a plain-http endpoint (the stack's own object store on loopback): one
+/// with an empty trust store. The default one loads and parses every certificate the system
+/// trusts (about 150 files here) before its first request, even when it never speaks TLS, and
+/// `stack up` builds a client for each S3 probe.
+fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let tls = TlsContext::builder()
+        .with_trust_store(TrustStore::empty())
+        .build()
+        .unwrap_or_default();
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(tls)
+        .build_https()
 }
 
 /// A signed `ListBuckets`; the bucket names on success, the server's error otherwise.
