@@ -227,10 +227,10 @@ impl Engine {
             senders.insert(n.clone(), tx);
             receivers.insert(n.clone(), rx);
         }
-        let critical = self.critical_path(&selected, &actions);
-        // The critical services that can start at once are launched before the others: on a
+        let urgent = self.urgent(&selected, &actions);
+        // The urgent services that can start at once are launched before the others: on a
         // small machine, six supervisors launched together delay the first one's spawn by 10 ms.
-        let leads: BTreeSet<&String> = critical
+        let leads: BTreeSet<&String> = urgent
             .iter()
             .filter(|n| {
                 actions[n.as_str()] != Action::Keep
@@ -260,14 +260,14 @@ impl Engine {
                 progress: Arc::clone(&self.progress),
                 layout: self.layout.clone(),
                 started: Arc::clone(&started),
-                priority: if critical.contains(name) {
+                priority: if urgent.contains(name) {
                     Priority::Critical
                 } else {
                     Priority::Background
                 },
                 launch: if leads.contains(name) {
                     Launch::Lead(LeadLaunched::new(&leads_left))
-                } else if critical.contains(name) {
+                } else if urgent.contains(name) {
                     Launch::Now
                 } else {
                     Launch::AfterLeads(leads_rx.clone())
@@ -336,13 +336,14 @@ impl Engine {
         }
     }
 
-    /// The services on the longest path to ready. Each weighs what it will cost this time: its
-    /// last start (from its readiness file) without the first-start init steps it will skip,
-    /// nothing when it is kept as it is, and a flat guess before its first start (so hops
-    /// decide). A `service_started` dependency weighs only its spawn. `up` launches these
-    /// first and lets them take the CPU from the others while they start: on a small machine
-    /// the critical path then runs at full speed.
-    fn critical_path(
+    /// The services that must not wait for the CPU (see [`graph::urgent`]): the longest path to
+    /// ready, and the services with less slack than their own start. Each weighs what it will
+    /// cost this time: its last start (from its readiness file) without the first-start init
+    /// steps it will skip, nothing when it is kept as it is, and a flat guess before its first
+    /// start (so hops decide). A `service_started` dependency weighs only its spawn. `up`
+    /// launches these first and lets them take the CPU from the others while they start: on a
+    /// small machine they then run at full speed.
+    fn urgent(
         &self,
         selected: &BTreeSet<String>,
         actions: &BTreeMap<String, Action>,
@@ -351,7 +352,7 @@ impl Engine {
             .iter()
             .map(|n| (n.as_str(), self.expected_cost(n, actions.get(n))))
             .collect();
-        graph::critical_path(&self.stack, selected, |n| {
+        graph::urgent(&self.stack, selected, |n| {
             costs.get(n).copied().unwrap_or_default()
         })
     }

@@ -197,19 +197,17 @@ pub fn earliest(
     at
 }
 
-/// The services of `selected` with (almost) no slack on the longest weighted path (see
-/// [`earliest`]): delaying one of them delays the whole start. Within 10% of the total counts
-/// as no slack. A dependent that only needs a service started does not put that service's
-/// whole start on its path.
-pub fn critical_path(
+/// How long each service of `selected` could be late without delaying the whole start (see
+/// [`earliest`]), and the whole start's length. A dependent's latest start bounds a service's
+/// latest ready; through its start only, for `service_started`.
+pub fn slack(
     stack: &Stack,
     selected: &BTreeSet<String>,
     cost: impl Fn(&str) -> Cost,
-) -> BTreeSet<String> {
+) -> (BTreeMap<String, u64>, u64) {
     let at = earliest(stack, selected, &cost);
     let total = at.values().map(|(_, r)| *r).max().unwrap_or(0);
-    // The latest each may be ready without delaying the end, walking the waves backwards: a
-    // dependent's latest start bounds it, through its start for `service_started`.
+    // The latest each may be ready without delaying the end, walking the waves backwards.
     let mut latest_ready: BTreeMap<&str, u64> = BTreeMap::new();
     let waves = plan(stack, selected).waves;
     for n in waves.iter().rev().flatten() {
@@ -229,10 +227,46 @@ pub fn critical_path(
             .fold(total, u64::min);
         latest_ready.insert(n, l);
     }
-    let tolerance = total / 10;
-    at.iter()
-        .filter(|(n, (_, ready))| latest_ready[n.as_str()].saturating_sub(*ready) <= tolerance)
-        .map(|(n, _)| n.clone())
+    let slack = at
+        .iter()
+        .map(|(n, (_, ready))| (n.clone(), latest_ready[n.as_str()].saturating_sub(*ready)))
+        .collect();
+    (slack, total)
+}
+
+/// The services of `selected` with (almost) no slack on the longest weighted path (see
+/// [`earliest`]): delaying one of them delays the whole start. Within 10% of the total counts
+/// as no slack. A dependent that only needs a service started does not put that service's
+/// whole start on its path.
+pub fn critical_path(
+    stack: &Stack,
+    selected: &BTreeSet<String>,
+    cost: impl Fn(&str) -> Cost,
+) -> BTreeSet<String> {
+    let (slack, total) = slack(stack, selected, cost);
+    slack
+        .into_iter()
+        .filter(|(_, s)| *s <= total / 10)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// The services of `selected` that must not wait for the CPU: the critical path, and every
+/// service whose slack is shorter than its own start. On a machine with fewer cores than
+/// services, the ones that wait start slower than alone, and such a service, held back, becomes
+/// the end of the start. A second long start beside the longest one is the usual case (Garage's
+/// bootstrap beside the OIDC provider): it mostly waits on the network, so started early it
+/// waits while the others use the CPU.
+pub fn urgent(
+    stack: &Stack,
+    selected: &BTreeSet<String>,
+    cost: impl Fn(&str) -> Cost,
+) -> BTreeSet<String> {
+    let (slack, total) = slack(stack, selected, &cost);
+    slack
+        .into_iter()
+        .filter(|(n, s)| *s <= total / 10 || *s < cost(n).ready)
+        .map(|(n, _)| n)
         .collect()
 }
 

@@ -48,17 +48,17 @@ pub struct Instance {
     pub spawn_ms: Option<u64>,
 }
 
-/// How much CPU a starting service may take from the others (`up` gives the critical path the
-/// machine, like systemd's `StartupCPUWeight`). Both shaped priorities last until `settle`.
+/// How much CPU a starting service may take from the others (`up` gives the urgent services,
+/// the critical path and those close to it, the machine, like systemd's `StartupCPUWeight`). Both shaped priorities last until `settle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
     /// As any process.
     #[default]
     Normal,
-    /// Goes first while it starts: it is on the critical path, so every moment it waits for
-    /// the CPU delays the whole start.
+    /// Goes first while it starts: it is on or near the critical path (see
+    /// [`crate::graph::urgent`]), so a moment it waits for the CPU delays the whole start.
     Critical,
-    /// Yields the CPU while it starts (off the critical path).
+    /// Yields the CPU while it starts (it has slack to spare).
     Background,
 }
 

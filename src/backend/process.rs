@@ -84,8 +84,8 @@ fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
     None
 }
 
-/// The nice value a starting service (and its init steps) gets: -10 on the critical path, 10 off
-/// it. Only root may raise a priority, or give a lowered one back once the service is ready, so
+/// The nice value a starting service (and its init steps) gets: -10 when urgent (on or near the
+/// critical path), 10 otherwise. Only root may raise a priority, or give a lowered one back once the service is ready, so
 /// only root shapes startup priority; everyone else starts at normal.
 fn startup_nice(priority: Priority) -> i32 {
     if !shapes_priority() {

@@ -281,8 +281,8 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Its own process group, so a stop reaches every process it forks and nothing else.
             .process_group(0);
-        // The first start runs at the priority `up` asked for (higher on the critical path,
-        // lower off it) until `up` settles it; a restart runs at normal weight, even if that
+        // The first start runs at the priority `up` asked for (higher on or near the
+        // critical path, lower off it) until `up` settles it; a restart runs at normal weight, even if that
         // `up` is gone.
         let first = self.record.started_at.is_none();
         let nice = if first { spec.startup_nice } else { 0 };
@@ -376,7 +376,7 @@ impl Supervisor {
         self.save();
         let priority = match nice {
             0 => String::new(),
-            n if n < 0 => format!(" (nice {n} until ready: on the critical path)"),
+            n if n < 0 => format!(" (nice {n} until ready: on or near the critical path)"),
             n => format!(" (nice {n} until ready: off the critical path)"),
         };
         self.note(&format!(

@@ -396,7 +396,7 @@ fn startup_priority_favours_the_critical_path_and_is_given_back_once_ready() {
         last_spawn(&p, "fast")
     );
     assert!(
-        last_spawn(&p, "slow").contains("nice -10 until ready: on the critical path"),
+        last_spawn(&p, "slow").contains("nice -10 until ready: on or near the critical path"),
         "{}",
         last_spawn(&p, "slow")
     );

@@ -272,6 +272,56 @@ fn a_dependent_that_needs_a_service_only_started_does_not_wait_out_its_start() {
     assert_eq!(critical, vec!["idp", "proxy"]);
 }
 
+#[test]
+fn a_long_start_beside_the_critical_path_is_urgent_too() {
+    let p = Project::new("urgent");
+    // idp is the long pole; store is shorter but still long; cache is quick; app needs cache
+    // ready. None depends on another, except app.
+    p.service("idp", &sleeper(&[], ""))
+        .service("store", &sleeper(&[], ""))
+        .service("cache", &sleeper(&[], ""))
+        .service("app", &sleeper(&["cache"], "service_healthy"));
+    let stack = load_valid(&p);
+    let all = stack::graph::closure(&stack, &[]);
+    let names = |set: std::collections::BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+    let cost = |n: &str| {
+        stack::graph::Cost::ready(match n {
+            "idp" => 1000,
+            "store" => 600,
+            "cache" => 100,
+            _ => 50,
+        })
+    };
+    let (slack, total) = stack::graph::slack(&stack, &all, cost);
+    assert_eq!(total, 1000);
+    assert_eq!(slack["idp"], 0);
+    assert_eq!(slack["store"], 400);
+    assert_eq!(
+        slack["cache"], 850,
+        "cache must be ready before app's latest start"
+    );
+    assert_eq!(slack["app"], 850);
+    // Only idp is on the critical path; store has less slack (400) than its own start (600),
+    // so held back for the CPU it would end the start; cache and app have plenty.
+    assert_eq!(
+        names(stack::graph::critical_path(&stack, &all, cost)),
+        vec!["idp"]
+    );
+    assert_eq!(
+        names(stack::graph::urgent(&stack, &all, cost)),
+        vec!["idp", "store"]
+    );
+    // A store with more slack than its start waits like the rest.
+    let short_store = |n: &str| match n {
+        "store" => stack::graph::Cost::ready(400),
+        other => cost(other),
+    };
+    assert_eq!(
+        names(stack::graph::urgent(&stack, &all, short_store)),
+        vec!["idp"]
+    );
+}
+
 fn load_valid(p: &Project) -> stack::spec::Stack {
     stack::spec::Stack::load(&stack::spec::LoadOptions {
         cwd: p.dir.clone(),
