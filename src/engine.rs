@@ -372,12 +372,13 @@ impl Engine {
         let (started, ready) = if first {
             (r.spawned_ms, r.ready_ms)
         } else {
-            // Without a warm start to go by, the last one less its init steps: those are
-            // mostly first-start work (initdb, a bootstrap) that a warm start skips or finds
-            // done.
+            // Without a warm start to go by, the last one less its steps before the start:
+            // those prepare the data (initdb) and a warm start skips them. Steps after the
+            // start run again; a first start's bootstrap costs more than a warm start's check,
+            // so this errs long, and the warm start that follows records the real cost.
             (
                 r.spawned_ms.saturating_sub(r.before_ms),
-                r.warm_ms.unwrap_or(r.ready_ms.saturating_sub(r.init_ms)),
+                r.warm_ms.unwrap_or(r.ready_ms.saturating_sub(r.before_ms)),
             )
         };
         let ready = ready.max(1);
