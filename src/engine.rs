@@ -369,23 +369,7 @@ impl Engine {
         else {
             return graph::Cost::ready(1000);
         };
-        let (started, ready) = if first {
-            (r.spawned_ms, r.ready_ms)
-        } else {
-            // Without a warm start to go by, the last one less its steps before the start:
-            // those prepare the data (initdb) and a warm start skips them. Steps after the
-            // start run again; a first start's bootstrap costs more than a warm start's check,
-            // so this errs long, and the warm start that follows records the real cost.
-            (
-                r.spawned_ms.saturating_sub(r.before_ms),
-                r.warm_ms.unwrap_or(r.ready_ms.saturating_sub(r.before_ms)),
-            )
-        };
-        let ready = ready.max(1);
-        graph::Cost {
-            started: started.min(ready),
-            ready,
-        }
+        expected_from(&r, first)
     }
 
     /// Stops `names` and everything that depends on them (all services when empty), dependents
@@ -823,14 +807,36 @@ fn first_start(svc: &ServiceSpec) -> bool {
     })
 }
 
+/// What a start costs by the service's last readiness file, to spawned and to ready. A first
+/// start (its data not there yet) costs what the last first start did. Any other start costs its
+/// warm estimate; without one yet, the last start less its steps before the start: a warm start
+/// skips those (they prepare the data, as initdb does). Steps after the start run again; a first
+/// start's bootstrap costs more than a warm start's check, so this errs long, and the warm start
+/// that follows records the real cost.
+fn expected_from(r: &Readiness, first: bool) -> graph::Cost {
+    let (started, ready) = if first {
+        (r.spawned_ms, r.ready_ms)
+    } else {
+        (
+            r.spawned_ms.saturating_sub(r.before_ms),
+            r.warm_ms.unwrap_or(r.ready_ms.saturating_sub(r.before_ms)),
+        )
+    };
+    let ready = ready.max(1);
+    graph::Cost {
+        started: started.min(ready),
+        ready,
+    }
+}
+
 /// The warm-start cost to plan the next start by. Services started together slow each other
 /// down, and the ones `up` deprioritised most, so the latest time alone would make yesterday's
 /// background service look like today's long pole. The estimate is a floor that drops at once
 /// to a faster observation and rises by at most a quarter per start, following a service that
 /// really got slower (more data to recover) without chasing contention. A start that was held
 /// back (`background`) only shows what the service costs at most: it may lower the estimate but
-/// neither set nor raise it (until a start at full speed sets it, `up` plans by the latest time
-/// less its init steps).
+/// neither set nor raise it (until a start at full speed sets it, `up` plans by the latest time;
+/// see [`expected_from`]).
 fn next_warm_estimate(previous: Option<u64>, observed: u64, background: bool) -> Option<u64> {
     match previous {
         Some(p) if background => Some(observed.min(p)),
@@ -859,7 +865,54 @@ fn last_exit(inst: &Instance) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::next_warm_estimate;
+    use super::{expected_from, next_warm_estimate};
+    use crate::graph::Cost;
+    use crate::supervisor::record::Readiness;
+
+    fn readiness(spawned_ms: u64, ready_ms: u64, init_ms: u64, before_ms: u64) -> Readiness {
+        Readiness {
+            id: "i".into(),
+            pid: None,
+            spawned_ms,
+            ready_ms,
+            init_ms,
+            before_ms,
+            warm_ms: None,
+            at: String::new(),
+            program: None,
+            program_key: None,
+        }
+    }
+
+    #[test]
+    fn a_warm_start_without_history_skips_only_the_steps_before_the_start() {
+        // PostgreSQL after its first start: initdb (before the start) is not run again.
+        let pg = readiness(1095, 1130, 1088, 1088);
+        assert_eq!(
+            expected_from(&pg, false),
+            Cost {
+                started: 7,
+                ready: 42
+            }
+        );
+        assert_eq!(
+            expected_from(&pg, true),
+            Cost {
+                started: 1095,
+                ready: 1130
+            }
+        );
+        // Garage after its first start: its bootstrap (after the start) runs again, so its
+        // time stays in, though a warm start's check costs less.
+        let garage = readiness(22, 662, 637, 0);
+        assert_eq!(expected_from(&garage, false).ready, 662);
+        // Once a warm start was measured, that is what counts.
+        let known = Readiness {
+            warm_ms: Some(80),
+            ..garage
+        };
+        assert_eq!(expected_from(&known, false).ready, 80);
+    }
 
     #[test]
     fn warm_estimate_drops_at_once_and_rises_slowly() {

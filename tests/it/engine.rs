@@ -422,19 +422,56 @@ fn last_spawn(p: &Project, svc: &str) -> String {
 /// `init` section if one is given), and `fast`, a quick HTTP service: started, stopped and
 /// started again, so that the second start plans by the first one's times.
 fn long_pole_started_twice(name: &str, delay: &str, init: &str) -> Project {
-    let (a, b) = (free_port(), free_port());
     let p = Project::new(name);
+    late_listener(&p, "slow", delay, init);
+    p.http_service("fast", free_port(), &[]);
+    started_twice(&p);
+    p
+}
+
+/// Adds `name`, which listens `delay` seconds after it starts (after `init`, if given).
+fn late_listener(p: &Project, name: &str, delay: &str, init: &str) {
+    let port = free_port();
     p.service(
-        "slow",
-        &format!("ports: {{ http: {a} }}\n{init}process:\n  command: [python3, -c, \"import time, socket; time.sleep({delay}); s = socket.create_server(('127.0.0.1', {a})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
-    )
-    .http_service("fast", b, &[]);
-    // The first start has no history to plan by; the second knows `slow` is the long pole.
+        name,
+        &format!("ports: {{ http: {port} }}\n{init}process:\n  command: [python3, -c, \"import time, socket; time.sleep({delay}); s = socket.create_server(('127.0.0.1', {port})); time.sleep(60)\"]\nhealthcheck:\n  tcp: {{ port: http }}\n  interval: 50ms\n"),
+    );
+}
+
+/// `up`, `down`, `up`: the first start has no history to plan by; the second plans by the
+/// first one's times.
+fn started_twice(p: &Project) {
     assert_eq!(p.run(&["up"]).code, 0);
     assert_eq!(p.run(&["down"]).code, 0);
     let r = p.run(&["up"]);
     assert_eq!(r.code, 0, "{}", r.text());
-    p
+}
+
+#[test]
+fn a_long_start_beside_the_long_pole_gets_priority_too() {
+    if !crate::harness::is_root() || !std::path::Path::new("/proc/self/autogroup").exists() {
+        eprintln!("skipped: startup priority needs root and a kernel with scheduler autogroups");
+        return;
+    }
+    // `second` has 0.2 s of slack beside the 0.6 s long pole, less than its own 0.4 s start:
+    // held back, it would end the start. `fast` has plenty.
+    let p = Project::new("urgent");
+    late_listener(&p, "slow", "0.6", "");
+    late_listener(&p, "second", "0.4", "");
+    p.http_service("fast", free_port(), &[]);
+    started_twice(&p);
+    for (svc, expected) in [
+        ("slow", "nice -10 until ready: on or near the critical path"),
+        (
+            "second",
+            "nice -10 until ready: on or near the critical path",
+        ),
+        ("fast", "nice 10 until ready: off the critical path"),
+    ] {
+        let spawn = last_spawn(&p, svc);
+        assert!(spawn.contains(expected), "{svc}: {spawn}");
+    }
+    assert_eq!(p.run(&["down"]).code, 0);
 }
 
 #[test]
