@@ -15,7 +15,9 @@
 //! * down limit: for each reverse wave the slowest service's own clean stop, summed;
 //! * core floor: the larger of the critical path and the services' own CPU time (each measured
 //!   standalone, init steps included) divided by the machine's cores: what even a perfect
-//!   scheduler cannot beat on this machine. Reported beside the critical-path ratios.
+//!   scheduler cannot beat on this machine. Reported beside the critical-path ratios, with a
+//!   line saying so when it puts 1.15x the critical path out of any orchestrator's reach, and
+//!   as this machine's bound over the sequential baseline (the summed times over the floor).
 //!
 //! Results are ratios, never assertions. Ports of the default stack must be free.
 
