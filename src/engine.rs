@@ -261,7 +261,7 @@ impl Engine {
                 layout: self.layout.clone(),
                 started: Arc::clone(&started),
                 priority: if urgent.contains(name) {
-                    Priority::Critical
+                    Priority::Urgent
                 } else {
                     Priority::Background
                 },

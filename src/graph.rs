@@ -254,8 +254,8 @@ pub fn critical_path(
 /// The services of `selected` that must not wait for the CPU: the critical path, and every
 /// service whose slack is shorter than its own start. On a machine with fewer cores than
 /// services, the ones that wait start slower than alone, and such a service, held back, becomes
-/// the end of the start. A second long start beside the longest one is the usual case (Garage's
-/// bootstrap beside the OIDC provider): it mostly waits on the network, so started early it
+/// the end of the start. A second long start beside the longest one is the usual case (Garage
+/// beside the OIDC provider, half of its start a wait in its RPC handshake): started early, it
 /// waits while the others use the CPU.
 pub fn urgent(
     stack: &Stack,

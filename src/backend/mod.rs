@@ -48,8 +48,9 @@ pub struct Instance {
     pub spawn_ms: Option<u64>,
 }
 
-/// How much CPU a starting service may take from the others (`up` gives the urgent services,
-/// the critical path and those close to it, the machine, like systemd's `StartupCPUWeight`). Both shaped priorities last until `settle`.
+/// How much CPU a starting service may take from the others (`up` gives the machine to the
+/// urgent services, the critical path and those close to it, like systemd's
+/// `StartupCPUWeight`). Both shaped priorities last until `settle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
     /// As any process.
@@ -57,7 +58,7 @@ pub enum Priority {
     Normal,
     /// Goes first while it starts: it is on or near the critical path (see
     /// [`crate::graph::urgent`]), so a moment it waits for the CPU delays the whole start.
-    Critical,
+    Urgent,
     /// Yields the CPU while it starts (it has slack to spare).
     Background,
 }

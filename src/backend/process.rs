@@ -85,14 +85,14 @@ fn blocked_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
 }
 
 /// The nice value a starting service (and its init steps) gets: -10 when urgent (on or near the
-/// critical path), 10 otherwise. Only root may raise a priority, or give a lowered one back once the service is ready, so
-/// only root shapes startup priority; everyone else starts at normal.
+/// critical path), 10 otherwise. Only root may raise a priority, or give a lowered one back once
+/// the service is ready, so only root shapes startup priority; everyone else starts at normal.
 fn startup_nice(priority: Priority) -> i32 {
     if !shapes_priority() {
         return 0;
     }
     match priority {
-        Priority::Critical => -10,
+        Priority::Urgent => -10,
         Priority::Background => 10,
         Priority::Normal => 0,
     }

@@ -281,9 +281,9 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Its own process group, so a stop reaches every process it forks and nothing else.
             .process_group(0);
-        // The first start runs at the priority `up` asked for (higher on or near the
-        // critical path, lower off it) until `up` settles it; a restart runs at normal weight, even if that
-        // `up` is gone.
+        // The first start runs at the priority `up` asked for (higher on or near the critical
+        // path, lower off it) until `up` settles it; a restart runs at normal weight, even if
+        // that `up` is gone.
         let first = self.record.started_at.is_none();
         let nice = if first { spec.startup_nice } else { 0 };
         if spec.startup_nice != 0 {
