@@ -314,13 +314,6 @@ impl Engine {
         report.started = started.lock().map(|v| v.clone()).unwrap_or_default();
         report.started.sort();
         report.kept.sort();
-        if !failures.is_empty() {
-            // A service that never got ready keeps running (its supervisor retries it); it must
-            // not keep the priority it was started with.
-            for name in &report.started {
-                self.backend.settle(&self.stack.services[name]);
-            }
-        }
         if failures.is_empty() {
             let n = selected.len();
             self.progress.summary(&format!(
@@ -331,6 +324,11 @@ impl Engine {
             ));
             Ok(report)
         } else {
+            // A service that never got ready keeps running (its supervisor retries it); it must
+            // not keep the priority it was started with.
+            for name in &report.started {
+                self.backend.settle(&self.stack.services[name]);
+            }
             failures.sort_by(|a, b| a.service.cmp(&b.service));
             Err(EngineError::Unhealthy(failures))
         }
