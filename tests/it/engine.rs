@@ -389,7 +389,7 @@ fn startup_priority_favours_the_critical_path_and_is_given_back_once_ready() {
         eprintln!("skipped: startup priority needs root and a kernel with scheduler autogroups");
         return;
     }
-    let p = long_pole_started_twice("priority", "0.6", "");
+    let p = long_pole_started_twice("priority", LONG_POLE, "");
     assert!(
         last_spawn(&p, "fast").contains("nice 10 until ready: off the critical path"),
         "{}",
@@ -417,6 +417,11 @@ fn last_spawn(p: &Project, svc: &str) -> String {
         .unwrap_or_else(|| panic!("no spawn in {svc}'s log:\n{log}"))
         .to_string()
 }
+
+/// How long the long pole of the priority tests takes to listen. `fast` must have more slack
+/// beside it than its own start costs (a Python HTTP server: up to ~0.5 s on a loaded CI
+/// machine), or `up` rightly counts it as urgent too and launches both at once.
+const LONG_POLE: &str = "1.2";
 
 /// A project with `slow`, the long pole (it listens `delay` seconds after it starts, after the
 /// `init` section if one is given), and `fast`, a quick HTTP service: started, stopped and
@@ -453,11 +458,11 @@ fn a_long_start_beside_the_long_pole_gets_priority_too() {
         eprintln!("skipped: startup priority needs root and a kernel with scheduler autogroups");
         return;
     }
-    // `second` has 0.2 s of slack beside the 0.6 s long pole, less than its own 0.4 s start:
-    // held back, it would end the start. `fast` has plenty.
+    // `second` has ~0.3 s of slack beside the long pole, less than its own ~1.2 s start: held
+    // back, it would end the start. `fast` has more slack than its start costs.
     let p = Project::new("urgent");
-    late_listener(&p, "slow", "0.6", "");
-    late_listener(&p, "second", "0.4", "");
+    late_listener(&p, "slow", "1.5", "");
+    late_listener(&p, "second", "1.2", "");
     p.http_service("fast", free_port(), &[]);
     started_twice(&p);
     for (svc, expected) in [
@@ -477,24 +482,26 @@ fn a_long_start_beside_the_long_pole_gets_priority_too() {
 #[test]
 fn the_critical_path_is_launched_first_but_never_waits_on_its_first_start_steps() {
     // `slow` is the long pole: on a first start its init step takes 0.4 s, on any start it
-    // listens after 0.3 s.
+    // listens after LONG_POLE seconds.
     let p = long_pole_started_twice(
         "leads",
-        "0.3",
+        LONG_POLE,
         "init:\n  - name: make\n    creates: ${data_dir}/made\n    command: [sh, -c, 'sleep 0.4; touch \"$1\"', sh, \"${data_dir}/made\"]\n",
     );
+    let (slow, fast) = (last_spawn(&p, "slow"), last_spawn(&p, "fast"));
     assert!(
-        last_spawn(&p, "slow") < last_spawn(&p, "fast"),
-        "a warm start launches the critical path before the rest"
+        slow < fast,
+        "a warm start launches the critical path before the rest:\n{slow}\n{fast}"
     );
     assert_eq!(p.run(&["down"]).code, 0);
     // A first start again: the others must not wait out its init step.
     std::fs::remove_file(p.state_dir().join("data/slow/made")).expect("made");
     let r = p.run(&["up"]);
     assert_eq!(r.code, 0, "{}", r.text());
+    let (slow, fast) = (last_spawn(&p, "slow"), last_spawn(&p, "fast"));
     assert!(
-        last_spawn(&p, "fast") < last_spawn(&p, "slow"),
-        "`fast` waited for `slow`'s init step"
+        fast < slow,
+        "`fast` waited for `slow`'s init step:\n{slow}\n{fast}"
     );
     assert_eq!(p.run(&["down"]).code, 0);
 }
