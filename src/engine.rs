@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, BackendError, Instance, Priority, Problem};
 use crate::graph;
@@ -243,6 +244,7 @@ impl Engine {
         let (leads_left, leads_rx) = watch::channel(leads.len());
         let leads_left = Arc::new(leads_left);
         let started = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let launches = TaskTracker::new();
         let mut tasks = tokio::task::JoinSet::new();
         for name in &selected {
             let svc = self.stack.services[name].clone();
@@ -260,6 +262,7 @@ impl Engine {
                 progress: Arc::clone(&self.progress),
                 layout: self.layout.clone(),
                 started: Arc::clone(&started),
+                launches: launches.clone(),
                 priority: if urgent.contains(name) {
                     Priority::Urgent
                 } else {
@@ -304,6 +307,10 @@ impl Engine {
                 _ = cancel.cancelled() => {
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
+                    // A launch in flight outlives its aborted task: wait for it, so that what it
+                    // spawns is stopped below rather than left running.
+                    launches.close();
+                    launches.wait().await;
                     let mine: Vec<String> = started.lock().map(|v| v.clone()).unwrap_or_default();
                     self.progress.note("interrupted: stopping what this `up` started (Ctrl-C again to kill at once)");
                     self.stop_set(&mine.into_iter().collect(), true).await;
@@ -523,7 +530,10 @@ struct ServiceRun {
     backend: Arc<dyn Backend>,
     progress: Arc<Progress>,
     layout: Layout,
+    /// What this `up` started, in the order their launches returned.
     started: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The launches in flight: an interrupted `up` waits for them before it stops `started`.
+    launches: TaskTracker,
     priority: Priority,
     launch: Launch,
 }
@@ -577,6 +587,28 @@ impl ServiceRun {
             log_tail: log::tail(&path, 15),
             log_path: path.display().to_string(),
         })
+    }
+
+    /// Starts `svc` in a task of its own that runs to its end even if this one is aborted (an
+    /// interrupted `up`), and that records the service as started by this `up` once it is.
+    async fn start_detached(
+        &self,
+        svc: &ServiceSpec,
+    ) -> Result<Result<Instance, BackendError>, Option<Unhealthy>> {
+        let (backend, spec) = (Arc::clone(&self.backend), svc.clone());
+        let (started, priority) = (Arc::clone(&self.started), self.priority);
+        self.launches
+            .spawn(async move {
+                let r = backend.start(&spec, priority).await;
+                if r.is_ok() {
+                    if let Ok(mut s) = started.lock() {
+                        s.push(spec.name.clone());
+                    }
+                }
+                r
+            })
+            .await
+            .map_err(|e| self.unhealthy(&svc.name, format!("internal task failure: {e}")))
     }
 
     /// Brings one service up. `Ok(true)` when it was already up, `Err(None)` when it was not
@@ -642,14 +674,11 @@ impl ServiceRun {
             before_ms = self.run_steps(svc, InitPhase::BeforeStart).await?;
             init_ms += before_ms;
             self.progress.phase(name, "starting");
-            self.backend.start(svc, self.priority).await.map_err(fail)?;
+            self.start_detached(svc).await?.map_err(fail)?;
             if let Launch::Lead(lead) = &self.launch {
                 lead.done();
             }
             spawned_ms = t0.elapsed().as_millis() as u64;
-            if let Ok(mut s) = self.started.lock() {
-                s.push(name.clone());
-            }
             // Ask the program's version while the service comes up, for `status`, unless the
             // same binary was asked before (a warm start spawns nothing it does not need).
             let key = self.backend.program_key(svc);

@@ -19,6 +19,8 @@ use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, Superv
 pub struct ProcessBackend {
     layout: Layout,
     log_cap: u64,
+    /// The `stack` binary that supervises (this very program when `None`).
+    supervisor_exe: Option<PathBuf>,
 }
 
 impl ProcessBackend {
@@ -28,7 +30,18 @@ impl ProcessBackend {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_LOG_CAP);
-        ProcessBackend { layout, log_cap }
+        ProcessBackend {
+            layout,
+            log_cap,
+            supervisor_exe: None,
+        }
+    }
+
+    /// Supervisors run as `EXE __supervise SPEC`. By default EXE is this very program, which is
+    /// `stack`; a program that embeds the library but is not `stack` (a test) names one.
+    pub fn with_supervisor_exe(mut self, exe: PathBuf) -> ProcessBackend {
+        self.supervisor_exe = Some(exe);
+        self
     }
 }
 
@@ -425,8 +438,8 @@ impl Backend for ProcessBackend {
             record_path: self.layout.record(&svc.name),
             lock_path: self.layout.service_lock(&svc.name),
         };
-        let layout = self.layout.clone();
-        tokio::task::spawn_blocking(move || supervisor::launch(&layout, &spec))
+        let (layout, exe) = (self.layout.clone(), self.supervisor_exe.clone());
+        tokio::task::spawn_blocking(move || supervisor::launch(&layout, &spec, exe.as_deref()))
             .await
             .map_err(|e| err(e.to_string()))?
             .map_err(|e| err(e.to_string()))?;

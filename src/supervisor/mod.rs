@@ -220,21 +220,35 @@ pub fn lock_held(layout: &Layout, service: &str) -> bool {
 }
 
 /// Starts a supervisor for `spec` and waits for its handshake (the service spawned or failed).
-pub fn launch(layout: &Layout, spec: &SupervisorSpec) -> Result<Handshake, SupervisorError> {
+pub fn launch(
+    layout: &Layout,
+    spec: &SupervisorSpec,
+    exe: Option<&Path>,
+) -> Result<Handshake, SupervisorError> {
     let spec_path = layout.supervisor_spec(&spec.service);
     write_json(&spec_path, spec).map_err(io_err(&spec_path))?;
-    spawn_supervisor("__supervise", &spec_path, &spec.service, &spec.log_path)
+    spawn_supervisor(
+        exe,
+        "__supervise",
+        &spec_path,
+        &spec.service,
+        &spec.log_path,
+    )
 }
 
 /// Starts `stack <subcommand> <spec_path>` (a process or box supervisor) in its own session and
-/// waits for its one-line handshake.
+/// waits for its one-line handshake. `exe` is the `stack` binary; this very program when `None`.
 pub fn spawn_supervisor(
+    exe: Option<&Path>,
     subcommand: &str,
     spec_path: &Path,
     service: &str,
     log_path: &Path,
 ) -> Result<Handshake, SupervisorError> {
-    let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+    let exe = match exe {
+        Some(exe) => exe.to_path_buf(),
+        None => std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?,
+    };
     let mut cmd = Command::new(exe);
     cmd.arg(subcommand)
         .arg(spec_path)

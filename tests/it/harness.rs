@@ -226,6 +226,27 @@ pub fn processes_matching(needles: &[&str]) -> Vec<u32> {
         .collect()
 }
 
+/// One line per pid: its state and command line, for failure messages.
+pub fn describe(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            let state = state
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!(
+                "{pid} [{state}] {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
         let _ = self.run(&["down"]);

@@ -2,9 +2,15 @@
 //! supervisor, and a record whose pid now belongs to someone else.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{free_port, listening, wait_until, Project};
+use stack::backend::{Backend, BackendError, Instance, Priority, Problem};
+use stack::engine::{Engine, EngineError};
+use stack::progress::Progress;
+use stack::spec::{InitStep, ServiceSpec};
+
+use crate::harness::{block_on, describe, free_port, listening, wait_until, Project};
 
 fn kill(pid: u32, sig: &str) {
     let ok = Command::new("kill")
@@ -301,8 +307,102 @@ fn a_second_ctrl_c_kills_what_a_slow_stop_left() {
         t0.elapsed() < Duration::from_secs(30),
         "the second Ctrl-C did not wait for the grace period"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         wait_until(Duration::from_secs(5), || p.processes("").is_empty()),
-        "nothing of this stack is left running"
+        "nothing of this stack is left running:\n{}\n{stderr}",
+        describe(&p.processes(""))
     );
+}
+
+/// The process backend, except that a start returns `hold` after its service was spawned, as a
+/// microVM's start does after its boot, and that Ctrl-C (`interrupt`) comes in between.
+struct InterruptedLaunch {
+    inner: stack::backend::process::ProcessBackend,
+    interrupt: tokio_util::sync::CancellationToken,
+    hold: Duration,
+}
+
+#[async_trait::async_trait]
+impl Backend for InterruptedLaunch {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem> {
+        self.inner.preflight(svc)
+    }
+    fn inspect(&self, svc: &ServiceSpec) -> Instance {
+        self.inner.inspect(svc)
+    }
+    async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError> {
+        self.inner.prepare(svc).await
+    }
+    async fn start(&self, svc: &ServiceSpec, priority: Priority) -> Result<Instance, BackendError> {
+        let started = self.inner.start(svc, priority).await;
+        self.interrupt.cancel();
+        tokio::time::sleep(self.hold).await;
+        started
+    }
+    fn settle(&self, svc: &ServiceSpec) {
+        self.inner.settle(svc)
+    }
+    async fn run_step(
+        &self,
+        svc: &ServiceSpec,
+        step: &InitStep,
+        priority: Priority,
+    ) -> Result<Duration, BackendError> {
+        self.inner.run_step(svc, step, priority).await
+    }
+    async fn program(&self, svc: &ServiceSpec) -> Option<String> {
+        self.inner.program(svc).await
+    }
+    fn program_key(&self, svc: &ServiceSpec) -> Option<String> {
+        self.inner.program_key(svc)
+    }
+    async fn wait_change(&self, svc: &ServiceSpec, timeout: Duration) {
+        self.inner.wait_change(svc, timeout).await
+    }
+    async fn stop(&self, svc: &str) -> Result<bool, BackendError> {
+        self.inner.stop(svc).await
+    }
+    fn kill(&self, svc: &str) {
+        self.inner.kill(svc)
+    }
+}
+
+#[test]
+fn ctrl_c_while_a_start_is_in_flight_stops_that_service_too() {
+    // Ctrl-C lands after the supervisor spawned `web` but before its start returned to `up`:
+    // `up` must wait for that start and stop `web` with the rest, not leave it running.
+    let p = Project::new("inflight");
+    p.http_service("web", free_port(), &[]);
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_stack"));
+    let stack = stack::spec::Stack::load(&stack::spec::LoadOptions {
+        file: None,
+        cwd: p.dir.clone(),
+        state_dir: Some(p.state_dir()),
+        env: std::env::vars().collect(),
+        stack_exe: Some(exe.clone()),
+    })
+    .expect("valid stack");
+    let layout = stack::layout::Layout::new(stack.state_dir.clone());
+    let interrupt = tokio_util::sync::CancellationToken::new();
+    let backend = InterruptedLaunch {
+        inner: stack::backend::process::ProcessBackend::new(layout).with_supervisor_exe(exe),
+        interrupt: interrupt.clone(),
+        hold: Duration::from_millis(300),
+    };
+    let engine = Engine::new(stack, Arc::new(backend), Progress::new(true, true));
+    let result = block_on(engine.up(&[], interrupt));
+    assert!(
+        matches!(result, Err(EngineError::Interrupted)),
+        "{result:?}"
+    );
+    assert!(
+        p.processes("").is_empty(),
+        "left running:\n{}",
+        describe(&p.processes(""))
+    );
+    assert_eq!(p.status()["web"]["state"], "stopped");
 }

@@ -181,7 +181,7 @@ impl Backend for MicrovmBackend {
             .map_err(|e| err(format!("cannot write {}: {e}", spec_path.display())))?;
         let (name, log) = (svc.name.clone(), spec.log_path.clone());
         tokio::task::spawn_blocking(move || {
-            supervisor::spawn_supervisor("__box", &spec_path, &name, &log)
+            supervisor::spawn_supervisor(None, "__box", &spec_path, &name, &log)
         })
         .await
         .map_err(|e| err(e.to_string()))?
