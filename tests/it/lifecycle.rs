@@ -20,6 +20,15 @@ fn kill(pid: u32, sig: &str) {
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
+/// Has `pid` exited (no process, or an unreaped zombie)?
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
 fn record(p: &Project, svc: &str) -> serde_json::Value {
     let text =
         std::fs::read_to_string(p.state_dir().join(format!("run/{svc}.json"))).expect("record");
@@ -199,6 +208,12 @@ fn a_service_whose_supervisor_died_is_restarted_under_a_new_one_not_duplicated()
         .as_u64()
         .expect("supervisor pid") as u32;
     kill(sup, "-9");
+    // A SIGKILLed process dies when it next runs: on a loaded machine, in a write to disk, that
+    // can take a while, and an `up` before it would rightly find it still supervising.
+    assert!(
+        wait_until(Duration::from_secs(10), || gone(sup)),
+        "the supervisor outlived SIGKILL"
+    );
     let st = p.status();
     assert_eq!(
         st["web"]["state"], "running",
