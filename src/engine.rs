@@ -305,6 +305,7 @@ impl Engine {
                     }),
                 },
                 _ = cancel.cancelled() => {
+                    self.progress.note("interrupted: stopping what this `up` started (Ctrl-C again to kill at once)");
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
                     // A launch in flight outlives its aborted task: wait for it, so that what it
@@ -312,7 +313,6 @@ impl Engine {
                     launches.close();
                     launches.wait().await;
                     let mine: Vec<String> = started.lock().map(|v| v.clone()).unwrap_or_default();
-                    self.progress.note("interrupted: stopping what this `up` started (Ctrl-C again to kill at once)");
                     self.stop_set(&mine.into_iter().collect(), true).await;
                     return Err(EngineError::Interrupted);
                 }
