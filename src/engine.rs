@@ -299,7 +299,7 @@ impl Engine {
                     Some(Ok((_, Err(None)))) => {}
                     Some(Err(e)) => failures.push(Unhealthy {
                         service: "?".into(),
-                        reason: format!("internal task failure: {e}"),
+                        reason: internal_failure(&e),
                         log_tail: Vec::new(),
                         log_path: String::new(),
                     }),
@@ -591,10 +591,7 @@ impl ServiceRun {
 
     /// Starts `svc` in a task of its own that runs to its end even if this one is aborted (an
     /// interrupted `up`), and that records the service as started by this `up` once it is.
-    async fn start_detached(
-        &self,
-        svc: &ServiceSpec,
-    ) -> Result<Result<Instance, BackendError>, Option<Unhealthy>> {
+    async fn start_detached(&self, svc: &ServiceSpec) -> Result<Instance, Option<Unhealthy>> {
         let (backend, spec) = (Arc::clone(&self.backend), svc.clone());
         let (started, priority) = (Arc::clone(&self.started), self.priority);
         self.launches
@@ -608,7 +605,8 @@ impl ServiceRun {
                 r
             })
             .await
-            .map_err(|e| self.unhealthy(&svc.name, format!("internal task failure: {e}")))
+            .map_err(|e| self.unhealthy(&svc.name, internal_failure(&e)))?
+            .map_err(|e| self.unhealthy(&svc.name, e.to_string()))
     }
 
     /// Brings one service up. `Ok(true)` when it was already up, `Err(None)` when it was not
@@ -674,7 +672,7 @@ impl ServiceRun {
             before_ms = self.run_steps(svc, InitPhase::BeforeStart).await?;
             init_ms += before_ms;
             self.progress.phase(name, "starting");
-            self.start_detached(svc).await?.map_err(fail)?;
+            self.start_detached(svc).await?;
             if let Launch::Lead(lead) = &self.launch {
                 lead.done();
             }
@@ -832,6 +830,15 @@ fn first_start(svc: &ServiceSpec) -> bool {
     svc.init.iter().any(|s| {
         s.phase == InitPhase::BeforeStart && s.creates.as_ref().is_some_and(|c| !c.exists())
     })
+}
+
+/// The reason given when a task of `up` panicked or was cancelled: a bug, not the service's
+/// fault; what it had started keeps running and a new `up` picks it up.
+fn internal_failure(e: &tokio::task::JoinError) -> String {
+    format!(
+        "internal task failure ({e}): a bug in stack, please report it; run `stack up` again to \
+         resume, or `stack down` to stop what was started"
+    )
 }
 
 /// What a start costs by the service's last readiness file, to spawned and to ready. A first

@@ -234,6 +234,11 @@ pub fn slack(
     (slack, total)
 }
 
+/// Slack within 10% of the whole start's length counts as none: estimates are not that exact.
+fn no_slack(slack: u64, total: u64) -> bool {
+    slack <= total / 10
+}
+
 /// The services of `selected` with (almost) no slack on the longest weighted path (see
 /// [`earliest`]): delaying one of them delays the whole start. Within 10% of the total counts
 /// as no slack. A dependent that only needs a service started does not put that service's
@@ -246,7 +251,7 @@ pub fn critical_path(
     let (slack, total) = slack(stack, selected, cost);
     slack
         .into_iter()
-        .filter(|(_, s)| *s <= total / 10)
+        .filter(|(_, s)| no_slack(*s, total))
         .map(|(n, _)| n)
         .collect()
 }
@@ -265,7 +270,7 @@ pub fn urgent(
     let (slack, total) = slack(stack, selected, &cost);
     slack
         .into_iter()
-        .filter(|(n, s)| *s <= total / 10 || *s < cost(n).ready)
+        .filter(|(n, s)| no_slack(*s, total) || *s < cost(n).ready)
         .map(|(n, _)| n)
         .collect()
 }
