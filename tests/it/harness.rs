@@ -163,6 +163,16 @@ impl Project {
         self.dir.join(".state")
     }
 
+    /// The project's stack definition, loaded by the library as `stack` loads it here.
+    pub fn load(&self) -> stack::spec::Stack {
+        stack::spec::Stack::load(&stack::spec::LoadOptions {
+            cwd: self.dir.clone(),
+            state_dir: Some(self.state_dir()),
+            ..Default::default()
+        })
+        .expect("a valid stack definition")
+    }
+
     /// A `stack` command in this project.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());

@@ -393,14 +393,7 @@ fn ctrl_c_while_a_start_is_in_flight_stops_that_service_too() {
     let p = Project::new("inflight");
     p.http_service("web", free_port(), &[]);
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_stack"));
-    let stack = stack::spec::Stack::load(&stack::spec::LoadOptions {
-        file: None,
-        cwd: p.dir.clone(),
-        state_dir: Some(p.state_dir()),
-        env: std::env::vars().collect(),
-        stack_exe: Some(exe.clone()),
-    })
-    .expect("valid stack");
+    let stack = p.load();
     let layout = stack::layout::Layout::new(stack.state_dir.clone());
     let interrupt = tokio_util::sync::CancellationToken::new();
     let backend = InterruptedLaunch {

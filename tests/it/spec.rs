@@ -198,7 +198,7 @@ fn the_critical_path_follows_the_slowest_chain() {
         .service("cache", &svc(&[]))
         .service("app", &svc(&["migrate", "cache"]))
         .service("search", &sleeper(&[], ""));
-    let stack = load_valid(&p);
+    let stack = p.load();
     let all = stack::graph::closure(&stack, &[]);
     let names = |set: std::collections::BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
     let cost = stack::graph::Cost::ready;
@@ -232,7 +232,7 @@ fn a_dependent_that_needs_a_service_only_started_does_not_wait_out_its_start() {
         .service("proxy", &sleeper(&["idp"], "service_started"))
         .service("db", &sleeper(&[], ""))
         .service("app", &sleeper(&["db"], "service_healthy"));
-    let stack = load_valid(&p);
+    let stack = p.load();
     let all = stack::graph::closure(&stack, &[]);
     let cost = |n: &str| match n {
         "idp" => stack::graph::Cost {
@@ -281,7 +281,7 @@ fn a_long_start_beside_the_critical_path_is_urgent_too() {
         .service("store", &sleeper(&[], ""))
         .service("cache", &sleeper(&[], ""))
         .service("app", &sleeper(&["cache"], "service_healthy"));
-    let stack = load_valid(&p);
+    let stack = p.load();
     let all = stack::graph::closure(&stack, &[]);
     let names = |set: std::collections::BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
     let cost = |n: &str| {
@@ -320,14 +320,6 @@ fn a_long_start_beside_the_critical_path_is_urgent_too() {
         names(stack::graph::urgent(&stack, &all, short_store)),
         vec!["idp"]
     );
-}
-
-fn load_valid(p: &Project) -> stack::spec::Stack {
-    stack::spec::Stack::load(&stack::spec::LoadOptions {
-        cwd: p.dir.clone(),
-        ..Default::default()
-    })
-    .expect("valid")
 }
 
 /// A service that sleeps, started after `deps` once they reach `condition`. Its healthcheck lets
