@@ -146,6 +146,7 @@ impl Project {
             text = text.replace(&old.to_string(), &new.to_string());
         }
         self.service(name, &text);
+        self.shared_values();
         let extra = root.join("services").join(name);
         if extra.join("node_modules").is_dir() {
             std::os::unix::fs::symlink(&extra, self.dir.join("services").join(name))
@@ -157,6 +158,25 @@ impl Project {
             }
         }
         self
+    }
+
+    /// Gives the project the repository's `stack.env` (the values default services share, such
+    /// as the S3 key), read through `env_file:` as the default stack reads it.
+    fn shared_values(&self) {
+        if self.dir.join("stack.env").exists() {
+            return;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        self.write(
+            "stack.env",
+            &std::fs::read_to_string(root.join("stack.env")).expect("stack.env"),
+        );
+        let stack_yaml = self.dir.join("stack.yaml");
+        let mut text = std::fs::read_to_string(&stack_yaml).expect("stack.yaml");
+        if !text.contains("env_file:") {
+            text.push_str("env_file: stack.env\n");
+            std::fs::write(stack_yaml, text).expect("write stack.yaml");
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {

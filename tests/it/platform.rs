@@ -72,13 +72,15 @@ fn platform() -> Platform {
             "caddy",
             &[(28080, ports["caddy"]), (12019, ports["caddyadmin"])],
         );
+    // The default services' shared values (stack.env, copied with them), plus the preview port.
+    let shared = std::fs::read_to_string(p.dir.join("stack.env")).expect("stack.env");
     p.write(
         "stack.yaml",
-        "name: platform\nbackend: process\nenv_file: .env\n",
+        "name: platform\nbackend: process\nenv_file: stack.env\n",
     )
     .write(
-        ".env",
-        &format!("PREVIEW_PROXY_PORT={}\n", ports["preview"]),
+        "stack.env",
+        &format!("{shared}PREVIEW_PROXY_PORT={}\n", ports["preview"]),
     );
     // A stand-in for the control plane's preview proxy: records the headers Caddy forwards.
     let preview_headers = Arc::new(Mutex::new(Vec::new()));
