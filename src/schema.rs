@@ -47,42 +47,105 @@ pub struct Applied {
 /// Why the schema could not be loaded or inspected.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    /// No migrations directory, or an unreadable or misnamed file.
-    #[error("{0}")]
-    Files(String),
+    /// A problem with the migration files themselves (exit 2: the project must be fixed).
+    #[error(transparent)]
+    Files(#[from] MigrationFileError),
     /// PostgreSQL could not be reached.
-    #[error("cannot connect to {url}: {message}\n  is postgres running? try `stack up postgres`")]
+    #[error("cannot connect to {url}: {cause}\n  is postgres running? try `stack up postgres`")]
     Unreachable {
         /// The URL tried (password hidden).
         url: String,
-        /// The driver's error.
-        message: String,
+        /// Why.
+        #[source]
+        cause: Unreachable,
     },
     /// The database holds schema state the ledger does not explain.
     #[error("refusing to load the schema: the database is not in a state the ledger explains:\n{}\n  remedy: `stack reset --hard` drops and reloads the schema (the data in it is lost)", .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n"))]
     Refused(Vec<String>),
     /// A migration failed; its transaction was rolled back.
-    #[error("migration {version:04}_{name} failed and was rolled back: {message}")]
+    #[error("migration {version:04}_{name} failed and was rolled back: {source}")]
     Migration {
         /// Version.
         version: i64,
         /// Name.
         name: String,
         /// The server's error.
-        message: String,
+        #[source]
+        source: sqlx::Error,
     },
     /// Another query failed.
     #[error("schema ledger query failed: {0}")]
-    Query(String),
+    Query(#[source] sqlx::Error),
 }
+
+/// Why PostgreSQL could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// The driver's error (refused, bad password, no such database, ...).
+    #[error(transparent)]
+    Driver(#[from] sqlx::Error),
+    /// Nothing answered in time.
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+}
+
+/// A migration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationFileError {
+    /// The migrations directory cannot be listed.
+    #[error("cannot read the migrations in {}: {source}", .dir.display())]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not named `NNNN_name.sql`.
+    #[error("{} is not named NNNN_name.sql: rename it, e.g. 0004_{stem}.sql", .path.display())]
+    Name {
+        /// The file.
+        path: PathBuf,
+        /// Its stem.
+        stem: String,
+    },
+    /// Two files share a version.
+    #[error("{} and {} share version {version}: renumber one of them", .first.display(), .second.display())]
+    Version {
+        /// The version.
+        version: i64,
+        /// One file.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// A file cannot be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The migrations directory of a project: `sql/migrations` under its root.
+pub fn migrations_dir(project_root: &Path) -> PathBuf {
+    project_root.join(MIGRATIONS_DIR)
+}
+
+/// Where a project keeps its migrations, relative to its root.
+pub const MIGRATIONS_DIR: &str = "sql/migrations";
+
+/// How long `schema`, `seed` and `reset` wait for PostgreSQL to answer a connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads `dir/NNNN_name.sql` in version order.
 pub fn discover(dir: &Path) -> Result<Vec<Migration>, SchemaError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        SchemaError::Files(format!(
-            "cannot read the migrations in {}: {e}",
-            dir.display()
-        ))
+    let entries = std::fs::read_dir(dir).map_err(|source| MigrationFileError::Dir {
+        dir: dir.to_path_buf(),
+        source,
     })?;
     let mut out: Vec<Migration> = Vec::new();
     for e in entries.flatten() {
@@ -95,21 +158,22 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, SchemaError> {
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
         let (num, name) = stem.split_once('_').unwrap_or((&stem, ""));
-        let version: i64 = num.parse().map_err(|_| {
-            SchemaError::Files(format!(
-                "{} is not named NNNN_name.sql: rename it, e.g. 0004_{stem}.sql",
-                path.display()
-            ))
+        let version: i64 = num.parse().map_err(|_| MigrationFileError::Name {
+            path: path.clone(),
+            stem: stem.clone(),
         })?;
         if let Some(other) = out.iter().find(|m| m.version == version) {
-            return Err(SchemaError::Files(format!(
-                "{} and {} share version {version}: renumber one of them",
-                other.path.display(),
-                path.display()
-            )));
+            return Err(MigrationFileError::Version {
+                version,
+                first: other.path.clone(),
+                second: path,
+            }
+            .into());
         }
-        let sql = std::fs::read_to_string(&path)
-            .map_err(|e| SchemaError::Files(format!("cannot read {}: {e}", path.display())))?;
+        let sql = std::fs::read_to_string(&path).map_err(|source| MigrationFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let sha256 = hex::encode(Sha256::digest(sql.as_bytes()));
         out.push(Migration {
             version,
@@ -139,22 +203,15 @@ pub fn redact(url: &str) -> String {
 
 /// Connects, failing within `timeout` with the URL named.
 pub async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, SchemaError> {
-    let unreachable = |message: String| SchemaError::Unreachable {
+    let unreachable = |cause: Unreachable| SchemaError::Unreachable {
         url: redact(url),
-        message,
+        cause,
     };
     match tokio::time::timeout(timeout, PgConnection::connect(url)).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        ))),
+        Ok(Err(e)) => Err(unreachable(Unreachable::Driver(e))),
+        Err(_) => Err(unreachable(Unreachable::Timeout(timeout))),
     }
-}
-
-fn query_err(e: sqlx::Error) -> SchemaError {
-    SchemaError::Query(e.to_string())
 }
 
 async fn ledger_exists(c: &mut PgConnection) -> Result<bool, SchemaError> {
@@ -162,7 +219,7 @@ async fn ledger_exists(c: &mut PgConnection) -> Result<bool, SchemaError> {
         .bind(format!("public.{LEDGER}"))
         .fetch_one(&mut *c)
         .await
-        .map_err(query_err)?;
+        .map_err(SchemaError::Query)?;
     Ok(row.get::<bool, _>(0))
 }
 
@@ -176,7 +233,7 @@ pub async fn applied(c: &mut PgConnection) -> Result<Vec<Applied>, SchemaError> 
     ))
     .fetch_all(&mut *c)
     .await
-    .map_err(query_err)?;
+    .map_err(SchemaError::Query)?;
     Ok(rows
         .iter()
         .map(|r| Applied {
@@ -231,6 +288,16 @@ pub fn created_objects(sql: &str) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The tables the migrations create, in the order they create them.
+pub fn tables(files: &[Migration]) -> Vec<String> {
+    files
+        .iter()
+        .flat_map(|m| created_objects(&m.sql))
+        .filter(|(kind, _)| kind == "table")
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Splits SQL into statements, ignoring `;` inside quotes, dollar quotes and comments.
@@ -307,7 +374,7 @@ async fn existing(c: &mut PgConnection, kind: &str, name: &str) -> Result<bool, 
         .bind(name)
         .fetch_one(&mut *c)
         .await
-        .map_err(query_err)?;
+        .map_err(SchemaError::Query)?;
     Ok(row.get::<bool, _>(0))
 }
 
@@ -389,7 +456,7 @@ pub async fn load(c: &mut PgConnection, files: &[Migration]) -> Result<LoadRepor
     sqlx::query("SELECT pg_advisory_lock(hashtext('stack schema load'))")
         .execute(&mut *c)
         .await
-        .map_err(query_err)?;
+        .map_err(SchemaError::Query)?;
     let result = load_locked(c, files, t0).await;
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('stack schema load'))")
         .execute(&mut *c)
@@ -421,13 +488,13 @@ async fn load_locked(
     ))
     .execute(&mut *c)
     .await
-    .map_err(query_err)?;
+    .map_err(SchemaError::Query)?;
     for m in &status.pending {
         let t = Instant::now();
         let fail = |e: sqlx::Error| SchemaError::Migration {
             version: m.version,
             name: m.name.clone(),
-            message: e.to_string(),
+            source: e,
         };
         let mut tx = c.begin().await.map_err(fail)?;
         sqlx::raw_sql(&m.sql)
@@ -457,7 +524,7 @@ pub async fn drop_all(c: &mut PgConnection) -> Result<(), SchemaError> {
     sqlx::raw_sql("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;")
         .execute(&mut *c)
         .await
-        .map_err(query_err)?;
+        .map_err(SchemaError::Query)?;
     Ok(())
 }
 
