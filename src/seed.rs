@@ -5,7 +5,7 @@
 //! whose SHA-256 is in the database.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use saphyr::{LoadableYamlNode, Yaml};
 use serde::Serialize;
@@ -32,17 +32,110 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     /// The Dex config could not be read.
-    #[error("cannot read the OIDC identities from {path}: {message}")]
-    Identities {
+    #[error("cannot read the OIDC identities from {}: {source}", .path.display())]
+    IdentitiesRead {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// Why.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
+    /// The Dex config is not YAML.
+    #[error("cannot read the OIDC identities from {}: {source}", .path.display())]
+    IdentitiesYaml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: saphyr::ScanError,
+    },
+    /// A `staticPasswords` entry lacks a field the seed needs.
+    #[error("cannot read the OIDC identities from {}: every staticPasswords entry needs `email` and `userID`", .path.display())]
+    IdentityFields {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The admin API key could not be created in the state dir.
+    #[error("cannot create the admin API key in {}: {source}", .dir.display())]
+    ApiKey {
+        /// The state dir.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be reached.
+    #[error(transparent)]
+    Connect(#[from] crate::schema::SchemaError),
     /// A query failed (is the schema loaded?).
     #[error("seeding failed: {0}\n  is the schema loaded? run `stack schema load`")]
-    Query(String),
+    Query(#[source] sqlx::Error),
+    /// The stack's S3 connection details could not be read.
+    #[error(transparent)]
+    Exports(#[from] crate::exports::ExportError),
+    /// The buckets could not be created.
+    #[error("seeding the buckets failed: {0}\n  is the S3 service up? try `stack up minio`")]
+    Buckets(String),
 }
+
+/// The buckets every stack with an S3 service has: images and files, and box backups.
+pub const BUCKETS: [&str; 2] = ["boxlite", "backups"];
+
+/// The Dex config whose `staticPasswords` become users, relative to the project root (the
+/// default stack's OIDC provider reads it; `stack seed --identities` names another).
+pub const IDENTITIES: &str = "services/dex/config.yaml";
+
+/// What one seed of a whole stack added.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Seeded {
+    /// Rows added per table (zero counts included).
+    pub rows: SeedReport,
+    /// Buckets created.
+    pub buckets: Vec<String>,
+    /// How long it took.
+    #[serde(skip)]
+    pub elapsed: std::time::Duration,
+}
+
+/// Seeds the database at `url` (identities from `identities`, else [`IDENTITIES`] under the
+/// project root, when that file exists) and, when the stack exports an S3 endpoint, its
+/// [`BUCKETS`]. Shared by `stack seed` and `reset --hard`.
+pub async fn seed_stack(
+    stack: &crate::spec::Stack,
+    layout: &crate::layout::Layout,
+    url: &str,
+    identities: Option<PathBuf>,
+) -> Result<Seeded, SeedError> {
+    let t0 = std::time::Instant::now();
+    let path = identities.unwrap_or_else(|| stack.root.join(IDENTITIES));
+    let ids = if path.exists() {
+        dex_identities(&path)?
+    } else {
+        Vec::new()
+    };
+    let key = crate::secrets::get_or_create(layout, ADMIN_API_KEY).map_err(|source| {
+        SeedError::ApiKey {
+            dir: layout.root().to_path_buf(),
+            source,
+        }
+    })?;
+    let mut conn = crate::schema::connect(url, crate::schema::CONNECT_TIMEOUT).await?;
+    let rows = run(&mut conn, &ids, &key).await?;
+    let mut buckets = Vec::new();
+    if let Some(client) = crate::exports::Exports::new(stack, layout).s3_client()? {
+        buckets = crate::s3::ensure_buckets(&client, &BUCKETS)
+            .await
+            .map_err(SeedError::Buckets)?;
+    }
+    Ok(Seeded {
+        rows,
+        buckets,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// The secret holding the admin API key in clear (`secrets/admin-api-key`).
+pub const ADMIN_API_KEY: &str = "admin-api-key";
 
 /// Dex's subject for a static password user: base64url (no padding) of the protobuf message
 /// `{1: user_id, 2: connector_id}`.
@@ -84,12 +177,14 @@ fn base64url(bytes: &[u8]) -> String {
 
 /// The `staticPasswords` of a Dex config, as identities.
 pub fn dex_identities(path: &Path) -> Result<Vec<Identity>, SeedError> {
-    let err = |message: String| SeedError::Identities {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let docs = Yaml::load_from_str(&text).map_err(|e| err(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::IdentitiesRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let docs = Yaml::load_from_str(&text).map_err(|source| SeedError::IdentitiesYaml {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let Some(doc) = docs.first() else {
         return Ok(Vec::new());
     };
@@ -98,9 +193,9 @@ pub fn dex_identities(path: &Path) -> Result<Vec<Identity>, SeedError> {
         for p in list {
             let field = |k: &str| p[k].as_str().map(str::to_string);
             let (Some(email), Some(user_id)) = (field("email"), field("userID")) else {
-                return Err(err(
-                    "every staticPasswords entry needs `email` and `userID`".into(),
-                ));
+                return Err(SeedError::IdentityFields {
+                    path: path.to_path_buf(),
+                });
             };
             out.push(Identity {
                 sub: dex_subject(&user_id, "local"),
@@ -122,7 +217,7 @@ pub async fn run(
     identities: &[Identity],
     admin_key: &str,
 ) -> Result<SeedReport, SeedError> {
-    let q = |e: sqlx::Error| SeedError::Query(e.to_string());
+    let q = SeedError::Query;
     let mut report = SeedReport::new();
     let mut add = |table: &str, n: u64| *report.entry(table.to_string()).or_default() += n;
     let mut tx = c.begin().await.map_err(q)?;

@@ -1,8 +1,6 @@
 //! `stack env [--json]`: the connection details the services export, ready for
 //! `eval "$(stack env)"` (like `supabase status -o env`).
 
-use std::collections::BTreeMap;
-
 use super::{CliError, Ctx};
 use crate::exit::ExitStatus;
 
@@ -16,19 +14,7 @@ fn shell_quote(v: &str) -> String {
 }
 
 pub fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    let mut vars = BTreeMap::new();
-    for svc in ctx.stack.services.values() {
-        for (k, v) in &svc.exports {
-            let value = crate::secrets::fill(&ctx.layout, v).map_err(|e| {
-                CliError::Other(format!(
-                    "cannot read the secrets of `{}` in {}: {e}\n  check that directory's permissions",
-                    svc.name,
-                    ctx.layout.secrets_dir().display()
-                ))
-            })?;
-            vars.insert(k.clone(), value);
-        }
-    }
+    let vars = ctx.exports().all()?;
     if ctx.json {
         super::print_json(&vars, true)?;
     } else {

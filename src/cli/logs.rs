@@ -48,9 +48,7 @@ impl Printer {
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    ctx.stack
-        .check_names(&args.services)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    ctx.stack.check_names(&args.services)?;
     let names: Vec<String> = if args.services.is_empty() {
         ctx.stack.services.keys().cloned().collect()
     } else {

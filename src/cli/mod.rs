@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineError};
 use crate::exit::{ExitStatus, EXIT_CODES_HELP};
+use crate::exports::{ConnectError, Exports};
 use crate::layout::Layout;
 use crate::progress::Progress;
 use crate::spec::{BackendChoice, LoadOptions, SpecErrors, Stack};
@@ -95,15 +96,15 @@ enum Command {
 /// Errors at the edge, each with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// Invalid stack definition.
+    /// Invalid stack definition (exit 2).
     #[error("{0}")]
     Spec(#[from] SpecErrors),
-    /// Bad usage.
+    /// Bad usage (exit 2).
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The backend asked for cannot run here (exit 4).
     #[error("{0}")]
-    Usage(String),
-    /// Preflight failed.
-    #[error("{0}")]
-    Preflight(String),
+    Preflight(#[from] crate::backend::select::Refusal),
     /// An engine failure.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -113,29 +114,82 @@ pub enum CliError {
     /// A seed failure.
     #[error(transparent)]
     Seed(#[from] crate::seed::SeedError),
-    /// Anything else.
+    /// A reset failure or refusal.
+    #[error(transparent)]
+    Reset(#[from] crate::reset::ResetError),
+    /// The stack's connection details could not be read (exit 1), or name no database (exit 2).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The working directory cannot be read (exit 1).
+    #[error("cannot read the current directory: {0}")]
+    Cwd(#[source] std::io::Error),
+    /// JSON output could not be rendered (exit 1).
+    #[error("cannot render JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A command asked for something it cannot do as asked (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// A service name that is not in the stack.
+    #[error(transparent)]
+    UnknownService(#[from] crate::spec::UnknownService),
+    /// `--backend` names no backend.
     #[error("{0}")]
-    Other(String),
+    Backend(String),
+    /// A reset without `--yes` and nobody to confirm it.
+    #[error("refusing to reset without `--yes`: stdin is not a terminal, so nobody can confirm")]
+    ResetNeedsYes,
+    /// The user answered no.
+    #[error("reset cancelled")]
+    ResetCancelled,
+    /// `__box` in a binary built without the microVM backend.
+    #[error("this binary has no microVM support: rebuild with `--features microvm`")]
+    NoMicrovm,
+}
+
+impl From<crate::spec::UnknownService> for CliError {
+    fn from(e: crate::spec::UnknownService) -> CliError {
+        CliError::Usage(e.into())
+    }
+}
+
+impl From<crate::exports::ExportError> for CliError {
+    fn from(e: crate::exports::ExportError) -> CliError {
+        CliError::Connect(e.into())
+    }
 }
 
 impl CliError {
     fn status(&self) -> ExitStatus {
+        use crate::reset::ResetError;
+        use crate::schema::SchemaError;
+        let schema = |e: &SchemaError| match e {
+            SchemaError::Refused(_) => ExitStatus::SchemaRefused,
+            SchemaError::Files(_) => ExitStatus::Invalid,
+            _ => ExitStatus::Failure,
+        };
+        let engine = |e: &EngineError| match e {
+            EngineError::Unknown(_) => ExitStatus::Invalid,
+            EngineError::Preflight(_) => ExitStatus::Preflight,
+            EngineError::Unhealthy(_) => ExitStatus::Unhealthy,
+            EngineError::Interrupted => ExitStatus::Interrupted,
+            EngineError::Backend(_) | EngineError::Supervisor(_) => ExitStatus::Failure,
+        };
         match self {
             Self::Spec(_) | Self::Usage(_) => ExitStatus::Invalid,
+            Self::Connect(ConnectError::NoDatabase) => ExitStatus::Invalid,
             Self::Preflight(_) => ExitStatus::Preflight,
-            Self::Engine(e) => match e {
-                EngineError::Unknown(_) => ExitStatus::Invalid,
-                EngineError::Preflight(_) => ExitStatus::Preflight,
-                EngineError::Unhealthy(_) => ExitStatus::Unhealthy,
-                EngineError::Interrupted => ExitStatus::Interrupted,
-                EngineError::Backend(_) | EngineError::Supervisor(_) => ExitStatus::Failure,
-            },
-            Self::Schema(e) => match e {
-                crate::schema::SchemaError::Refused(_) => ExitStatus::SchemaRefused,
-                crate::schema::SchemaError::Files(_) => ExitStatus::Invalid,
-                _ => ExitStatus::Failure,
-            },
-            Self::Seed(_) | Self::Other(_) => ExitStatus::Failure,
+            Self::Engine(e) => engine(e),
+            Self::Schema(e) => schema(e),
+            Self::Reset(ResetError::Schema(e)) => schema(e),
+            Self::Reset(ResetError::Engine(e)) => engine(e),
+            Self::Reset(ResetError::NotAStateDir(_) | ResetError::HoldsTheProject(_)) => {
+                ExitStatus::Invalid
+            }
+            Self::Reset(_) | Self::Seed(_) | Self::Connect(_) | Self::Cwd(_) | Self::Json(_) => {
+                ExitStatus::Failure
+            }
         }
     }
 }
@@ -164,8 +218,7 @@ impl Ctx {
     /// Loads the stack and picks its backend. `starts`: the command may start services, so
     /// `auto` may run the microVM boot probe (once per host boot).
     async fn load(cli: &Cli, starts: bool) -> Result<Ctx, CliError> {
-        let cwd = std::env::current_dir()
-            .map_err(|e| CliError::Other(format!("cannot read the current directory: {e}")))?;
+        let cwd = std::env::current_dir().map_err(CliError::Cwd)?;
         let env: HashMap<String, String> = std::env::vars().collect();
         let stack = Stack::load(&LoadOptions {
             file: cli.file.clone(),
@@ -175,7 +228,9 @@ impl Ctx {
             stack_exe: None,
         })?;
         let choice = match &cli.backend {
-            Some(b) => b.parse::<BackendChoice>().map_err(CliError::Usage)?,
+            Some(b) => b
+                .parse::<BackendChoice>()
+                .map_err(|e| UsageError::Backend(e.to_string()))?,
             None => stack.backend,
         };
         let layout = Layout::new(stack.state_dir.clone());
@@ -185,11 +240,9 @@ impl Ctx {
             // `doctor` reports a backend that cannot run here as one of its checks.
             Err(why) if matches!(cli.command, Command::Doctor(_)) => {
                 backend_refusal = Some(why);
-                crate::backend::select::select(&stack, &layout, BackendChoice::Auto, starts)
-                    .await
-                    .map_err(|e| CliError::Preflight(e.to_string()))?
+                crate::backend::select::select(&stack, &layout, BackendChoice::Auto, starts).await?
             }
-            Err(why) => return Err(CliError::Preflight(why.to_string())),
+            Err(why) => return Err(why.into()),
         };
         // Only commands that start services say which backend `auto` chose.
         let backend_note = selected.note.filter(|_| starts);
@@ -206,27 +259,9 @@ impl Ctx {
         })
     }
 
-    /// The value a service exports as `key` (secrets filled in), e.g. `DATABASE_URL`.
-    pub fn export(&self, key: &str) -> Option<String> {
-        let raw = self
-            .stack
-            .services
-            .values()
-            .find_map(|s| s.exports.get(key))?;
-        crate::secrets::fill(&self.layout, raw).ok()
-    }
-
-    /// An S3 client for the stack's exported endpoint and key, when it has one.
-    pub fn s3_client(&self) -> Option<aws_sdk_s3::Client> {
-        let region = self
-            .export("AWS_REGION")
-            .unwrap_or_else(|| "us-east-1".into());
-        Some(crate::s3::client(
-            &self.export("S3_ENDPOINT")?,
-            &region,
-            &self.export("AWS_ACCESS_KEY_ID")?,
-            &self.export("AWS_SECRET_ACCESS_KEY")?,
-        ))
+    /// The stack's connection details (`exports:` of its services).
+    pub fn exports(&self) -> Exports {
+        Exports::new(&self.stack, &self.layout)
     }
 
     /// An engine with progress output.
@@ -297,9 +332,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Reset(a) => reset::run(a, ctx).await,
         Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
         Command::Supervise { .. } => Ok(ExitStatus::Ok),
-        Command::Box { .. } => Err(CliError::Usage(
-            "this binary has no microVM support: rebuild with `--features microvm`".into(),
-        )),
+        Command::Box { .. } => Err(UsageError::NoMicrovm.into()),
     }
 }
 
@@ -310,10 +343,7 @@ pub(crate) fn print_json(value: &impl serde::Serialize, pretty: bool) -> Result<
     } else {
         serde_json::to_string(value)
     };
-    println!(
-        "{}",
-        text.map_err(|e| CliError::Other(format!("cannot render JSON: {e}")))?
-    );
+    println!("{}", text?);
     Ok(())
 }
 

@@ -12,9 +12,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    ctx.stack
-        .check_names(&args.services)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    ctx.stack.check_names(&args.services)?;
     let plan = graph::plan(&ctx.stack, &graph::closure(&ctx.stack, &args.services));
     if ctx.json {
         super::print_json(&plan, false)?;

@@ -12,9 +12,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    ctx.stack
-        .service(&args.name)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    ctx.stack.service(&args.name)?;
     let engine = ctx.engine();
     engine.rebuild(&args.name, interrupt_token()).await?;
     Ok(ExitStatus::Ok)

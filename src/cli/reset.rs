@@ -1,24 +1,13 @@
-//! `stack reset --soft|--hard|--nuke [--dry-run] [--yes]`: the three reset tiers, each printing
-//! its plan first. Nothing outside the state dir is ever touched.
+//! `stack reset --soft|--hard|--nuke [--dry-run] [--yes]`: the plan of the tier (see
+//! `crate::reset`), a confirmation, then the reset.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{schema::database_url, seed::seed_all, CliError, Ctx};
+use super::{CliError, Ctx, UsageError};
 use crate::exit::ExitStatus;
+use crate::reset::{self, Tier};
 use crate::schema;
-
-/// Runtime tables a soft reset empties.
-pub const RUNTIME_TABLES: [&str; 4] = ["sandboxes", "snapshots", "sandbox_backups", "audit_log"];
-/// Tables a soft reset keeps.
-pub const KEPT_TABLES: [&str; 6] = [
-    "users",
-    "organizations",
-    "organization_users",
-    "regions",
-    "runners",
-    "api_keys",
-];
 
 /// Arguments of `reset`.
 #[derive(Debug, clap::Args)]
@@ -41,38 +30,15 @@ pub struct Args {
     yes: bool,
 }
 
-fn plan(args: &Args, ctx: &Ctx) -> Vec<String> {
-    if args.soft {
-        vec![
-            format!(
-                "truncate {} (identities restart)",
-                RUNTIME_TABLES.join(", ")
-            ),
-            format!("keep {}", KEPT_TABLES.join(", ")),
-            "services keep running".into(),
-        ]
-    } else if args.hard {
-        vec![
-            "stop L2 components (this stack has none yet)".into(),
-            "DROP SCHEMA public CASCADE: every table of the control plane and the schema ledger"
-                .into(),
-            "reload sql/migrations, then re-seed (region, users, organizations, admin API key)"
-                .into(),
-            format!(
-                "delete every object in the buckets {}",
-                super::seed::BUCKETS.join(", ")
-            ),
-            "L1 services (postgres, redis, minio, dex, registry, caddy) keep running".into(),
-        ]
-    } else {
-        vec![
-            "stop every service (dependents first)".into(),
-            format!(
-                "delete {} (all data, logs, records and secrets)",
-                ctx.layout.root().display()
-            ),
-            "nothing outside it is touched; the next `stack up` is a cold start".into(),
-        ]
+impl Args {
+    fn tier(&self) -> Tier {
+        if self.soft {
+            Tier::Soft
+        } else if self.hard {
+            Tier::Hard
+        } else {
+            Tier::Nuke
+        }
     }
 }
 
@@ -81,10 +47,7 @@ fn confirm(args: &Args) -> Result<(), CliError> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::Usage(
-            "refusing to reset without `--yes`: stdin is not a terminal, so nobody can confirm"
-                .into(),
-        ));
+        return Err(UsageError::ResetNeedsYes.into());
     }
     eprint!("proceed? [y/N] ");
     let _ = std::io::stderr().flush();
@@ -93,21 +56,21 @@ fn confirm(args: &Args) -> Result<(), CliError> {
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
-        Err(CliError::Usage("reset cancelled".into()))
+        Err(UsageError::ResetCancelled.into())
     }
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    let tier = if args.soft {
-        "soft"
-    } else if args.hard {
-        "hard"
-    } else {
-        "nuke"
+    let tier = args.tier();
+    // Nuke needs no migrations: it must work on a project whose schema is broken.
+    let files = match tier {
+        Tier::Nuke => Vec::new(),
+        Tier::Soft | Tier::Hard => schema::discover(&schema::migrations_dir(&ctx.stack.root))?,
     };
+    let plan = reset::plan(tier, &ctx.stack, &ctx.layout, &files);
     eprintln!("reset --{tier} will:");
-    for line in plan(&args, &ctx) {
-        eprintln!("  - {line}");
+    for step in &plan.steps {
+        eprintln!("  - {step}");
     }
     if args.dry_run {
         eprintln!("(dry run: nothing changed)");
@@ -115,70 +78,22 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     }
     confirm(&args)?;
     let t0 = Instant::now();
-    if args.soft {
-        let url = database_url(&ctx, None)?;
-        let mut c = schema::connect(&url, Duration::from_secs(5)).await?;
-        sqlx::raw_sql(&format!(
-            "TRUNCATE {} RESTART IDENTITY CASCADE",
-            RUNTIME_TABLES.join(", ")
-        ))
-        .execute(&mut c)
-        .await
-        .map_err(|e| {
-            CliError::Other(format!(
-                "truncate failed: {e}\n  is the schema loaded? run `stack schema load`"
-            ))
-        })?;
-    } else if args.hard {
-        let url = database_url(&ctx, None)?;
-        let files = schema::discover(&ctx.stack.root.join("sql/migrations"))?;
-        let mut c = schema::connect(&url, Duration::from_secs(5)).await?;
-        schema::drop_all(&mut c).await?;
-        let r = schema::load(&mut c, &files).await?;
-        eprintln!("schema: reloaded {} migrations", r.applied.len());
-        eprintln!("{}", seed_all(&ctx, &url, None).await?);
-        if let Some(client) = ctx.s3_client() {
-            for b in super::seed::BUCKETS {
-                let n = crate::s3::empty_bucket(&client, b)
-                    .await
-                    .map_err(|e| CliError::Other(format!("emptying bucket {b} failed: {e}\n  is the S3 service up? try `stack up minio`, then run this reset again")))?;
-                eprintln!("s3: deleted {n} objects from {b}");
+    match tier {
+        Tier::Soft => reset::soft(&ctx.exports().database_url(None)?, &files).await?,
+        Tier::Hard => {
+            let url = ctx.exports().database_url(None)?;
+            let r = reset::hard(&ctx.stack, &ctx.layout, &url, &files).await?;
+            eprintln!("schema: reloaded {} migrations", r.migrations);
+            eprintln!("{}", super::seed::render(&r.seeded));
+            for (bucket, n) in &r.emptied {
+                eprintln!("s3: deleted {n} objects from {bucket}");
             }
         }
-    } else {
-        nuke(ctx).await?;
+        Tier::Nuke => {
+            let (layout, root) = (ctx.layout.clone(), ctx.stack.root.clone());
+            reset::nuke(&ctx.engine(), &layout, &root).await?;
+        }
     }
     eprintln!("reset --{tier} done in {:.2}s", t0.elapsed().as_secs_f64());
     Ok(ExitStatus::Ok)
-}
-
-async fn nuke(ctx: Ctx) -> Result<(), CliError> {
-    let root = ctx.layout.root().to_path_buf();
-    if !root.exists() {
-        return Ok(());
-    }
-    // Only ever delete a directory that is a stack state dir: a wrong `--state-dir` must not
-    // cost anyone their files.
-    let looks_like_state = root.join("stack.lock").exists() || root.join("run").is_dir();
-    let empty = std::fs::read_dir(&root)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
-    if !looks_like_state && !empty {
-        return Err(CliError::Usage(format!(
-            "{} does not look like a stack state dir (no stack.lock, no run/): refusing to delete it",
-            root.display()
-        )));
-    }
-    if root == ctx.stack.root || ctx.stack.root.starts_with(&root) {
-        return Err(CliError::Usage(format!(
-            "the state dir {} contains the project itself: refusing to delete it",
-            root.display()
-        )));
-    }
-    let engine = ctx.engine();
-    engine.down(&[]).await?;
-    // remove_dir_all does not follow symlinks: a link inside the state dir is removed, not its target.
-    std::fs::remove_dir_all(&root)
-        .map_err(|e| CliError::Other(format!("cannot delete {}: {e}\n  check its permissions, then run `stack reset --nuke --yes` again", root.display())))?;
-    Ok(())
 }

@@ -1,7 +1,5 @@
 //! `stack schema load|status`: the control plane's migrations against the stack's PostgreSQL.
 
-use std::time::Duration;
-
 use super::{CliError, Ctx};
 use crate::exit::ExitStatus;
 use crate::schema;
@@ -24,19 +22,10 @@ enum Command {
     Status,
 }
 
-/// The database URL: `--database-url`, else the stack's exported `DATABASE_URL`.
-pub(crate) fn database_url(ctx: &Ctx, flag: Option<String>) -> Result<String, CliError> {
-    flag.or_else(|| ctx.export("DATABASE_URL")).ok_or_else(|| {
-        CliError::Usage(
-            "no database: no service exports DATABASE_URL; pass `--database-url URL`".into(),
-        )
-    })
-}
-
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    let files = schema::discover(&ctx.stack.root.join("sql/migrations"))?;
-    let url = database_url(&ctx, args.database_url)?;
-    let mut conn = schema::connect(&url, Duration::from_secs(5)).await?;
+    let files = schema::discover(&schema::migrations_dir(&ctx.stack.root))?;
+    let url = ctx.exports().database_url(args.database_url)?;
+    let mut conn = schema::connect(&url, schema::CONNECT_TIMEOUT).await?;
     match args.command {
         Command::Load => {
             let r = schema::load(&mut conn, &files).await?;

@@ -1,11 +1,10 @@
-//! `stack seed`: idempotent seed data (see `crate::seed`), plus the stack's buckets.
+//! `stack seed`: idempotent seed data and the stack's buckets (see `crate::seed`).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use super::{schema::database_url, CliError, Ctx};
+use super::{CliError, Ctx};
 use crate::exit::ExitStatus;
-use crate::{schema, secrets, seed};
+use crate::seed::{self, Seeded};
 
 /// Arguments of `seed`.
 #[derive(Debug, clap::Args)]
@@ -18,65 +17,30 @@ pub struct Args {
     identities: Option<PathBuf>,
 }
 
-/// The buckets every stack with an S3 service has.
-pub const BUCKETS: [&str; 2] = ["boxlite", "backups"];
-
-/// Seeds the database and the buckets; shared with `reset --hard`.
-pub(crate) async fn seed_all(
-    ctx: &Ctx,
-    url: &str,
-    identities: Option<PathBuf>,
-) -> Result<String, CliError> {
-    let t0 = Instant::now();
-    let path = identities.unwrap_or_else(|| ctx.stack.root.join("services/dex/config.yaml"));
-    let ids = if path.exists() {
-        seed::dex_identities(&path)?
-    } else {
-        Vec::new()
-    };
-    let key = secrets::get_or_create(&ctx.layout, "admin-api-key").map_err(|e| {
-        CliError::Other(format!(
-            "cannot create the admin API key in {}: {e}",
-            ctx.layout.root().display()
-        ))
-    })?;
-    let mut conn = schema::connect(url, Duration::from_secs(5)).await?;
-    let report = seed::run(&mut conn, &ids, &key).await?;
-    let mut created = Vec::new();
-    if let Some(client) = ctx.s3_client() {
-        created = crate::s3::ensure_buckets(&client, &BUCKETS)
-            .await
-            .map_err(|e| {
-                CliError::Other(format!(
-                    "seeding the buckets failed: {e}\n  is the S3 service up? try `stack up minio`"
-                ))
-            })?;
+/// One line saying what a seed added; shared with `reset --hard`.
+pub(crate) fn render(s: &Seeded) -> String {
+    let added: u64 = s.rows.values().sum();
+    let ms = s.elapsed.as_millis();
+    if added == 0 && s.buckets.is_empty() {
+        return format!("seed: nothing to add ({ms} ms)");
     }
-    let added: u64 = report.values().sum();
-    Ok(if added == 0 && created.is_empty() {
-        format!("seed: nothing to add ({} ms)", t0.elapsed().as_millis())
+    let rows: Vec<String> = s
+        .rows
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(t, n)| format!("{t} +{n}"))
+        .collect();
+    let buckets = if s.buckets.is_empty() {
+        String::new()
     } else {
-        let rows: Vec<String> = report
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(t, n)| format!("{t} +{n}"))
-            .collect();
-        format!(
-            "seed: {}{} in {} ms",
-            rows.join(", "),
-            if created.is_empty() {
-                String::new()
-            } else {
-                format!(", buckets +{}", created.join(" +"))
-            },
-            t0.elapsed().as_millis()
-        )
-    })
+        format!(", buckets +{}", s.buckets.join(" +"))
+    };
+    format!("seed: {}{buckets} in {ms} ms", rows.join(", "))
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
-    let url = database_url(&ctx, args.database_url)?;
-    let line = seed_all(&ctx, &url, args.identities).await?;
-    eprintln!("{line}");
+    let url = ctx.exports().database_url(args.database_url)?;
+    let seeded = seed::seed_stack(&ctx.stack, &ctx.layout, &url, args.identities).await?;
+    eprintln!("{}", render(&seeded));
     Ok(ExitStatus::Ok)
 }
