@@ -11,3 +11,4 @@ mod microvm;
 mod platform;
 mod services;
 mod spec;
+mod surfaces;
