@@ -12,6 +12,7 @@ use crate::graph;
 use crate::progress::Progress;
 
 use super::error::EngineError;
+use super::tasks::ServiceTasks;
 use super::Engine;
 
 impl Engine {
@@ -41,7 +42,7 @@ impl Engine {
             senders.insert(n.clone(), tx);
             receivers.insert(n.clone(), rx);
         }
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = ServiceTasks::new();
         for name in set {
             // Wait for every dependent in the set to be down first.
             let waits: Vec<(String, watch::Receiver<bool>)> = self
@@ -53,11 +54,7 @@ impl Engine {
                 .collect();
             let tx = senders.remove(name).expect("one sender per service");
             let (backend, progress) = (Arc::clone(&self.backend), Arc::clone(&self.progress));
-            let name = name.clone();
-            tasks.spawn(async move {
-                let stopped = stop_one(backend, progress, name.clone(), waits, tx).await;
-                (name, stopped)
-            });
+            tasks.spawn(name, stop_one(backend, progress, name.clone(), waits, tx));
         }
         let mut stopped = Vec::new();
         let second = async {
@@ -73,7 +70,7 @@ impl Engine {
             tokio::select! {
                 next = tasks.join_next() => match next {
                     None => break,
-                    Some(Ok((name, true))) => stopped.push(name),
+                    Some((name, Ok(true))) => stopped.push(name),
                     Some(_) => {}
                 },
                 _ = &mut second => {

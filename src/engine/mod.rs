@@ -11,6 +11,7 @@ mod restart;
 mod schedule;
 mod start;
 mod steps;
+mod tasks;
 mod up;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use super::action::Action;
 use super::error::{EngineError, StartError, Unhealthy};
 use super::schedule::Schedule;
 use super::start::{Dependency, Outcome, Reached, ServiceRun};
+use super::tasks::ServiceTasks;
 use super::Engine;
 
 /// What `up` did.
@@ -50,7 +51,7 @@ impl Engine {
         let schedule = Schedule::new(&self.stack, &self.layout, &selected, &actions);
         let started = Arc::new(Mutex::new(Vec::<String>::new()));
         let launches = TaskTracker::new();
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = ServiceTasks::new();
         for name in &selected {
             let svc = self.stack.services[name].clone();
             let action = actions[name];
@@ -77,10 +78,10 @@ impl Engine {
                 priority: schedule.priority(name),
                 launch: schedule.launch(name),
             };
-            tasks.spawn(async move {
-                let outcome = run.bring_up(&svc, action, deps, &tx).await;
-                (svc.name.clone(), outcome)
-            });
+            tasks.spawn(
+                name,
+                async move { run.bring_up(&svc, action, deps, &tx).await },
+            );
         }
         let mut failures = Vec::new();
         let mut report = UpReport::default();
@@ -88,7 +89,7 @@ impl Engine {
             tokio::select! {
                 next = tasks.join_next() => match next {
                     None => break,
-                    Some(Ok((name, outcome))) => match outcome {
+                    Some((name, Ok(outcome))) => match outcome {
                         Outcome::Kept => report.kept.push(name),
                         // Counted from the launches below: a service only verified was not
                         // started by this `up`.
@@ -97,8 +98,8 @@ impl Engine {
                         Outcome::Skipped { .. } => {}
                         Outcome::Failed(unhealthy) => failures.push(*unhealthy),
                     },
-                    Some(Err(e)) => failures.push(Unhealthy {
-                        service: "?".into(),
+                    Some((name, Err(e))) => failures.push(Unhealthy {
+                        service: name,
                         reason: StartError::Internal(e),
                         log_tail: Vec::new(),
                         log_path: String::new(),
