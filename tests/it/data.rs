@@ -1,8 +1,6 @@
 //! The data lifecycle on real PostgreSQL (and Garage for the buckets): schema ledger, refusals
 //! with exit 3, idempotent seed, the three reset tiers and rebuild-box.
 
-use std::path::Path;
-
 use sqlx::{Connection, Row};
 
 use crate::harness::{block_on, free_port, Project};
@@ -27,14 +25,7 @@ fn project() -> Data {
         .default_service("dex", 25556, dex)
         .default_service_ports("schema", &[])
         .default_service_ports("seed", &[]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for e in std::fs::read_dir(root.join("sql/migrations"))
-        .expect("migrations")
-        .flatten()
-    {
-        let rel = format!("sql/migrations/{}", e.file_name().to_string_lossy());
-        p.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));
-    }
+    p.migrations();
     Data { p, pg, dex }
 }
 

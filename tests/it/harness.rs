@@ -179,6 +179,19 @@ impl Project {
         }
     }
 
+    /// Copies the repository's migrations (`sql/migrations`) into the project.
+    pub fn migrations(&self) -> &Project {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for e in std::fs::read_dir(root.join("sql/migrations"))
+            .expect("migrations")
+            .flatten()
+        {
+            let rel = format!("sql/migrations/{}", e.file_name().to_string_lossy());
+            self.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));
+        }
+        self
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join(".state")
     }

@@ -5,7 +5,6 @@
 //! `INSTA_UPDATE=always cargo test --test it surfaces::`, then review `git diff`.
 
 use std::net::TcpListener;
-use std::path::Path;
 
 use crate::harness::{bin, free_port, Project};
 
@@ -229,14 +228,7 @@ fn data_project() -> Project {
         )
         .default_service_ports("schema", &[])
         .default_service_ports("seed", &[]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for e in std::fs::read_dir(root.join("sql/migrations"))
-        .expect("migrations")
-        .flatten()
-    {
-        let rel = format!("sql/migrations/{}", e.file_name().to_string_lossy());
-        p.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));
-    }
+    p.migrations();
     p
 }
 
