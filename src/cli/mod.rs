@@ -175,7 +175,9 @@ impl Ctx {
             stack_exe: None,
         })?;
         let choice = match &cli.backend {
-            Some(b) => b.parse::<BackendChoice>().map_err(CliError::Usage)?,
+            Some(b) => b
+                .parse::<BackendChoice>()
+                .map_err(|e| CliError::Usage(e.to_string()))?,
             None => stack.backend,
         };
         let layout = Layout::new(stack.state_dir.clone());

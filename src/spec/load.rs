@@ -175,7 +175,7 @@ impl Checker<'_> {
         match vars.expand(&raw) {
             Ok(s) => Some(s),
             Err(e) => {
-                self.err(node.line, path, e);
+                self.err(node.line, path, e.to_string());
                 None
             }
         }
@@ -343,7 +343,7 @@ pub(super) fn load(opts: &LoadOptions) -> Result<Stack, SpecErrors> {
                     if let Some(b) = c.string(node, "backend", &base_vars) {
                         match b.parse() {
                             Ok(b) => backend = b,
-                            Err(e) => c.err(node.line, "backend", e),
+                            Err(e) => c.err(node.line, "backend", e.to_string()),
                         }
                     }
                 }
@@ -752,7 +752,7 @@ fn service(
                     Ok(val) => {
                         exports.insert(k, val);
                     }
-                    Err(e) => c.err(v.line, &format!("exports.{k}"), e),
+                    Err(e) => c.err(v.line, &format!("exports.{k}"), e.to_string()),
                 }
             }
         }
@@ -1207,7 +1207,7 @@ fn init_step(
                     "a step runs on `process` or `microvm`; leave `backend` out to run it on both",
                 ),
                 Some(Ok(b)) => backend = Some(b),
-                Some(Err(e)) => c.err(v.line, &p, e),
+                Some(Err(e)) => c.err(v.line, &p, e.to_string()),
                 None => {}
             },
             _ => {}

@@ -1,6 +1,7 @@
 //! The stack definition: `stack.yaml` plus `services/*.yaml`, loaded, interpolated and validated
 //! into typed values. Every problem is reported at once, each with file, line and key path.
 
+mod backend_choice;
 pub mod interp;
 mod load;
 mod yaml;
@@ -14,45 +15,9 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use interp::Vars;
+pub use backend_choice::{BackendChoice, UnknownBackend};
+pub use interp::{InterpError, Vars};
 pub use load::{find_stack_file, LoadOptions};
-
-/// Which backend runs the stack's services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// Native processes (the default that works everywhere).
-    Process,
-    /// BoxLite microVMs.
-    Microvm,
-    /// MicroVMs where a boot probe passes, processes otherwise.
-    Auto,
-}
-
-impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "process" => Ok(Self::Process),
-            "microvm" => Ok(Self::Microvm),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "unknown backend `{other}`: use `process`, `microvm` or `auto`"
-            )),
-        }
-    }
-}
-
-impl BackendChoice {
-    /// The name used in stack files, records and `status` (a backend's `name()`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Microvm => "microvm",
-            Self::Auto => "auto",
-        }
-    }
-}
 
 /// A whole, validated stack definition.
 #[derive(Debug, Clone)]
