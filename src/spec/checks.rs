@@ -97,7 +97,7 @@ fn distinct_names(d: &Defined, errors: &mut Vec<SpecError>) {
         if first != i {
             errors.push(problem(
                 p,
-                0,
+                p.name_line,
                 "name".into(),
                 format!(
                     "service `{}` is already defined in {}: rename one of them",

@@ -352,10 +352,14 @@ fn port_or_only(c: &mut Checker<'_>, at: Field<'_>, port: Option<u16>) -> Option
     let only = ports.values().next().copied().filter(|_| ports.len() == 1);
     let port = port.or(only);
     if port.is_none() {
-        let message = if ports.is_empty() {
-            "is required: the service has no `ports:` to take it from"
+        let names: Vec<&str> = ports.keys().map(String::as_str).collect();
+        let message = if names.is_empty() {
+            "is required: write a port number (the service has no `ports:` to take it from)".into()
         } else {
-            "is required when the service has more than one port"
+            format!(
+                "is required: name one of this service's `ports:` ({}) or write a number",
+                names.join(", ")
+            )
         };
         c.err(at.node.line, &join(at.path, PORT.name), message);
     }
@@ -369,10 +373,14 @@ fn named_port(c: &mut Checker<'_>, at: Field<'_>) -> Option<u16> {
     let port = ports.get(&text).copied().or_else(|| port_number(&text));
     if port.is_none() {
         let names: Vec<&str> = ports.keys().map(String::as_str).collect();
-        let message = format!(
-            "`{text}` is neither a port number nor one of this service's `ports:` ({})",
-            names.join(", ")
-        );
+        let message = if names.is_empty() {
+            format!("`{text}` is not a port number (the service has no `ports:` to name)")
+        } else {
+            format!(
+                "`{text}` is neither a port number nor one of this service's `ports:` ({})",
+                names.join(", ")
+            )
+        };
         c.err(at.node.line, at.path, message);
     }
     port

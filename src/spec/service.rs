@@ -24,6 +24,8 @@ pub(super) struct ParsedService {
     pub spec: ServiceSpec,
     /// Its file relative to the project root, as messages show it.
     pub rel: PathBuf,
+    /// The line of `name:` (0 when the name is the file's).
+    pub name_line: usize,
     /// The line of each named port.
     pub port_lines: BTreeMap<String, usize>,
     /// The line of each dependency.
@@ -273,6 +275,7 @@ pub(super) fn read(
             data_dir: d.data_dir,
         },
         rel: c.file.clone(),
+        name_line: d.name_line,
         port_lines: d.port_lines,
         dep_lines: d.dep_lines,
         wrote_healthcheck: d.wrote_healthcheck,
