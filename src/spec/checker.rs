@@ -59,8 +59,8 @@ pub(super) fn names<T>(keys: &[Key<T>]) -> Vec<&'static str> {
     keys.iter().map(|k| k.name).collect()
 }
 
-/// `a`, `b` or `c`, each in backticks, for messages listing what may be written. Words YAML
-/// reads as booleans are shown quoted, as they must be written.
+/// `a`, `b` or `c`, each in backticks, for messages listing what may be written. Words that
+/// YAML 1.1 tools (and many compose files) read as booleans are shown quoted, as is safest.
 pub(super) fn one_of(names: &[&str]) -> String {
     let shown: Vec<String> = names
         .iter()
