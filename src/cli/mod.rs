@@ -135,8 +135,8 @@ pub enum UsageError {
     #[error(transparent)]
     UnknownService(#[from] crate::spec::UnknownService),
     /// `--backend` names no backend.
-    #[error("{0}")]
-    Backend(String),
+    #[error(transparent)]
+    Backend(#[from] crate::spec::UnknownBackend),
     /// A reset without `--yes` and nobody to confirm it.
     #[error("refusing to reset without `--yes`: stdin is not a terminal, so nobody can confirm")]
     ResetNeedsYes,
@@ -230,7 +230,7 @@ impl Ctx {
         let choice = match &cli.backend {
             Some(b) => b
                 .parse::<BackendChoice>()
-                .map_err(|e| UsageError::Backend(e.to_string()))?,
+                .map_err(UsageError::Backend)?,
             None => stack.backend,
         };
         let layout = Layout::new(stack.state_dir.clone());

@@ -34,6 +34,45 @@ pub fn fill_backend(text: &str, vars: BackendVars) -> String {
         .replace("${backend.host}", vars.host)
 }
 
+/// Why a `${...}` reference could not be expanded; each message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpError {
+    /// A `${` without its `}`.
+    #[error("unclosed `${{` in `{input}`: add the closing `}}`")]
+    Unclosed {
+        /// The whole text being expanded.
+        input: String,
+    },
+    /// `${}` or a name with characters a variable cannot have.
+    #[error("`${{{body}}}` is not a valid variable reference")]
+    InvalidReference {
+        /// What stood between the braces.
+        body: String,
+    },
+    /// `${NAME:?message}` (or `${NAME?message}`) with `NAME` unset (or empty).
+    #[error("`{name}` is required: {message}")]
+    Required {
+        /// The variable.
+        name: String,
+        /// The text after `:?`, written by the stack's author.
+        message: String,
+    },
+    /// `${port.NAME}` where the service has no port `NAME`.
+    #[error("`${{port.{port}}}` names no port of this service: add `{port}` under `ports:`")]
+    UnknownPort {
+        /// The port name after `port.`.
+        port: String,
+    },
+    /// A variable set nowhere, without a default.
+    #[error(
+        "variable `{name}` is not set: export it, add it to the env_file, or write `${{{name}:-default}}`"
+    )]
+    Unset {
+        /// The variable.
+        name: String,
+    },
+}
+
 /// The variables visible to one service's definition.
 #[derive(Debug, Clone, Default)]
 pub struct Vars {
@@ -45,17 +84,17 @@ pub struct Vars {
 
 impl Vars {
     /// Expands every `${...}` in `input`; the error says which variable and what to do.
-    pub fn expand(&self, input: &str) -> Result<String, String> {
+    pub fn expand(&self, input: &str) -> Result<String, InterpError> {
         self.expand_with(input, false)
     }
 
     /// Like [`Vars::expand`] but leaves `${secret.NAME}` and the backend's `${backend.bind}` and
     /// `${backend.host}` in place, to be filled at start time (see [`fill_backend`]).
-    pub fn expand_keeping_secrets(&self, input: &str) -> Result<String, String> {
+    pub fn expand_keeping_secrets(&self, input: &str) -> Result<String, InterpError> {
         self.expand_with(input, true)
     }
 
-    fn expand_with(&self, input: &str, keep_secrets: bool) -> Result<String, String> {
+    fn expand_with(&self, input: &str, keep_secrets: bool) -> Result<String, InterpError> {
         let mut out = String::with_capacity(input.len());
         let mut rest = input;
         while let Some(pos) = rest.find('$') {
@@ -65,9 +104,9 @@ impl Vars {
                 out.push('$');
                 rest = stripped;
             } else if let Some(body_start) = after.strip_prefix('{') {
-                let end = body_start
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed `${{` in `{input}`: add the closing `}}`"))?;
+                let end = body_start.find('}').ok_or_else(|| InterpError::Unclosed {
+                    input: input.to_string(),
+                })?;
                 let body = &body_start[..end];
                 if keep_secrets && (body.starts_with("secret.") || BACKEND_VARS.contains(&body)) {
                     out.push_str("${");
@@ -94,14 +133,16 @@ impl Vars {
             .map(String::as_str)
     }
 
-    fn resolve(&self, body: &str) -> Result<String, String> {
+    fn resolve(&self, body: &str) -> Result<String, InterpError> {
         let (name, op, arg) = split_body(body);
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         {
-            return Err(format!("`${{{body}}}` is not a valid variable reference"));
+            return Err(InterpError::InvalidReference {
+                body: body.to_string(),
+            });
         }
         let value = self.lookup(name);
         match (op, value) {
@@ -110,15 +151,19 @@ impl Vars {
             ("-", Some(v)) => Ok(v.to_string()),
             ("-", None) => Ok(arg.to_string()),
             (":?" | "?", Some(v)) if op == "?" || !v.is_empty() => Ok(v.to_string()),
-            (":?" | "?", _) => Err(format!("`{name}` is required: {arg}")),
+            (":?" | "?", _) => Err(InterpError::Required {
+                name: name.to_string(),
+                message: arg.to_string(),
+            }),
             (_, Some(v)) => Ok(v.to_string()),
-            (_, None) if name.starts_with("port.") => Err(format!(
-                "`${{{name}}}` names no port of this service: add `{}` under `ports:`",
-                &name[5..]
-            )),
-            (_, None) => Err(format!(
-                "variable `{name}` is not set: export it, add it to the env_file, or write `${{{name}:-default}}`"
-            )),
+            (_, None) => Err(match name.strip_prefix("port.") {
+                Some(port) => InterpError::UnknownPort {
+                    port: port.to_string(),
+                },
+                None => InterpError::Unset {
+                    name: name.to_string(),
+                },
+            }),
         }
     }
 }
@@ -169,17 +214,42 @@ mod tests {
     #[test]
     fn unset_and_required_variables_are_errors_with_a_remedy() {
         let v = vars();
-        let e = v.expand("${NOPE}").unwrap_err();
+        let e = v.expand("${NOPE}").unwrap_err().to_string();
         assert!(
             e.contains("`NOPE` is not set") && e.contains(":-default"),
             "{e}"
         );
-        let e = v.expand("${port.grpc}").unwrap_err();
+        let e = v.expand("${port.grpc}").unwrap_err().to_string();
         assert!(e.contains("add `grpc` under `ports:`"), "{e}");
-        let e = v.expand("${NOPE:?set NOPE to the token}").unwrap_err();
+        let e = v
+            .expand("${NOPE:?set NOPE to the token}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("set NOPE to the token"), "{e}");
         assert!(v.expand("${unclosed").is_err());
         assert!(v.expand("${}").is_err());
+    }
+
+    /// The typed errors keep the exact text users read today.
+    #[test]
+    fn each_error_renders_its_remedy() {
+        let v = vars();
+        let text = |input: &str| v.expand(input).unwrap_err().to_string();
+        assert_eq!(
+            text("a ${unclosed"),
+            "unclosed `${` in `a ${unclosed`: add the closing `}`"
+        );
+        assert_eq!(text("${}"), "`${}` is not a valid variable reference");
+        assert_eq!(text("${A B}"), "`${A B}` is not a valid variable reference");
+        assert_eq!(text("${EMPTY:?give it}"), "`EMPTY` is required: give it");
+        assert_eq!(
+            text("${port.grpc}"),
+            "`${port.grpc}` names no port of this service: add `grpc` under `ports:`"
+        );
+        assert_eq!(
+            text("${NOPE}"),
+            "variable `NOPE` is not set: export it, add it to the env_file, or write `${NOPE:-default}`"
+        );
     }
 
     #[test]

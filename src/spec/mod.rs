@@ -1,58 +1,44 @@
 //! The stack definition: `stack.yaml` plus `services/*.yaml`, loaded, interpolated and validated
 //! into typed values. Every problem is reported at once, each with file, line and key path.
+//!
+//! `load` reads and assembles: `discover` finds and parses the files, `stack_file` reads
+//! `stack.yaml`, `service` one service file (with `process`, `boxed`, `health`, `init` and
+//! `config` for its sections), `checks` runs the checks across services. Every section's keys
+//! are a table of `checker::Key`s, so a key is named once; defaults live in [`defaults`].
 
+mod backend_choice;
+mod boxed;
+mod checker;
+mod checks;
+mod config;
+pub mod defaults;
+mod discover;
+mod health;
+mod init;
 pub mod interp;
 mod load;
+mod process;
+mod service;
+mod shared;
+mod stack_file;
 mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use interp::Vars;
-pub use load::{find_stack_file, LoadOptions};
-
-/// Which backend runs the stack's services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// Native processes (the default that works everywhere).
-    Process,
-    /// BoxLite microVMs.
-    Microvm,
-    /// MicroVMs where a boot probe passes, processes otherwise.
-    Auto,
-}
-
-impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "process" => Ok(Self::Process),
-            "microvm" => Ok(Self::Microvm),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "unknown backend `{other}`: use `process`, `microvm` or `auto`"
-            )),
-        }
-    }
-}
-
-impl BackendChoice {
-    /// The name used in stack files, records and `status` (a backend's `name()`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Process => "process",
-            Self::Microvm => "microvm",
-            Self::Auto => "auto",
-        }
-    }
-}
+pub use backend_choice::{BackendChoice, UnknownBackend};
+pub use boxed::BoxSpec;
+pub use config::ConfigFile;
+pub use discover::find_stack_file;
+pub use health::{Healthcheck, ProbeSpec};
+pub use init::{InitPhase, InitStep};
+pub use interp::{InterpError, Vars};
+pub use load::LoadOptions;
+pub use process::ProcessSpec;
 
 /// A whole, validated stack definition.
 #[derive(Debug, Clone)]
@@ -203,46 +189,6 @@ impl fmt::Display for Condition {
     }
 }
 
-/// The native-process part of a service.
-#[derive(Debug, Clone)]
-pub struct ProcessSpec {
-    /// argv; never a shell string.
-    pub command: Vec<String>,
-    /// Signal that asks for a clean stop (SIGTERM by default; PostgreSQL wants SIGINT).
-    pub stop_signal: Signal,
-    /// How long to wait after `stop_signal` before SIGKILL.
-    pub stop_grace_period: Duration,
-    /// Unprivileged user to run as when `stack` runs as root.
-    pub user: Option<String>,
-    /// Working directory (the project root by default).
-    pub working_dir: PathBuf,
-    /// What to tell a user whose machine lacks the program.
-    pub install_hint: Option<String>,
-    /// A command printing the program's version, for `status` (e.g. `[garage, --version]`).
-    pub version: Option<Vec<String>>,
-}
-
-/// MicroVM options (`box:`).
-#[derive(Debug, Clone, Default)]
-pub struct BoxSpec {
-    /// vCPUs.
-    pub cpus: Option<u32>,
-    /// Memory in MiB.
-    pub memory_mib: Option<u32>,
-    /// Entrypoint override.
-    pub entrypoint: Vec<String>,
-    /// Command override.
-    pub command: Vec<String>,
-    /// Working directory inside the box.
-    pub working_dir: Option<String>,
-    /// `host_dir:guest_dir` volumes; host dirs relative to the data dir.
-    pub volumes: Vec<(PathBuf, String)>,
-    /// Guest port per named host port.
-    pub guest_ports: BTreeMap<String, u16>,
-    /// Environment only the box gets (merged over `environment:`).
-    pub environment: BTreeMap<String, String>,
-}
-
 /// When a service exits on its own, start it again?
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -253,140 +199,6 @@ pub enum RestartPolicy {
     OnFailure,
     /// Always.
     Always,
-}
-
-/// A readiness probe and its timing.
-#[derive(Debug, Clone)]
-pub struct Healthcheck {
-    /// What to check.
-    pub probe: ProbeSpec,
-    /// Pause between attempts once the first fast polls are over.
-    pub interval: Duration,
-    /// Deadline of one attempt.
-    pub timeout: Duration,
-    /// Failures during this initial period do not count against `retries`.
-    pub start_period: Duration,
-    /// Failed attempts allowed before the service counts as unhealthy.
-    pub retries: u32,
-}
-
-/// What a probe checks.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeSpec {
-    /// A TCP connect.
-    Tcp {
-        /// Host to connect to.
-        host: String,
-        /// Port.
-        port: u16,
-    },
-    /// An HTTP GET answered with an accepted status.
-    Http {
-        /// URL.
-        url: String,
-        /// Accepted statuses (2xx and 3xx when empty).
-        status: Vec<u16>,
-    },
-    /// A command that must exit 0.
-    Exec(Vec<String>),
-    /// A real PostgreSQL connection running `SELECT 1`.
-    Postgres {
-        /// Host.
-        host: String,
-        /// Port.
-        port: u16,
-        /// Role.
-        user: String,
-        /// Password, if any.
-        password: Option<String>,
-        /// Database.
-        database: String,
-    },
-    /// Redis `PING` answered by `PONG`.
-    Redis {
-        /// Host.
-        host: String,
-        /// Port.
-        port: u16,
-    },
-    /// A signed S3 `ListBuckets` with the stack's key.
-    S3 {
-        /// Endpoint URL, e.g. `http://127.0.0.1:29000`.
-        endpoint: String,
-        /// Region the server signs with.
-        region: String,
-        /// Access key id.
-        access_key: String,
-        /// Secret access key.
-        secret_key: String,
-    },
-    /// The OIDC discovery document answers 200 and names this issuer.
-    Oidc {
-        /// The issuer URL.
-        issuer: String,
-    },
-}
-
-impl ProbeSpec {
-    /// Short name of the probe kind.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Tcp { .. } => "tcp",
-            Self::Http { .. } => "http",
-            Self::Exec(_) => "exec",
-            Self::Postgres { .. } => "postgres",
-            Self::Redis { .. } => "redis",
-            Self::S3 { .. } => "s3",
-            Self::Oidc { .. } => "oidc",
-        }
-    }
-}
-
-/// When an init step runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitPhase {
-    /// Before the service's process is spawned (e.g. `initdb`).
-    BeforeStart,
-    /// Right after it is spawned, before its healthcheck; retried until it succeeds, since the
-    /// server may still be starting (e.g. a bootstrap the healthcheck depends on).
-    AfterStart,
-    /// Once the service is healthy (e.g. creating a database or buckets).
-    AfterHealthy,
-}
-
-/// A file rendered from a template in the project (`configs:`).
-#[derive(Debug, Clone)]
-pub struct ConfigFile {
-    /// The template.
-    pub source: PathBuf,
-    /// Where it is written (absolute; usually under `${data_dir}`).
-    pub target: PathBuf,
-    /// The rendered text, `${secret.NAME}` references still in place.
-    pub content: String,
-    /// File mode.
-    pub mode: u32,
-}
-
-/// One idempotent initialisation step.
-#[derive(Debug, Clone)]
-pub struct InitStep {
-    /// Name shown in progress and errors.
-    pub name: String,
-    /// argv.
-    pub command: Vec<String>,
-    /// Skip the step when this path exists.
-    pub creates: Option<PathBuf>,
-    /// When it runs.
-    pub phase: InitPhase,
-    /// Only on this backend (`Process` or `Microvm`); `None` runs it on both.
-    pub backend: Option<BackendChoice>,
-}
-
-impl InitStep {
-    /// Does this step run on the backend called `backend` (a backend's `name()`)?
-    pub fn runs_on(&self, backend: &str) -> bool {
-        self.backend.is_none_or(|b| b.as_str() == backend)
-    }
 }
 
 /// One problem in the stack definition.

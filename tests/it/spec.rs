@@ -55,6 +55,30 @@ fn unknown_stack_keys_bad_backend_and_missing_env_file_are_reported() {
     insta::assert_snapshot!(plan_error(&p));
 }
 
+/// Each probe kind takes only its own keys, a probe problem is reported once, and a service
+/// name defined twice names the first file.
+#[test]
+fn probes_take_only_their_own_keys_and_names_are_defined_once() {
+    let p = Project::new("probes");
+    p.service(
+        "a",
+        "ports: { http: 39992 }\nprocess:\n  command: [sleep, \"60\"]\nhealthcheck:\n  tcp: { port: http, user: postgres }\n",
+    )
+    .service(
+        "b",
+        "ports: { http: 39993, admin: 39994 }\nprocess:\n  command: [sleep, \"60\"]\nhealthcheck:\n  redis: {}\n",
+    )
+    .service(
+        "c",
+        "process:\n  command: [sleep, \"60\"]\nhealthcheck:\n  s3: { port: 1 }\n  interval: 1s\n",
+    )
+    .service(
+        "d",
+        "name: c\nprocess:\n  command: [sleep, \"60\"]\nhealthcheck:\n  retries: 3\n",
+    );
+    insta::assert_snapshot!(plan_error(&p));
+}
+
 /// The box options and per-backend init steps are checked like everything else: an unknown
 /// backend, `auto` on a step, a box port that is not one of the service's, a bad volume.
 #[test]
