@@ -8,6 +8,8 @@
 //! <state>/run/<service>.lock    held by its supervisor for as long as it lives
 //! <state>/run/<service>.spec.json  what its supervisor runs
 //! <state>/run/<service>.ready.json  health and timings learned by `up`
+//! <state>/run/<service>.build.json  its last successful build (`build:`)
+//! <state>/logs/<service>.build.log  the output of its last build
 //! <state>/secrets/<name>        generated secrets, mode 0600
 //! ```
 
@@ -87,6 +89,16 @@ impl Layout {
     /// `run/<service>.step.json`: the process group of an init step while it runs.
     pub fn step_record(&self, service: &str) -> PathBuf {
         self.run_dir().join(format!("{service}.step.json"))
+    }
+
+    /// `logs/<service>.build.log`: the output of its last build.
+    pub fn build_log(&self, service: &str) -> PathBuf {
+        self.logs_dir().join(format!("{service}.build.log"))
+    }
+
+    /// `run/<service>.build.json`: its last successful build (inputs' hash, time, duration).
+    pub fn build_record(&self, service: &str) -> PathBuf {
+        self.run_dir().join(format!("{service}.build.json"))
     }
 
     /// `secrets/`.

@@ -228,9 +228,7 @@ impl Ctx {
             stack_exe: None,
         })?;
         let choice = match &cli.backend {
-            Some(b) => b
-                .parse::<BackendChoice>()
-                .map_err(UsageError::Backend)?,
+            Some(b) => b.parse::<BackendChoice>().map_err(UsageError::Backend)?,
             None => stack.backend,
         };
         let layout = Layout::new(stack.state_dir.clone());

@@ -8,6 +8,7 @@
 
 mod backend_choice;
 mod boxed;
+pub mod build;
 mod checker;
 mod checks;
 mod config;
@@ -32,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 pub use backend_choice::{BackendChoice, UnknownBackend};
 pub use boxed::BoxSpec;
+pub use build::BuildSpec;
 pub use config::ConfigFile;
 pub use discover::find_stack_file;
 pub use health::{Healthcheck, ProbeSpec};
@@ -123,6 +125,10 @@ pub struct ServiceSpec {
     pub exports: BTreeMap<String, String>,
     /// This service's data directory (`${data_dir}`).
     pub data_dir: PathBuf,
+    /// How to build it before it starts (a native component built from source).
+    pub build: Option<BuildSpec>,
+    /// Globs `stack up --watch` follows: on a change it is rebuilt and restarted.
+    pub watch: Vec<String>,
 }
 
 impl ServiceSpec {

@@ -8,9 +8,10 @@ use super::checker::{join, key, Checker, Field, Key, Scope};
 use super::discover::ServiceFile;
 use super::interp::Vars;
 use super::yaml::{Node, Value};
-use super::{boxed, config, defaults, health, init, process};
+use super::{boxed, build, config, defaults, health, init, process};
 use super::{
-    BoxSpec, Condition, ConfigFile, Healthcheck, InitStep, ProcessSpec, RestartPolicy, ServiceSpec,
+    BoxSpec, BuildSpec, Condition, ConfigFile, Healthcheck, InitStep, ProcessSpec, RestartPolicy,
+    ServiceSpec,
 };
 
 /// `name:`; also read before parsing, by the table of every service's ports.
@@ -61,6 +62,9 @@ struct Draft<'a> {
     init: Vec<InitStep>,
     configs: Vec<ConfigFile>,
     exports: BTreeMap<String, String>,
+    build: Option<BuildSpec>,
+    build_line: usize,
+    watch: Vec<String>,
 }
 
 impl<'a> Draft<'a> {
@@ -89,6 +93,9 @@ impl<'a> Draft<'a> {
             init: Vec::new(),
             configs: Vec::new(),
             exports: BTreeMap::new(),
+            build: None,
+            build_line: 0,
+            watch: Vec::new(),
         };
         draft.set_identity();
         draft
@@ -184,6 +191,13 @@ const SERVICE_KEYS: &[(&str, ReadService)] = &[
         d.configs = files;
     }),
     ("exports", read_exports),
+    ("build", |c, node, path, d| {
+        d.build_line = node.line;
+        d.build = build::read(c, Field::new(node, path, &d.scope()));
+    }),
+    ("watch", |c, node, path, d| {
+        d.watch = build::globs(c, Field::new(node, path, &d.scope())).unwrap_or_default();
+    }),
 ];
 
 /// The values of `restart:`; `unless-stopped` is compose's name for `always`.
@@ -256,6 +270,13 @@ pub(super) fn read(
             ),
         );
     }
+    if d.build.is_some() && !d.wrote_process {
+        c.err(
+            d.build_line,
+            "build",
+            "builds a native component, which needs `process:`: add `process.command` to run what it builds",
+        );
+    }
     ParsedService {
         spec: ServiceSpec {
             name: d.name,
@@ -273,6 +294,8 @@ pub(super) fn read(
             configs: d.configs,
             exports: d.exports,
             data_dir: d.data_dir,
+            build: d.build,
+            watch: d.watch,
         },
         rel: c.file.clone(),
         name_line: d.name_line,

@@ -1,0 +1,348 @@
+//! Building native components (`build:`): the content hash of a component's inputs, the build
+//! itself (its output in `logs/<svc>.build.log`), and the record of the last successful build
+//! (`run/<svc>.build.json`), which lets a warm `up` build nothing.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::layout::Layout;
+use crate::spec::{build::glob, BuildSpec, ServiceSpec};
+use crate::supervisor::record::{now_rfc3339, read_json, write_json};
+
+/// How many of its last lines a failed build shows.
+pub const FAILED_BUILD_LINES: usize = 20;
+
+/// Directory names never walked for inputs: version control and the stack's own state.
+const NEVER_INPUTS: &[&str] = &[".git", ".stack"];
+
+/// Why a component could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An input could not be read.
+    #[error("cannot read the build input {}: {source}", .path.display())]
+    Input {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The build command could not be started.
+    #[error(
+        "cannot run the build command `{program}`: {source}\n  install it, or fix `build.command`"
+    )]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The build ran and failed.
+    #[error("the build failed ({status}); its last lines ({}):\n{}", .log.display(), indent(.tail))]
+    Failed {
+        /// How the command ended.
+        status: String,
+        /// The last lines of its output.
+        tail: Vec<String>,
+        /// The whole output.
+        log: PathBuf,
+    },
+    /// Its log could not be written.
+    #[error("cannot write the build log {}: {source}", .path.display())]
+    Log {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn indent(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last successful build of a component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// The hash of its inputs and command then.
+    pub hash: String,
+    /// When it finished.
+    pub at: String,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// The files a build reads: every file under the project `root` matching one of `globs`,
+/// sorted, relative to the root.
+pub fn input_files(root: &Path, globs: &[String]) -> Result<Vec<PathBuf>, BuildError> {
+    let mut set = globset::GlobSetBuilder::new();
+    let mut bases = BTreeSet::new();
+    for g in globs {
+        // The spec loader checked every glob; one that still fails to compile matches nothing.
+        if let Ok(compiled) = glob(g) {
+            set.add(compiled);
+            bases.insert(literal_base(g));
+        }
+    }
+    let set = set.build().unwrap_or_else(|_| globset::GlobSet::empty());
+    let mut files = BTreeSet::new();
+    for base in bases {
+        let dir = root.join(&base);
+        if !dir.exists() {
+            continue;
+        }
+        let walk = walkdir::WalkDir::new(&dir)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| {
+                !(e.file_type().is_dir()
+                    && NEVER_INPUTS.contains(&e.file_name().to_string_lossy().as_ref()))
+            });
+        for entry in walk {
+            let entry = entry.map_err(|e| BuildError::Input {
+                path: e.path().map_or_else(|| dir.clone(), Path::to_path_buf),
+                source: e.into(),
+            })?;
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            if let Ok(rel) = entry.path().strip_prefix(root) {
+                if set.is_match(rel) {
+                    files.insert(rel.to_path_buf());
+                }
+            }
+        }
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// The directory a glob's matches all lie under: its leading components without a wildcard
+/// (`crates/api/**/*.rs` → `crates/api`), so that only that part of the project is walked.
+fn literal_base(glob: &str) -> PathBuf {
+    let mut base = PathBuf::new();
+    let parts: Vec<&str> = glob.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if last || part.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        base.push(part);
+    }
+    base
+}
+
+/// The hash of what decides whether a build is still good: its command, and each input file's
+/// path and content.
+pub fn input_hash(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
+    let mut h = Sha256::new();
+    for arg in &spec.command {
+        h.update(arg.as_bytes());
+        h.update([0]);
+    }
+    h.update([1]);
+    let mut buf = vec![0u8; 64 * 1024];
+    for rel in input_files(root, &spec.inputs)? {
+        let path = root.join(&rel);
+        let read_err = |source| BuildError::Input {
+            path: path.clone(),
+            source,
+        };
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0]);
+        if std::fs::symlink_metadata(&path)
+            .map_err(read_err)?
+            .file_type()
+            .is_symlink()
+        {
+            // A link's target is what the link is; following it could leave the project.
+            let target = std::fs::read_link(&path).map_err(read_err)?;
+            h.update(target.to_string_lossy().as_bytes());
+        } else {
+            let mut f = std::fs::File::open(&path).map_err(read_err)?;
+            loop {
+                let n = f.read(&mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+        h.update([0]);
+    }
+    Ok(hex::encode(&h.finalize()[..16]))
+}
+
+/// What a component's build needs now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Its last successful build had these very inputs.
+    UpToDate,
+    /// Its inputs (or command) changed, or it was never built: build it, expecting this hash.
+    Stale {
+        /// The inputs' hash now.
+        hash: String,
+    },
+}
+
+/// Compares `svc`'s inputs now with its last successful build.
+pub fn freshness(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Freshness, BuildError> {
+    let Some(spec) = &svc.build else {
+        return Ok(Freshness::UpToDate);
+    };
+    let hash = input_hash(root, spec)?;
+    let last: Option<BuildRecord> = read_json(&layout.build_record(&svc.name)).ok().flatten();
+    Ok(match last {
+        Some(r) if r.hash == hash => Freshness::UpToDate,
+        _ => Freshness::Stale { hash },
+    })
+}
+
+/// Runs `svc`'s build, its output appended to its build log. On success the inputs' hash is
+/// recorded (computed before the build ran, so an input edited during the build makes the next
+/// `up` build again). Returns how long it took.
+pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Duration, BuildError> {
+    let Some(spec) = &svc.build else {
+        return Ok(Duration::ZERO);
+    };
+    let hash = input_hash(root, spec)?;
+    let log = layout.build_log(&svc.name);
+    let log_err = |source| BuildError::Log {
+        path: log.clone(),
+        source,
+    };
+    std::fs::create_dir_all(layout.logs_dir()).map_err(log_err)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .map_err(log_err)?;
+    let err = out.try_clone().map_err(log_err)?;
+    let t0 = Instant::now();
+    let status = tokio::process::Command::new(&spec.command[0])
+        .args(&spec.command[1..])
+        .current_dir(&spec.working_dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // A build in flight when `up` is interrupted must not outlive it.
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|source| BuildError::Spawn {
+            program: spec.command[0].clone(),
+            source,
+        })?;
+    let took = t0.elapsed();
+    if !status.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(FAILED_BUILD_LINES)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        return Err(BuildError::Failed {
+            status: describe(status),
+            tail,
+            log,
+        });
+    }
+    let record = BuildRecord {
+        hash,
+        at: now_rfc3339(),
+        duration_ms: took.as_millis() as u64,
+    };
+    // Unrecorded, the next `up` builds again: slower, never wrong.
+    let _ = write_json(&layout.build_record(&svc.name), &record);
+    Ok(took)
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "no status".into(),
+    }
+}
+
+/// Is `path` (relative to the project root) one of `globs`?
+pub fn matches(globs: &[String], path: &Path) -> bool {
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return false;
+    }
+    globs
+        .iter()
+        .filter_map(|g| glob(g).ok())
+        .any(|g| g.compile_matcher().is_match(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(inputs: &[&str]) -> BuildSpec {
+        BuildSpec {
+            command: vec!["true".into()],
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            working_dir: PathBuf::from("."),
+        }
+    }
+
+    #[test]
+    fn globs_walk_only_their_base_and_star_stays_in_one_directory() {
+        assert_eq!(literal_base("crates/api/**/*.rs"), Path::new("crates/api"));
+        assert_eq!(literal_base("Cargo.lock"), Path::new(""));
+        assert_eq!(literal_base("src/*.rs"), Path::new("src"));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        for f in ["src/main.rs", "src/deep/mod.rs", "README.md", ".git/config"] {
+            std::fs::create_dir_all(root.join(f).parent().expect("parent")).expect("mkdir");
+            std::fs::write(root.join(f), f).expect("write");
+        }
+        let files = input_files(root, &["src/*.rs".into()]).expect("walk");
+        assert_eq!(files, [PathBuf::from("src/main.rs")]);
+        let files = input_files(root, &["src/**".into(), "README.md".into()]).expect("walk");
+        assert_eq!(
+            files,
+            ["README.md", "src/deep/mod.rs", "src/main.rs"].map(PathBuf::from)
+        );
+        let files = input_files(root, &["**".into()]).expect("walk");
+        assert!(!files.iter().any(|f| f.starts_with(".git")), "{files:?}");
+    }
+
+    #[test]
+    fn the_hash_follows_content_paths_and_command_not_mtimes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::write(root.join("src/a.rs"), "fn a() {}").expect("write");
+        let s = spec(&["src/**"]);
+        let first = input_hash(root, &s).expect("hash");
+        std::fs::write(root.join("src/a.rs"), "fn a() {}").expect("rewrite, same content");
+        assert_eq!(input_hash(root, &s).expect("hash"), first);
+        std::fs::write(root.join("src/a.rs"), "fn a() { }").expect("edit");
+        let edited = input_hash(root, &s).expect("hash");
+        assert_ne!(edited, first);
+        std::fs::rename(root.join("src/a.rs"), root.join("src/b.rs")).expect("rename");
+        assert_ne!(input_hash(root, &s).expect("hash"), edited);
+        let mut other = s.clone();
+        other.command.push("--release".into());
+        assert_ne!(
+            input_hash(root, &other).expect("hash"),
+            input_hash(root, &s).expect("hash")
+        );
+    }
+}
