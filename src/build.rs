@@ -15,9 +15,6 @@ use crate::layout::Layout;
 use crate::spec::{build::glob, BuildSpec, ServiceSpec};
 use crate::supervisor::record::{now_rfc3339, read_json, write_json};
 
-/// How many of its last lines a failed build shows.
-pub const FAILED_BUILD_LINES: usize = 20;
-
 /// Directory names never walked for inputs: version control and the stack's own state.
 const NEVER_INPUTS: &[&str] = &[".git", ".stack"];
 
@@ -44,13 +41,11 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-    /// The build ran and failed.
-    #[error("the build failed ({status}); its last lines ({}):\n{}", .log.display(), indent(.tail))]
+    /// The build ran and failed; its output is in `log`.
+    #[error("its build failed ({status}); the last build still runs, if there is one")]
     Failed {
         /// How the command ended.
         status: String,
-        /// The last lines of its output.
-        tail: Vec<String>,
         /// The whole output.
         log: PathBuf,
     },
@@ -63,14 +58,6 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-}
-
-fn indent(lines: &[String]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The last successful build of a component.
@@ -247,15 +234,8 @@ pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Dura
         })?;
     let took = t0.elapsed();
     if !status.success() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(FAILED_BUILD_LINES)..]
-            .iter()
-            .map(|l| l.to_string())
-            .collect();
         return Err(BuildError::Failed {
             status: describe(status),
-            tail,
             log,
         });
     }
@@ -276,6 +256,16 @@ fn describe(status: std::process::ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "no status".into(),
     }
+}
+
+/// The last `n` lines of a build log.
+pub fn tail(log: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// Is `path` (relative to the project root) one of `globs`?

@@ -174,7 +174,9 @@ impl CliError {
             EngineError::Preflight(_) => ExitStatus::Preflight,
             EngineError::Unhealthy(_) => ExitStatus::Unhealthy,
             EngineError::Interrupted => ExitStatus::Interrupted,
-            EngineError::Backend(_) | EngineError::Supervisor(_) => ExitStatus::Failure,
+            EngineError::Backend(_) | EngineError::Supervisor(_) | EngineError::Build(_) => {
+                ExitStatus::Failure
+            }
         };
         match self {
             Self::Spec(_) | Self::Usage(_) => ExitStatus::Invalid,

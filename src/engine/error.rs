@@ -23,6 +23,9 @@ pub enum EngineError {
     /// The state dir could not be used (exit 1).
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
+    /// A component's build inputs could not be read (exit 1).
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// Ctrl-C (exit 130).
     #[error("interrupted: stopped what this command had started")]
     Interrupted,
@@ -50,6 +53,9 @@ pub enum StartError {
     /// Its healthcheck did not pass in time, or it exited while being probed.
     #[error(transparent)]
     Probe(#[from] ProbeFailure),
+    /// Its build failed (the instance already running, if any, keeps running).
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// It exited while an `after_start` step was being retried against it.
     #[error("{exited} during init step `{step}`; {cause}")]
     ExitedDuringStep {

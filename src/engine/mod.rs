@@ -23,7 +23,7 @@ use crate::spec::Stack;
 use crate::supervisor;
 
 pub use error::{EngineError, Exited, StartError, Unhealthy};
-pub use up::UpReport;
+pub use up::{Builds, UpReport};
 
 /// Runs `up`, `down`, `restart` and `rebuild` for one stack on one backend.
 pub struct Engine {

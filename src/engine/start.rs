@@ -84,6 +84,10 @@ pub(super) struct ServiceRun {
     pub(super) priority: Priority,
     /// When it may be launched.
     pub(super) launch: Launch,
+    /// Build it before it is launched (its inputs changed, or `restart --build`).
+    pub(super) build: bool,
+    /// The project root its build runs in.
+    pub(super) root: std::path::PathBuf,
 }
 
 impl ServiceRun {
@@ -97,13 +101,16 @@ impl ServiceRun {
         tx: &watch::Sender<Reached>,
     ) -> Outcome {
         let name = &svc.name;
-        let outcome = match self.wait_for(name, deps).await {
-            Some(failed_dependency) => Outcome::Skipped { failed_dependency },
-            None if action == Action::Keep => {
+        // A build needs none of the dependencies: it runs while they start.
+        let (waited, built) = tokio::join!(self.wait_for(name, deps), self.build(svc));
+        let outcome = match (waited, built) {
+            (_, Err(e)) => Outcome::Failed(Box::new(self.unhealthy(name, e.into()))),
+            (Some(failed_dependency), _) => Outcome::Skipped { failed_dependency },
+            (None, Ok(())) if action == Action::Keep => {
                 self.progress.done(name, "already running");
                 Outcome::Kept
             }
-            None => match self.start(svc, action, tx).await {
+            (None, Ok(())) => match self.start(svc, action, tx).await {
                 Ok(()) => Outcome::Started,
                 Err(reason) => Outcome::Failed(Box::new(self.unhealthy(name, reason))),
             },
@@ -120,6 +127,21 @@ impl ServiceRun {
         };
         let _ = tx.send(reached);
         outcome
+    }
+
+    /// Builds `svc` when this `up` must (see [`ServiceRun::build`]).
+    async fn build(&self, svc: &ServiceSpec) -> Result<(), crate::build::BuildError> {
+        if !self.build {
+            return Ok(());
+        }
+        self.progress.phase(&svc.name, "building");
+        let took = crate::build::run(&self.layout, &self.root, svc).await?;
+        self.progress.note(&format!(
+            "built `{}` in {:.2}s",
+            svc.name,
+            took.as_secs_f64()
+        ));
+        Ok(())
     }
 
     /// Waits until every dependency has reached what its condition requires; returns the first
@@ -313,13 +335,23 @@ impl ServiceRun {
         }
     }
 
-    /// `svc` did not come up because of `reason`; with the end of its log.
+    /// `svc` did not come up because of `reason`; with the end of its log (of its build's
+    /// output, when the build failed).
     fn unhealthy(&self, svc: &str, reason: StartError) -> Unhealthy {
-        let path = self.layout.log_file(svc);
+        let (path, log_tail) = match &reason {
+            StartError::Build(crate::build::BuildError::Failed { log, .. }) => {
+                (log.clone(), crate::build::tail(log, LOG_TAIL_LINES))
+            }
+            _ => {
+                let path = self.layout.log_file(svc);
+                let tail = log::tail(&path, LOG_TAIL_LINES);
+                (path, tail)
+            }
+        };
         Unhealthy {
             service: svc.to_string(),
             reason,
-            log_tail: log::tail(&path, LOG_TAIL_LINES),
+            log_tail,
             log_path: path.display().to_string(),
         }
     }

@@ -18,6 +18,16 @@ use super::start::{Dependency, Outcome, Reached, ServiceRun};
 use super::tasks::ServiceTasks;
 use super::Engine;
 
+/// How `up` treats the components it builds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Builds {
+    /// Build a component whose inputs changed since its last successful build.
+    #[default]
+    WhenChanged,
+    /// Build every selected component, and restart it (`restart --build`).
+    Always,
+}
+
 /// What `up` did.
 #[derive(Debug, Default, Clone)]
 pub struct UpReport {
@@ -35,10 +45,21 @@ impl Engine {
         names: &[String],
         cancel: CancellationToken,
     ) -> Result<UpReport, EngineError> {
+        self.up_with(names, Builds::WhenChanged, cancel).await
+    }
+
+    /// [`Engine::up`], building components as `builds` says.
+    pub async fn up_with(
+        &self,
+        names: &[String],
+        builds: Builds,
+        cancel: CancellationToken,
+    ) -> Result<UpReport, EngineError> {
         self.stack.check_names(names)?;
         let _lock = self.lock()?;
         let selected = graph::closure(&self.stack, names);
-        let actions = self.actions(&selected);
+        let to_build = self.to_build(&selected, names, builds)?;
+        let actions = self.actions(&selected, &to_build);
         self.preflight(&actions)?;
 
         let mut senders: BTreeMap<String, watch::Sender<Reached>> = BTreeMap::new();
@@ -77,6 +98,8 @@ impl Engine {
                 launches: launches.clone(),
                 priority: schedule.priority(name),
                 launch: schedule.launch(name),
+                build: to_build.contains(name),
+                root: self.stack.root.clone(),
             };
             tasks.spawn(
                 name,
@@ -142,17 +165,54 @@ impl Engine {
         }
     }
 
-    /// What to do with each of `selected`, saying why when a running service is restarted.
-    fn actions(&self, selected: &BTreeSet<String>) -> BTreeMap<String, Action> {
+    /// The components of `selected` to build: those whose inputs changed since their last
+    /// successful build, and with [`Builds::Always`] every one of `names` (all when empty).
+    fn to_build(
+        &self,
+        selected: &BTreeSet<String>,
+        names: &[String],
+        builds: Builds,
+    ) -> Result<BTreeSet<String>, EngineError> {
+        let mut out = BTreeSet::new();
+        for name in selected {
+            let svc = &self.stack.services[name];
+            if svc.build.is_none() {
+                continue;
+            }
+            let forced = builds == Builds::Always && (names.is_empty() || names.contains(name));
+            if forced
+                || crate::build::freshness(&self.layout, &self.stack.root, svc)?
+                    != crate::build::Freshness::UpToDate
+            {
+                out.insert(name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// What to do with each of `selected`, saying why when a running service is restarted. A
+    /// component to build that runs is replaced once its build succeeds.
+    fn actions(
+        &self,
+        selected: &BTreeSet<String>,
+        to_build: &BTreeSet<String>,
+    ) -> BTreeMap<String, Action> {
         let mut actions = BTreeMap::new();
         for name in selected {
             let svc = &self.stack.services[name];
             let inst = self.backend.inspect(svc);
-            let action = Action::decide(&self.layout, svc, &inst);
-            match action {
-                Action::Replace => self.progress.note(&format!(
+            let mut action = Action::decide(&self.layout, svc, &inst);
+            if to_build.contains(name) && matches!(action, Action::Keep | Action::Verify) {
+                self.progress.note(&format!(
+                    "`{name}` is to be built: restarting it once the build succeeds"
+                ));
+                action = Action::Replace;
+            } else if action == Action::Replace {
+                self.progress.note(&format!(
                     "the definition of `{name}` changed since it started: restarting it"
-                )),
+                ));
+            }
+            match action {
                 Action::Orphaned => self.progress.note(&format!(
                     "`{name}` lost its supervisor (pid {}): restarting it under a new one",
                     inst.pid.unwrap_or(0)
