@@ -279,9 +279,12 @@ fn new_instance_id(service: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     h.update(nanos.to_le_bytes());
-    if let Ok(b) = std::fs::read("/proc/sys/kernel/random/uuid") {
-        h.update(b);
-    }
+    // A per-process random key (std seeds it from the OS), so two ids never collide even
+    // within one nanosecond.
+    h.update(
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), service)
+            .to_le_bytes(),
+    );
     hex::encode(&h.finalize()[..8])
 }
 
@@ -488,16 +491,15 @@ impl Backend for ProcessBackend {
                 .env("USER", &u.name);
         }
         // A step with a shaped priority gets a session of its own: that is the scheduler group
-        // its weight is felt in, as for the services (see `supervisor::proc::set_session_nice`).
+        // its weight is felt in, as for the services (see `crate::sys::set_session_nice`).
         let nice = startup_nice(priority);
-        // SAFETY: prctl and setsid are async-signal-safe. An init step must not outlive a
-        // `stack` that is killed: it would race the next `up` over the same files. std runs
-        // this hook after switching user, which would otherwise clear the setting.
+        // SAFETY: prctl (in `die_with_parent`) and setsid are async-signal-safe. An init step
+        // must not outlive a `stack` that is killed: it would race the next `up` over the same
+        // files. std runs this hook after switching user, which would otherwise clear the
+        // setting.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                crate::sys::die_with_parent()?;
                 if nice != 0 && libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -134,10 +134,10 @@ impl Supervisor {
                 }
             }
         });
-        // Orphaned grandchildren are re-parented to us, so we can reap them and see the group empty.
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only changes this process's own attribute.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let me = ProcRef::of(std::process::id()).ok_or("cannot read own /proc entry")?;
+        // Orphaned grandchildren are re-parented to us, so we can reap them and see the group
+        // empty. Best effort: without it they go to init, and only the reaping is lost.
+        let _ = crate::sys::become_subreaper();
+        let me = ProcRef::of(std::process::id()).ok_or("cannot read its own process identity")?;
         let previous: Option<Record> = read_json(&spec.record_path).ok().flatten();
         let record = Record {
             id: spec.instance_id.clone(),

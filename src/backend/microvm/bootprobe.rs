@@ -13,17 +13,12 @@ use nix::fcntl::{Flock, FlockArg};
 use super::{image, runtime};
 use crate::layout::Layout;
 use crate::supervisor::record::{now_rfc3339, read_json, write_json};
+use crate::sys::boot_id;
 
 /// The longest a boot may take before the probe gives up.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub use crate::backend::select::BootVerdict as Verdict;
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
 
 /// Is the host's KVM the `kvm-pvm` software nested hypervisor?
 pub fn is_kvm_pvm() -> bool {
