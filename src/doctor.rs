@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::select::Boxes;
 use crate::backend::{Backend, Problem};
 use crate::spec::Stack;
-use crate::supervisor::proc;
+use crate::supervisor::identity;
 
 /// A process listening on a port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,8 +29,8 @@ pub fn port_holders(port: u16) -> Vec<PortHolder> {
         .into_iter()
         .map(|pid| PortHolder {
             pid,
-            command: proc::cmdline(pid),
-            user: proc::user_of(pid),
+            command: identity::cmdline(pid),
+            user: identity::user_of(pid),
         })
         .collect()
 }

@@ -234,7 +234,7 @@ pub(crate) async fn supervised_wait_change(layout: &Layout, svc: &ServiceSpec, t
         Some(r) => {
             let sup = r.supervisor;
             let _ = tokio::task::spawn_blocking(move || {
-                crate::supervisor::proc::wait_gone(&sup, timeout)
+                crate::supervisor::identity::wait_gone(&sup, timeout)
             })
             .await;
         }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{Backend, BackendError, Instance, Priority, Problem};
 use crate::layout::Layout;
 use crate::spec::{InitPhase, InitStep, ServiceSpec};
-use crate::supervisor::proc::ProcRef;
+use crate::supervisor::identity::ProcRef;
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
 
 /// Runs services as supervised native processes.
@@ -224,8 +224,8 @@ impl Drop for StepGroup {
     /// stay behind. The group cannot have been recycled while a member of it still exists.
     fn drop(&mut self) {
         if let Some(l) = &self.leader {
-            if crate::supervisor::proc::group_alive(l.pid) {
-                crate::supervisor::proc::signal_group(l.pid, nix::sys::signal::Signal::SIGKILL);
+            if crate::supervisor::identity::group_alive(l.pid) {
+                crate::supervisor::identity::signal_group(l.pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
         let _ = std::fs::remove_file(&self.record);
@@ -240,10 +240,10 @@ fn kill_stale_step(record: &Path) {
         return;
     };
     // A leader killed with its `stack` may linger as a zombie nobody reaps: still ours.
-    let ours = leader.is_present() || crate::supervisor::proc::start_time(leader.pid).is_none();
-    if ours && crate::supervisor::proc::group_alive(leader.pid) {
-        crate::supervisor::proc::signal_group(leader.pid, nix::sys::signal::Signal::SIGKILL);
-        crate::supervisor::proc::wait_group_gone(leader.pid, Duration::from_secs(5));
+    let ours = leader.is_present() || crate::supervisor::identity::start_time(leader.pid).is_none();
+    if ours && crate::supervisor::identity::group_alive(leader.pid) {
+        crate::supervisor::identity::signal_group(leader.pid, nix::sys::signal::Signal::SIGKILL);
+        crate::supervisor::identity::wait_group_gone(leader.pid, Duration::from_secs(5));
     }
     let _ = std::fs::remove_file(record);
 }
@@ -456,7 +456,7 @@ impl Backend for ProcessBackend {
         if let Some(pid) = self.inspect(svc).pid {
             // SAFETY: setpriority on a process group id we just verified through the record.
             unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, 0) };
-            let _ = supervisor::proc::set_session_nice(Some(pid), 0);
+            let _ = supervisor::identity::set_session_nice(Some(pid), 0);
         }
     }
 
@@ -530,7 +530,7 @@ impl Backend for ProcessBackend {
             // priority. Best effort, as priority only shapes how fast things start.
             // SAFETY: setpriority on the child we just spawned.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
-            let _ = supervisor::proc::set_session_nice(Some(pid), nice);
+            let _ = supervisor::identity::set_session_nice(Some(pid), nice);
         }
         let guard = StepGroup::new(child.id().and_then(ProcRef::of), record);
         let out = child

@@ -1,4 +1,4 @@
-//! Supervision of native processes: one small supervisor process per service (see [`shim`]),
+//! Supervision of native processes: one small supervisor process per service (see [`process`]),
 //! records with pid *and* start time, size-capped logs, and the client side used by the process
 //! backend to launch, observe and stop supervised services.
 //!
@@ -8,11 +8,11 @@
 //! second copy impossible; a record checked by start time makes a reused pid harmless.
 
 pub mod log;
-pub mod proc;
+pub mod identity;
 pub mod record;
-pub mod shim;
+pub mod process;
 
-pub use shim::handshake as send_handshake;
+pub use process::handshake as send_handshake;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
 use crate::spec::RestartPolicy;
-use proc::ProcRef;
+use identity::ProcRef;
 use record::{read_json, write_json, Record, State};
 
 /// A resolved unprivileged user.
@@ -300,10 +300,10 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     let mut did = false;
     if obs.supervised {
         did = true;
-        proc::signal(record.supervisor.pid, Signal::SIGTERM);
-        if !proc::wait_gone(&record.supervisor, grace + Duration::from_secs(7)) {
-            proc::signal(record.supervisor.pid, Signal::SIGKILL);
-            proc::wait_gone(&record.supervisor, Duration::from_secs(2));
+        identity::signal(record.supervisor.pid, Signal::SIGTERM);
+        if !identity::wait_gone(&record.supervisor, grace + Duration::from_secs(7)) {
+            identity::signal(record.supervisor.pid, Signal::SIGKILL);
+            identity::wait_gone(&record.supervisor, Duration::from_secs(2));
         }
     }
     // Re-read: the supervisor may have stopped the process and updated the record.
@@ -312,12 +312,12 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     }
     if let Some(p) = record.process.clone().filter(ProcRef::is_alive) {
         did = true;
-        if !proc::is_group_leader(p.pid) {
+        if !identity::is_group_leader(p.pid) {
             // Not a group we made (a box's shim, started by BoxLite): signal it alone.
-            proc::signal(p.pid, sig);
-            if !proc::wait_gone(&p, grace) {
-                proc::signal(p.pid, Signal::SIGKILL);
-                proc::wait_gone(&p, Duration::from_secs(5));
+            identity::signal(p.pid, sig);
+            if !identity::wait_gone(&p, grace) {
+                identity::signal(p.pid, Signal::SIGKILL);
+                identity::wait_gone(&p, Duration::from_secs(5));
             }
             record.process = None;
         }
@@ -325,11 +325,11 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     if let Some(p) = record.process.clone().filter(ProcRef::is_alive) {
         did = true;
         let t0 = Instant::now();
-        proc::signal_group(p.pid, sig);
-        if !proc::wait_gone(&p, grace) {
-            proc::signal_group(p.pid, Signal::SIGKILL);
+        identity::signal_group(p.pid, sig);
+        if !identity::wait_gone(&p, grace) {
+            identity::signal_group(p.pid, Signal::SIGKILL);
         }
-        if !proc::wait_group_gone(
+        if !identity::wait_group_gone(
             p.pid,
             Duration::from_secs(5).max(grace.saturating_sub(t0.elapsed())),
         ) {
@@ -361,13 +361,13 @@ pub fn kill_now(layout: &Layout, service: &str) {
     let obs = observe(layout, service);
     if let Some(r) = obs.record {
         if r.supervisor.is_alive() {
-            proc::signal(r.supervisor.pid, Signal::SIGKILL);
+            identity::signal(r.supervisor.pid, Signal::SIGKILL);
         }
         if let Some(p) = r.process.filter(ProcRef::is_alive) {
-            if proc::is_group_leader(p.pid) {
-                proc::signal_group(p.pid, Signal::SIGKILL);
+            if identity::is_group_leader(p.pid) {
+                identity::signal_group(p.pid, Signal::SIGKILL);
             } else {
-                proc::signal(p.pid, Signal::SIGKILL);
+                identity::signal(p.pid, Signal::SIGKILL);
             }
         }
     }

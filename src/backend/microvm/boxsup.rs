@@ -19,10 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::spec::RestartPolicy;
+use crate::supervisor::identity::ProcRef;
 use crate::supervisor::log::{LogSink, Stream};
-use crate::supervisor::proc::ProcRef;
+use crate::supervisor::process::{hold_service_lock, read_spec};
 use crate::supervisor::record::{now_rfc3339, write_json, ExitInfo, Record, State};
-use crate::supervisor::shim::{hold_service_lock, read_spec};
 use crate::supervisor::{send_handshake, Handshake};
 
 /// Everything the box supervisor needs, written by the backend as `run/<service>.spec.json`.

@@ -172,7 +172,7 @@ fn routing_follows_the_image_and_then_the_running_instances_record() {
     use crate::backend::routed::Routed;
     use crate::backend::Backend;
     use crate::layout::Layout;
-    use crate::supervisor::proc::ProcRef;
+    use crate::supervisor::identity::ProcRef;
     use crate::supervisor::record::{write_json, Record, State};
 
     let tmp = tempfile::tempdir().expect("tempdir");

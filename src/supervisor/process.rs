@@ -1,9 +1,10 @@
-//! The per-service supervisor process (`stack __supervise SPEC`). It outlives the `stack`
+//! The process supervisor, one per service (`stack __supervise SPEC`). It outlives the `stack`
 //! command that started it, owns exactly one service's process group, restarts it per policy,
 //! writes its logs and record, and stops it on SIGTERM. The service's stdout and stderr are
 //! pipes to this process, so a service is never left running without its supervisor on purpose:
-//! if a supervisor is killed, the next `up` restarts the service under a new one. One supervisor per service is enforced
-//! by an exclusive lock on `run/<service>.lock`, held for the supervisor's whole life.
+//! if a supervisor is killed, the next `up` restarts the service under a new one. One supervisor
+//! per service is enforced by an exclusive lock on `run/<service>.lock`, held for the
+//! supervisor's whole life.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,7 +20,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
 
 use super::log::{LogSink, Stream};
-use super::proc::{self, ProcRef};
+use super::identity::{self, ProcRef};
 use super::record::{now_rfc3339, read_json, write_json, ExitInfo, Record, State};
 use super::{Handshake, SupervisorSpec};
 use crate::spec::RestartPolicy;
@@ -289,7 +290,7 @@ impl Supervisor {
         if spec.startup_nice != 0 {
             // This session is the service's scheduler group; best effort, as priority only
             // shapes how fast things start.
-            let _ = proc::set_session_nice(None, nice);
+            let _ = identity::set_session_nice(None, nice);
             // The child inherits this thread's nice value, whichever user it then runs as (a
             // service's user could not raise its own priority).
             // SAFETY: setpriority with who = 0 changes only the calling thread.
@@ -317,7 +318,7 @@ impl Supervisor {
         let me = ProcRef::of(pid).unwrap_or(ProcRef {
             pid,
             start: 0,
-            boot: proc::boot_id(),
+            boot: identity::boot_id(),
         });
         for (stream, pipe) in [
             (
@@ -397,7 +398,7 @@ impl Supervisor {
             "stop requested: {} to process group {pid}",
             sig.as_str()
         ));
-        proc::signal_group(pid, sig);
+        identity::signal_group(pid, sig);
         let deadline = t0 + self.spec.stop_grace;
         let mut exit = self.wait_exit(pid, deadline);
         if exit.is_none() {
@@ -405,7 +406,7 @@ impl Supervisor {
                 "still running after {}: SIGKILL to process group {pid}",
                 humantime::format_duration(self.spec.stop_grace)
             ));
-            proc::signal_group(pid, Signal::SIGKILL);
+            identity::signal_group(pid, Signal::SIGKILL);
             exit = self.wait_exit(pid, Instant::now() + Duration::from_secs(5));
         }
         self.drain(pid, Duration::from_secs(5));
@@ -443,8 +444,8 @@ impl Supervisor {
     fn drain(&self, pgid: u32, timeout: Duration) {
         let t0 = Instant::now();
         let me = std::process::id();
-        if proc::group_alive(pgid) {
-            proc::signal_group(pgid, Signal::SIGKILL);
+        if identity::group_alive(pgid) {
+            identity::signal_group(pgid, Signal::SIGKILL);
         }
         let mut killed_orphans = false;
         loop {
@@ -454,8 +455,8 @@ impl Supervisor {
                     break;
                 }
             }
-            let orphans = proc::children_of(me);
-            if orphans.is_empty() && !proc::group_alive(pgid) {
+            let orphans = identity::children_of(me);
+            if orphans.is_empty() && !identity::group_alive(pgid) {
                 return;
             }
             if t0.elapsed() >= timeout {
@@ -470,9 +471,9 @@ impl Supervisor {
                     if let Some(p) = ProcRef::of(pid) {
                         self.note(&format!(
                             "killing orphaned pid {pid}: {}",
-                            proc::cmdline(pid)
+                            identity::cmdline(pid)
                         ));
-                        proc::signal(p.pid, Signal::SIGKILL);
+                        identity::signal(p.pid, Signal::SIGKILL);
                     }
                 }
                 killed_orphans = true;
