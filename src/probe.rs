@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::spec::{Healthcheck, ProbeSpec};
+use crate::supervisor::spawn::Spawn;
 
 /// Why a service did not become healthy.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -220,10 +221,7 @@ const ALIVE_CHECK_EVERY: Duration = Duration::from_millis(25);
 const FAST_PHASE: Duration = Duration::from_secs(5);
 /// Runs an exec probe's command on this host: passes when it exits 0.
 pub async fn host_exec(argv: &[String]) -> Result<(), String> {
-    let out = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
+    let out = Spawn::argv(argv)
         .output()
         .await
         .map_err(|e| format!("cannot run `{}`: {e}", argv[0]))?;

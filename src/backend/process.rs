@@ -12,6 +12,7 @@ use super::{Backend, BackendError, Instance, Priority, Problem};
 use crate::layout::Layout;
 use crate::spec::{InitPhase, InitStep, ServiceSpec};
 use crate::supervisor::identity::ProcRef;
+use crate::supervisor::spawn::{Group, Nice, Spawn};
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
 
 /// Runs services as supervised native processes.
@@ -156,20 +157,10 @@ fn program_key(svc: &ServiceSpec) -> Option<String> {
 async fn program_version(svc: &ServiceSpec) -> Option<String> {
     let p = svc.process.as_ref()?;
     let argv = p.version.as_ref()?;
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    // A version string is worth no CPU while services are starting.
+    let out = Spawn::argv(argv)
         .current_dir(&p.working_dir)
-        .stdin(std::process::Stdio::null());
-    // SAFETY: setpriority is async-signal-safe. A version string is worth no CPU while services
-    // are starting.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-            Ok(())
-        });
-    }
-    let out = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
+        .nice(Nice::InChild(19))
         .output()
         .await
         .ok()?;
@@ -466,7 +457,6 @@ impl Backend for ProcessBackend {
         step: &InitStep,
         priority: Priority,
     ) -> Result<Duration, BackendError> {
-        use std::os::unix::process::CommandExt;
         let t0 = Instant::now();
         let argv = &step.command;
         // Steps before the start prepare the service's data, as its user; later ones are clients.
@@ -477,61 +467,33 @@ impl Backend for ProcessBackend {
             })?,
             _ => None,
         };
-        let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
+        let mut launch = Spawn::argv(argv)
             .envs(&svc.environment)
-            .stdin(std::process::Stdio::null());
+            .run_as(run_as.as_ref())
+            .die_with_parent();
         if let Some(p) = &svc.process {
-            cmd.current_dir(&p.working_dir);
+            launch = launch.current_dir(&p.working_dir);
         }
-        if let Some(u) = &run_as {
-            cmd.uid(u.uid)
-                .gid(u.gid)
-                .env("HOME", &u.home)
-                .env("USER", &u.name);
-        }
-        // A step with a shaped priority gets a session of its own: that is the scheduler group
-        // its weight is felt in, as for the services (see `crate::sys::set_session_nice`).
+        // Its own process group, recorded, so nothing it forks can outlive it: the group is
+        // killed if this `up` is interrupted, and a group left by a killed `stack` is killed by
+        // the next run before it touches the same files. A step with a shaped priority gets a
+        // session of its own (a process group too): that is the scheduler group its weight is
+        // felt in, as for the services (see `crate::sys::set_session_nice`).
         let nice = startup_nice(priority);
-        // SAFETY: prctl (in `die_with_parent`) and setsid are async-signal-safe. An init step
-        // must not outlive a `stack` that is killed: it would race the next `up` over the same
-        // files. std runs this hook after switching user, which would otherwise clear the
-        // setting.
-        unsafe {
-            cmd.pre_exec(move || {
-                crate::sys::die_with_parent()?;
-                if nice != 0 && libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // Its own process group (a new session is one too), recorded, so nothing it forks can
-        // outlive it: the group is killed if this `up` is interrupted, and a group left by a
-        // killed `stack` is killed by the next run before it touches the same files.
-        if nice == 0 {
-            cmd.process_group(0);
-        }
+        launch = if nice == 0 {
+            launch.group(Group::Own)
+        } else {
+            launch.group(Group::Session).nice(Nice::AfterSpawn(nice))
+        };
         let record = self.layout.step_record(&svc.name);
         kill_stale_step(&record);
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let child = cmd.spawn().map_err(|e| BackendError::Init {
+        let child = launch.spawn_async().map_err(|e| BackendError::Init {
             service: svc.name.clone(),
             step: step.name.clone(),
             exit_code: None,
             status: "not started".into(),
             output: format!("cannot run `{}`: {e}", argv[0]),
         })?;
-        if let (Some(pid), true) = (child.id(), nice != 0) {
-            // Set from here, as root: the step may run as a user that could not raise its own
-            // priority. Best effort, as priority only shapes how fast things start.
-            // SAFETY: setpriority on the child we just spawned.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
-            let _ = supervisor::identity::set_session_nice(Some(pid), nice);
-        }
         let guard = StepGroup::new(child.id().and_then(ProcRef::of), record);
         let out = child
             .wait_with_output()

@@ -7,19 +7,20 @@
 //! `stack` being SIGKILLed at any moment. A per-service lock held by the supervisor makes a
 //! second copy impossible; a record checked by start time makes a reused pid harmless.
 
-pub mod log;
 pub mod identity;
-pub mod record;
+pub mod log;
 pub mod process;
+pub mod record;
+pub mod spawn;
 
 pub use process::handshake as send_handshake;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -249,22 +250,13 @@ pub fn spawn_supervisor(
         Some(exe) => exe.to_path_buf(),
         None => std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?,
     };
-    let mut cmd = Command::new(exe);
-    cmd.arg(subcommand)
-        .arg(spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and only affects the child between fork and exec.
     // A new session detaches the supervisor from our terminal and process group, so Ctrl-C and
     // the death of `stack` never reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(io_err(spec_path))?;
+    let mut child = spawn::Spawn::new(exe, [OsStr::new(subcommand), spec_path.as_os_str()])
+        .stderr(Stdio::null())
+        .group(spawn::Group::Session)
+        .spawn()
+        .map_err(io_err(spec_path))?;
     let stdout = child.stdout.take();
     // Reap the supervisor if it exits while we still live; afterwards init adopts it.
     std::thread::spawn(move || child.wait());

@@ -8,9 +8,8 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +18,10 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
 
-use super::log::{LogSink, Stream};
 use super::identity::{self, ProcRef};
+use super::log::{LogSink, Stream};
 use super::record::{now_rfc3339, read_json, write_json, ExitInfo, Record, State};
+use super::spawn::{Group, Nice, Spawn};
 use super::{Handshake, SupervisorSpec};
 use crate::spec::RestartPolicy;
 
@@ -270,45 +270,26 @@ impl Supervisor {
 
     fn spawn(&mut self) -> Result<ProcRef, String> {
         let spec = &self.spec;
-        // The program `up` resolved through PATH (no second search, and what `status` shows),
-        // still called by the name the service file gives it.
-        let mut cmd = Command::new(&spec.program);
-        cmd.arg0(&spec.command[0])
-            .args(&spec.command[1..])
-            .envs(&spec.env)
-            .current_dir(&spec.working_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a stop reaches every process it forks and nothing else.
-            .process_group(0);
         // The first start runs at the priority `up` asked for (higher on or near the critical
         // path, lower off it) until `up` settles it; a restart runs at normal weight, even if
         // that `up` is gone.
         let first = self.record.started_at.is_none();
         let nice = if first { spec.startup_nice } else { 0 };
+        // The program `up` resolved through PATH (no second search, and what `status` shows),
+        // still called by the name the service file gives it.
+        let mut launch = Spawn::new(&spec.program, &spec.command[1..])
+            .arg0(&spec.command[0])
+            .envs(&spec.env)
+            .current_dir(&spec.working_dir)
+            .run_as(spec.run_as.as_ref())
+            .group(Group::Own);
         if spec.startup_nice != 0 {
-            // This session is the service's scheduler group; best effort, as priority only
-            // shapes how fast things start.
-            let _ = identity::set_session_nice(None, nice);
-            // The child inherits this thread's nice value, whichever user it then runs as (a
-            // service's user could not raise its own priority).
-            // SAFETY: setpriority with who = 0 changes only the calling thread.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-        }
-        if let Some(u) = &spec.run_as {
-            cmd.uid(u.uid).gid(u.gid);
-            cmd.env("HOME", &u.home)
-                .env("USER", &u.name)
-                .env("LOGNAME", &u.name);
+            // This session is the service's scheduler group, and the child inherits the nice
+            // value whichever user it then runs as.
+            launch = launch.nice(Nice::Inherited(nice));
         }
         let t0 = Instant::now();
-        let spawned = cmd.spawn();
-        if spec.startup_nice != 0 {
-            // SAFETY: as above; the supervisor itself runs at normal priority.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
-        }
-        let mut child = spawned.map_err(|e| {
+        let mut child = launch.spawn().map_err(|e| {
             format!(
                 "cannot run `{}` for `{}`: {e}",
                 spec.command[0], spec.service
