@@ -881,11 +881,13 @@ fn next_warm_estimate(previous: Option<u64>, observed: u64, background: bool) ->
 }
 
 /// `Err` with the exit status when the service's process has exited for good.
-fn exited(backend: &dyn Backend, svc: &ServiceSpec) -> Result<(), String> {
+fn exited(backend: &dyn Backend, svc: &ServiceSpec) -> Result<(), probe::StopReason> {
     let inst = backend.inspect(svc);
     match inst.state {
         State::Failed | State::Exited | State::Stopped if !inst.alive => {
-            Err(format!("it exited ({})", last_exit(&inst)))
+            Err(probe::StopReason::Exited {
+                status: last_exit(&inst),
+            })
         }
         _ => Ok(()),
     }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use super::{Backend, BackendError, Instance, Priority, Problem};
+use super::{Backend, BackendError, Instance, PrepareError, Priority, Problem};
 use crate::layout::Layout;
-use crate::spec::{InitPhase, InitStep, ServiceSpec};
+use crate::spec::{BackendChoice, InitPhase, InitStep, ServiceSpec};
 use crate::supervisor::identity::ProcRef;
 use crate::supervisor::spawn::{Group, Nice, Spawn};
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
@@ -56,8 +56,28 @@ fn program_path(program: &str) -> String {
     resolve_program(program).map_or_else(|| program.to_string(), |x| x.display().to_string())
 }
 
+/// Why the user a service runs as is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// No such user.
+    #[error("user `{name}` does not exist")]
+    Missing {
+        /// The user.
+        name: String,
+    },
+    /// The user database cannot be read.
+    #[error("cannot look up user `{name}`: {source}")]
+    Lookup {
+        /// The user.
+        name: String,
+        /// Why.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
 /// The user a service runs as: its `user:` when `stack` runs as root, else nobody special.
-pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, UserError> {
     let Some(name) = svc.process.as_ref().and_then(|p| p.user.as_ref()) else {
         return Ok(None);
     };
@@ -71,8 +91,11 @@ pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
             gid: u.gid.as_raw(),
             home: u.dir,
         })),
-        Ok(None) => Err(format!("user `{name}` does not exist")),
-        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+        Ok(None) => Err(UserError::Missing { name: name.clone() }),
+        Err(source) => Err(UserError::Lookup {
+            name: name.clone(),
+            source,
+        }),
     }
 }
 
@@ -118,22 +141,54 @@ fn shapes_priority() -> bool {
 
 /// Creates the service's data dir; when it runs as another user, hands the dir to that user
 /// with mode 0700 (servers such as PostgreSQL insist on a private data dir).
-pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, PrepareError> {
     let run_as = run_as(svc)?;
-    std::fs::create_dir_all(&svc.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", svc.data_dir.display()))?;
+    let path = || svc.data_dir.clone();
+    std::fs::create_dir_all(&svc.data_dir).map_err(|source| PrepareError::CreateDir {
+        path: path(),
+        source,
+    })?;
     if let Some(u) = &run_as {
-        nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into())).map_err(|e| {
-            format!(
-                "cannot hand {} to user `{}`: {e}",
-                svc.data_dir.display(),
-                u.name
-            )
-        })?;
-        std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", svc.data_dir.display()))?;
+        nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into())).map_err(
+            |source| PrepareError::HandOver {
+                path: path(),
+                user: u.name.clone(),
+                source,
+            },
+        )?;
+        std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| PrepareError::SetMode {
+                path: path(),
+                source,
+            },
+        )?;
     }
     Ok(run_as)
+}
+
+/// Renders `svc`'s `configs:` where it reads them: secrets filled in, then the backend's
+/// `${backend.*}` variables; readable by `run_as` when given.
+pub(crate) fn render_configs(
+    layout: &Layout,
+    svc: &ServiceSpec,
+    vars: crate::spec::interp::BackendVars,
+    run_as: Option<&RunAs>,
+) -> Result<(), PrepareError> {
+    for cfg in &svc.configs {
+        let text =
+            crate::secrets::fill(layout, &cfg.content).map_err(|source| PrepareError::Secrets {
+                path: cfg.source.clone(),
+                source,
+            })?;
+        let text = crate::spec::interp::fill_backend(&text, vars);
+        write_config(&cfg.target, &text, cfg.mode, run_as).map_err(|source| {
+            PrepareError::Write {
+                path: cfg.target.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Identifies the binary `svc`'s version command runs (path, size, mtime), so an unchanged
@@ -281,8 +336,8 @@ fn new_instance_id(service: &str) -> String {
 
 #[async_trait]
 impl Backend for ProcessBackend {
-    fn name(&self) -> &'static str {
-        "process"
+    fn name(&self) -> BackendChoice {
+        BackendChoice::Process
     }
 
     fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem> {
@@ -313,7 +368,7 @@ impl Backend for ProcessBackend {
         match run_as(svc) {
             Err(e) => out.push(Problem {
                 service: svc.name.clone(),
-                message: e,
+                message: e.to_string(),
                 fix: format!(
                     "run `scripts/install-deps.sh`, or `useradd --system --no-create-home {}`",
                     p.user.as_deref().unwrap_or("stacksvc")
@@ -363,36 +418,30 @@ impl Backend for ProcessBackend {
     }
 
     async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError> {
-        let err = |message: String| BackendError::Start {
+        let err = |source| BackendError::Prepare {
             service: svc.name.clone(),
-            message,
+            source,
         };
         let run_as = prepare_data_dir(svc).map_err(err)?;
-        for cfg in &svc.configs {
-            let text = crate::secrets::fill(&self.layout, &cfg.content).map_err(|e| {
-                err(format!(
-                    "cannot fill the secrets of {}: {e}",
-                    cfg.source.display()
-                ))
-            })?;
-            let text =
-                crate::spec::interp::fill_backend(&text, crate::spec::interp::BackendVars::PROCESS);
-            write_config(&cfg.target, &text, cfg.mode, run_as.as_ref())
-                .map_err(|e| err(format!("cannot write {}: {e}", cfg.target.display())))?;
-        }
-        Ok(())
+        render_configs(
+            &self.layout,
+            svc,
+            crate::spec::interp::BackendVars::PROCESS,
+            run_as.as_ref(),
+        )
+        .map_err(err)
     }
 
     async fn start(&self, svc: &ServiceSpec, priority: Priority) -> Result<Instance, BackendError> {
-        let err = |message: String| BackendError::Start {
-            service: svc.name.clone(),
-            message,
-        };
+        let service = || svc.name.clone();
         let p = svc
             .process
             .as_ref()
-            .ok_or_else(|| err("it has no `process:` section".into()))?;
-        let run_as = run_as(svc).map_err(err)?;
+            .ok_or_else(|| BackendError::NoProcess { service: service() })?;
+        let run_as = run_as(svc).map_err(|e| BackendError::Prepare {
+            service: service(),
+            source: e.into(),
+        })?;
         if supervisor::lock_held(&self.layout, &svc.name) {
             // A supervisor is already starting it (its launcher was killed mid-launch): wait
             // for it to record the process rather than start a second one.
@@ -404,10 +453,7 @@ impl Backend for ProcessBackend {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            return Err(err(format!(
-                "another supervisor holds its lock but never reported a process: see `stack logs {}`",
-                svc.name
-            )));
+            return Err(BackendError::LockHeld { service: service() });
         }
         // A new instance: its id stays the same across crash restarts by its supervisor.
         let instance_id = new_instance_id(&svc.name);
@@ -435,8 +481,15 @@ impl Backend for ProcessBackend {
         let (layout, exe) = (self.layout.clone(), self.supervisor_exe.clone());
         tokio::task::spawn_blocking(move || supervisor::launch(&layout, &spec, exe.as_deref()))
             .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|source| BackendError::Task {
+                action: "start",
+                service: service(),
+                source,
+            })?
+            .map_err(|source| BackendError::Spawn {
+                service: service(),
+                source,
+            })?;
         Ok(self.inspect(svc))
     }
 
@@ -461,9 +514,9 @@ impl Backend for ProcessBackend {
         let argv = &step.command;
         // Steps before the start prepare the service's data, as its user; later ones are clients.
         let run_as = match step.phase {
-            InitPhase::BeforeStart => run_as(svc).map_err(|message| BackendError::Start {
+            InitPhase::BeforeStart => run_as(svc).map_err(|e| BackendError::Prepare {
                 service: svc.name.clone(),
-                message,
+                source: e.into(),
             })?,
             _ => None,
         };
@@ -487,23 +540,22 @@ impl Backend for ProcessBackend {
         };
         let record = self.layout.step_record(&svc.name);
         kill_stale_step(&record);
-        let child = launch.spawn_async().map_err(|e| BackendError::Init {
-            service: svc.name.clone(),
-            step: step.name.clone(),
-            exit_code: None,
-            status: "not started".into(),
-            output: format!("cannot run `{}`: {e}", argv[0]),
-        })?;
+        let child = launch
+            .spawn_async()
+            .map_err(|source| BackendError::StepSpawn {
+                service: svc.name.clone(),
+                step: step.name.clone(),
+                program: argv[0].clone(),
+                source,
+            })?;
         let guard = StepGroup::new(child.id().and_then(ProcRef::of), record);
         let out = child
             .wait_with_output()
             .await
-            .map_err(|e| BackendError::Init {
+            .map_err(|source| BackendError::StepLost {
                 service: svc.name.clone(),
                 step: step.name.clone(),
-                exit_code: None,
-                status: "lost".into(),
-                output: e.to_string(),
+                source,
             })?;
         drop(guard);
         if out.status.success() {
@@ -512,7 +564,7 @@ impl Backend for ProcessBackend {
         let mut text = String::from_utf8_lossy(&out.stdout).to_string();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         let lines: Vec<&str> = text.lines().collect();
-        Err(BackendError::Init {
+        Err(BackendError::StepFailed {
             service: svc.name.clone(),
             step: step.name.clone(),
             exit_code: out.status.code(),

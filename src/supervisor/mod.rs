@@ -139,16 +139,29 @@ impl Handshake {
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     /// The state dir could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}: {source}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
-    /// The supervisor could not start the service.
-    #[error("{0}")]
-    Spawn(String),
+    /// The supervisor could not start the service, and said why in its handshake (the text of
+    /// its own error, which crossed a pipe).
+    #[error("{reason}")]
+    Refused {
+        /// What the supervisor said.
+        reason: String,
+    },
+    /// The supervisor exited before its handshake.
+    #[error("the supervisor of `{service}` exited without a word: see {}", log.display())]
+    Silent {
+        /// Service.
+        service: String,
+        /// Its log, where the supervisor's notes are.
+        log: PathBuf,
+    },
     /// The service did not stop.
     #[error(
         "`{service}` (process group {pgid}) did not stop even after SIGKILL: check `ps -g {pgid}`"
@@ -266,13 +279,13 @@ pub fn spawn_supervisor(
     }
     match serde_json::from_str::<Handshake>(line.trim()) {
         Ok(h) if h.ok => Ok(h),
-        Ok(h) => Err(SupervisorError::Spawn(
-            h.error.unwrap_or_else(|| "the supervisor failed".into()),
-        )),
-        Err(_) => Err(SupervisorError::Spawn(format!(
-            "the supervisor of `{service}` exited without a word: see {}",
-            log_path.display()
-        ))),
+        Ok(h) => Err(SupervisorError::Refused {
+            reason: h.error.unwrap_or_else(|| "the supervisor failed".into()),
+        }),
+        Err(_) => Err(SupervisorError::Silent {
+            service: service.into(),
+            log: log_path.to_path_buf(),
+        }),
     }
 }
 

@@ -3,13 +3,12 @@
 //! writes its logs and record, and stops it on SIGTERM. The service's stdout and stderr are
 //! pipes to this process, so a service is never left running without its supervisor on purpose:
 //! if a supervisor is killed, the next `up` restarts the service under a new one. One supervisor
-//! per service is enforced by an exclusive lock on `run/<service>.lock`, held for the
-//! supervisor's whole life.
+//! per service is enforced by an exclusive lock on `run/<service>.lock`, held for the supervisor's whole life.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +30,37 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A process that ran this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// Why the supervisor could not run its service; sent back in the handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The service's log cannot be opened.
+    #[error("cannot open log {}: {source}", path.display())]
+    OpenLog {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stop signals cannot be caught.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The supervisor cannot identify itself (its start time), so its record would be useless.
+    #[error("cannot read its own process identity")]
+    OwnIdentity,
+    /// The service's program cannot be started.
+    #[error("cannot run `{program}` for `{service}`: {source}")]
+    Spawn {
+        /// The program, as the service file names it.
+        program: String,
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 enum Event {
     Exited(u32, ExitInfo),
     Stop,
@@ -49,7 +79,7 @@ pub fn run(spec_path: &Path) -> i32 {
     let mut sup = match Supervisor::new(spec) {
         Ok(s) => s,
         Err(e) => {
-            handshake(&Handshake::failed(e));
+            handshake(&Handshake::failed(e.to_string()));
             return 2;
         }
     };
@@ -110,9 +140,13 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(spec: SupervisorSpec) -> Result<Supervisor, String> {
-        let log = LogSink::open(&spec.log_path, spec.log_cap)
-            .map_err(|e| format!("cannot open log {}: {e}", spec.log_path.display()))?;
+    fn new(spec: SupervisorSpec) -> Result<Supervisor, SuperviseError> {
+        let log = LogSink::open(&spec.log_path, spec.log_cap).map_err(|source| {
+            SuperviseError::OpenLog {
+                path: spec.log_path.clone(),
+                source,
+            }
+        })?;
         let (tx, rx) = mpsc::channel();
         // Stop requests arrive as signals; a thread turns them into events.
         let mut signals = signal_hook::iterator::Signals::new([
@@ -121,7 +155,7 @@ impl Supervisor {
             signal_hook::consts::SIGHUP,
             signal_hook::consts::SIGCHLD,
         ])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        .map_err(SuperviseError::Signals)?;
         let stop_tx = tx.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
@@ -138,12 +172,12 @@ impl Supervisor {
         // Orphaned grandchildren are re-parented to us, so we can reap them and see the group
         // empty. Best effort: without it they go to init, and only the reaping is lost.
         let _ = crate::sys::become_subreaper();
-        let me = ProcRef::of(std::process::id()).ok_or("cannot read its own process identity")?;
+        let me = ProcRef::of(std::process::id()).ok_or(SuperviseError::OwnIdentity)?;
         let previous: Option<Record> = read_json(&spec.record_path).ok().flatten();
         let record = Record {
             id: spec.instance_id.clone(),
             service: spec.service.clone(),
-            backend: "process".into(),
+            backend: crate::backend::BackendKind::Process,
             program: spec.program.clone(),
             hash: spec.hash.clone(),
             ports: spec.ports.clone(),
@@ -194,6 +228,7 @@ impl Supervisor {
             let pid = match self.spawn() {
                 Ok(child) => child.pid,
                 Err(e) => {
+                    let e = e.to_string();
                     self.note(&e);
                     self.record.state = State::Failed;
                     self.record.process = None;
@@ -268,7 +303,7 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self) -> Result<ProcRef, String> {
+    fn spawn(&mut self) -> Result<ProcRef, SuperviseError> {
         let spec = &self.spec;
         // The first start runs at the priority `up` asked for (higher on or near the critical
         // path, lower off it) until `up` settles it; a restart runs at normal weight, even if
@@ -289,11 +324,10 @@ impl Supervisor {
             launch = launch.nice(Nice::Inherited(nice));
         }
         let t0 = Instant::now();
-        let mut child = launch.spawn().map_err(|e| {
-            format!(
-                "cannot run `{}` for `{}`: {e}",
-                spec.command[0], spec.service
-            )
+        let mut child = launch.spawn().map_err(|source| SuperviseError::Spawn {
+            program: spec.command[0].clone(),
+            service: spec.service.clone(),
+            source,
         })?;
         let pid = child.id();
         let me = ProcRef::of(pid).unwrap_or(ProcRef {

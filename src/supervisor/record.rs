@@ -85,8 +85,8 @@ pub struct Record {
     pub id: String,
     /// Service name.
     pub service: String,
-    /// Backend name.
-    pub backend: String,
+    /// The backend that started it (and must stop it).
+    pub backend: crate::backend::BackendKind,
     /// The program serving the role (e.g. `/usr/bin/redis-server`).
     pub program: String,
     /// Definition hash the instance was started with.
