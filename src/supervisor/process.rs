@@ -175,22 +175,21 @@ impl Supervisor {
         let me = ProcRef::of(std::process::id()).ok_or(SuperviseError::OwnIdentity)?;
         let previous: Option<Record> = read_json(&spec.record_path).ok().flatten();
         let record = Record {
-            id: spec.instance_id.clone(),
-            service: spec.service.clone(),
-            backend: crate::backend::BackendKind::Process,
-            program: spec.program.clone(),
-            hash: spec.hash.clone(),
-            ports: spec.ports.clone(),
-            supervisor: me,
-            process: None,
-            state: State::Starting,
-            started_at: None,
-            spawn_ms: None,
+            // A crash restart of the same instance keeps counting.
             restarts: previous
                 .as_ref()
                 .filter(|p| p.id == spec.instance_id)
                 .map_or(0, |p| p.restarts),
             last_exit: previous.and_then(|p| p.last_exit),
+            ..Record::starting(
+                crate::backend::BackendKind::Process,
+                spec.instance_id.clone(),
+                &spec.service,
+                &spec.program,
+                &spec.hash,
+                &spec.ports,
+                me,
+            )
         };
         Ok(Supervisor {
             spec,

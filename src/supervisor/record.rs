@@ -109,6 +109,36 @@ pub struct Record {
     pub last_exit: Option<ExitInfo>,
 }
 
+impl Record {
+    /// A new instance's record as its supervisor writes it first: starting, nothing spawned,
+    /// no restarts yet.
+    pub fn starting(
+        backend: crate::backend::BackendKind,
+        id: String,
+        service: &str,
+        program: &str,
+        hash: &str,
+        ports: &BTreeMap<String, u16>,
+        supervisor: ProcRef,
+    ) -> Record {
+        Record {
+            id,
+            service: service.to_string(),
+            backend,
+            program: program.to_string(),
+            hash: hash.to_string(),
+            ports: ports.clone(),
+            supervisor,
+            process: None,
+            state: State::Starting,
+            started_at: None,
+            spawn_ms: None,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+}
+
 /// What `up` learned about an instance: health and per-phase timings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {

@@ -272,21 +272,16 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
         return 2;
     };
     let mut sup = Sup {
-        record: Record {
-            id: String::new(),
-            service: spec.service.clone(),
-            backend: crate::backend::BackendKind::Microvm,
-            program: spec.program.clone(),
-            hash: spec.hash.clone(),
-            ports: spec.ports.clone(),
-            supervisor: me,
-            process: None,
-            state: State::Starting,
-            started_at: None,
-            spawn_ms: None,
-            restarts: 0,
-            last_exit: None,
-        },
+        // The box id becomes the instance id once the box exists.
+        record: Record::starting(
+            crate::backend::BackendKind::Microvm,
+            String::new(),
+            &spec.service,
+            &spec.program,
+            &spec.hash,
+            &spec.ports,
+            me,
+        ),
         spec,
         log,
     };
