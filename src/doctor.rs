@@ -1,7 +1,6 @@
 //! Preflight checks, shared by `stack doctor` and the start of `stack up`: host ports (naming the
 //! holder's pid, command and user), programs, users, state dir, free disk, KVM.
 
-use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::Path;
 
@@ -10,7 +9,7 @@ use serde::Serialize;
 use crate::backend::select::Boxes;
 use crate::backend::{Backend, Problem};
 use crate::spec::Stack;
-use crate::supervisor::proc;
+use crate::supervisor::identity;
 
 /// A process listening on a port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,59 +22,17 @@ pub struct PortHolder {
     pub user: String,
 }
 
-/// Who listens on TCP `port` (any address), from `/proc/net/tcp{,6}` and `/proc/*/fd`.
+/// Who listens on TCP `port` (any address), as far as this user may see (see
+/// [`crate::sys::listeners_of`]).
 pub fn port_holders(port: u16) -> Vec<PortHolder> {
-    let mut inodes = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                continue; // 0A = LISTEN
-            }
-            let local_port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            if local_port == Some(port) {
-                inodes.insert(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in procs.filter_map(Result::ok) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.filter_map(Result::ok).any(|fd| {
-            std::fs::read_link(fd.path())
-                .map(|l| inodes.contains(&*l.to_string_lossy()))
-                .unwrap_or(false)
-        });
-        if holds {
-            out.push(PortHolder {
-                pid,
-                command: proc::cmdline(pid),
-                user: proc::user_of(pid),
-            });
-        }
-    }
-    out
+    crate::sys::listeners_of(port)
+        .into_iter()
+        .map(|pid| PortHolder {
+            pid,
+            command: identity::cmdline(pid),
+            user: identity::user_of(pid),
+        })
+        .collect()
 }
 
 /// Can we bind 127.0.0.1:`port` right now?

@@ -24,3 +24,4 @@ pub mod seed;
 pub mod spec;
 pub mod status;
 pub mod supervisor;
+pub mod sys;

@@ -49,12 +49,13 @@ pub enum ResetError {
     #[error("truncate failed: {0}\n  is the schema loaded? run `stack schema load`")]
     Truncate(#[source] sqlx::Error),
     /// A bucket could not be emptied.
-    #[error("emptying bucket {bucket} failed: {message}\n  is the S3 service up? try `stack up minio`, then run this reset again")]
+    #[error("emptying bucket {bucket} failed: {source}\n  is the S3 service up? try `stack up minio`, then run this reset again")]
     EmptyBucket {
         /// The bucket.
         bucket: String,
         /// The S3 error.
-        message: String,
+        #[source]
+        source: crate::s3::S3Error,
     },
     /// `--state-dir` points at something that is not a state dir.
     #[error("{} does not look like a stack state dir (no stack.lock, no run/): refusing to delete it", .0.display())]
@@ -208,9 +209,9 @@ pub async fn hard(
         for bucket in seed::BUCKETS {
             let n = crate::s3::empty_bucket(&client, bucket)
                 .await
-                .map_err(|message| ResetError::EmptyBucket {
+                .map_err(|source| ResetError::EmptyBucket {
                     bucket: bucket.to_string(),
-                    message,
+                    source,
                 })?;
             emptied.push((bucket.to_string(), n));
         }

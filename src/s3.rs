@@ -1,8 +1,13 @@
 //! The S3 client the stack uses for its own checks (the `s3` probe) and, later, for backups:
 //! aws-sdk-s3 with static credentials, path-style addressing and no retries of its own.
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::operation::create_bucket::CreateBucketError;
+use aws_sdk_s3::operation::delete_object::DeleteObjectError;
+use aws_sdk_s3::operation::list_buckets::ListBucketsError;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 
 /// A client for `endpoint` signing with `region` and the given key.
 pub fn client(
@@ -46,23 +51,61 @@ fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
+/// Why an S3 request failed; the message includes the server's answer (or the transport's
+/// error) with its context, and the SDK's error is the `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// `ListBuckets` failed (a wrong key, the server not up).
+    #[error("{}", DisplayErrorContext(&**.0))]
+    ListBuckets(#[source] Box<SdkError<ListBucketsError, HttpResponse>>),
+    /// `CreateBucket` failed.
+    #[error("create bucket {bucket}: {}", DisplayErrorContext(&**.source))]
+    CreateBucket {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        #[source]
+        source: Box<SdkError<CreateBucketError, HttpResponse>>,
+    },
+    /// Listing a bucket's objects failed.
+    #[error("list {bucket}: {}", DisplayErrorContext(&**.source))]
+    ListObjects {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        #[source]
+        source: Box<SdkError<ListObjectsV2Error, HttpResponse>>,
+    },
+    /// Deleting an object failed.
+    #[error("delete s3://{bucket}/{key}: {}", DisplayErrorContext(&**.source))]
+    DeleteObject {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+        /// Why.
+        #[source]
+        source: Box<SdkError<DeleteObjectError, HttpResponse>>,
+    },
+}
+
 /// A signed `ListBuckets`; the bucket names on success, the server's error otherwise.
 pub async fn list_buckets(
     endpoint: &str,
     region: &str,
     access_key: &str,
     secret_key: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, S3Error> {
     bucket_names(&client(endpoint, region, access_key, secret_key)).await
 }
 
 /// The bucket names `client` can list (a signed `ListBuckets`).
-pub async fn bucket_names(client: &aws_sdk_s3::Client) -> Result<Vec<String>, String> {
+pub async fn bucket_names(client: &aws_sdk_s3::Client) -> Result<Vec<String>, S3Error> {
     let out = client
         .list_buckets()
         .send()
         .await
-        .map_err(|e| DisplayErrorContext(e).to_string())?;
+        .map_err(|e| S3Error::ListBuckets(Box::new(e)))?;
     Ok(out
         .buckets()
         .iter()
@@ -74,7 +117,7 @@ pub async fn bucket_names(client: &aws_sdk_s3::Client) -> Result<Vec<String>, St
 pub async fn ensure_buckets(
     client: &aws_sdk_s3::Client,
     buckets: &[&str],
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, S3Error> {
     let existing = bucket_names(client).await?;
     let mut created = Vec::new();
     for b in buckets {
@@ -84,7 +127,10 @@ pub async fn ensure_buckets(
                 .bucket(*b)
                 .send()
                 .await
-                .map_err(|e| format!("create bucket {b}: {}", DisplayErrorContext(e)))?;
+                .map_err(|source| S3Error::CreateBucket {
+                    bucket: b.to_string(),
+                    source: Box::new(source),
+                })?;
             created.push(b.to_string());
         }
     }
@@ -92,7 +138,7 @@ pub async fn ensure_buckets(
 }
 
 /// Deletes every object in `bucket`; returns how many.
-pub async fn empty_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, String> {
+pub async fn empty_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, S3Error> {
     let mut deleted = 0;
     loop {
         let page = client
@@ -100,7 +146,10 @@ pub async fn empty_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<u
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| format!("list {bucket}: {}", DisplayErrorContext(e)))?;
+            .map_err(|source| S3Error::ListObjects {
+                bucket: bucket.to_string(),
+                source: Box::new(source),
+            })?;
         let keys: Vec<String> = page
             .contents()
             .iter()
@@ -116,7 +165,11 @@ pub async fn empty_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<u
                 .key(k)
                 .send()
                 .await
-                .map_err(|e| format!("delete s3://{bucket}/{k}: {}", DisplayErrorContext(e)))?;
+                .map_err(|source| S3Error::DeleteObject {
+                    bucket: bucket.to_string(),
+                    key: k.clone(),
+                    source: Box::new(source),
+                })?;
             deleted += 1;
         }
     }

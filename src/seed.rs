@@ -75,7 +75,7 @@ pub enum SeedError {
     Exports(#[from] crate::exports::ExportError),
     /// The buckets could not be created.
     #[error("seeding the buckets failed: {0}\n  is the S3 service up? try `stack up minio`")]
-    Buckets(String),
+    Buckets(#[source] crate::s3::S3Error),
 }
 
 /// The buckets every stack with an S3 service has: images and files, and box backups.

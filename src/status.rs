@@ -93,7 +93,10 @@ pub async fn collect(
                         ProbeSpec::Exec(argv) => {
                             tokio::time::timeout(timeout, backend.exec(&spec, argv))
                                 .await
-                                .unwrap_or_else(|_| Err("exec probe timed out".into()))
+                                .unwrap_or(Err(probe::ProbeError::Timeout {
+                                    probe: "exec",
+                                    after: timeout,
+                                }))
                         }
                         _ => probe::check(&hc.probe, timeout).await,
                     };
@@ -103,7 +106,7 @@ pub async fn collect(
         }
         rows.push(ServiceStatus {
             name: svc.name.clone(),
-            backend: backend.backend_for(svc).into(),
+            backend: backend.backend_for(svc).to_string(),
             program,
             state: inst.state.as_str(),
             healthy: match inst.state {
@@ -127,7 +130,7 @@ pub async fn collect(
                 if rows[i].state == "running" && rows[i].timings.ready_ms.is_none() {
                     rows[i].state = State::Starting.as_str();
                 }
-                rows[i].error = Some(e);
+                rows[i].error = Some(e.to_string());
             }
         }
     }

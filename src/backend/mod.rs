@@ -10,14 +10,17 @@ pub mod routed;
 pub mod select;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::layout::Layout;
-use crate::spec::{InitStep, ServiceSpec};
+use crate::probe::ProbeError;
+use crate::spec::{BackendChoice, InitStep, ServiceSpec};
 use crate::supervisor::record::{ExitInfo, State};
+use crate::supervisor::SupervisorError;
 
 /// What a backend knows about one service's instance.
 #[derive(Debug, Clone, Serialize)]
@@ -74,28 +77,187 @@ pub struct Problem {
     pub fix: String,
 }
 
-/// Backend failures.
+/// Which backend runs a service: the runtime identity of a backend, and what a record names.
+/// (`spec::BackendChoice` is what the user asks for, `auto` included.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A native process under a process supervisor.
+    Process,
+    /// A BoxLite box under a box supervisor.
+    Microvm,
+}
+
+impl BackendKind {
+    /// `process` or `microvm`, as in stack files, records and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Microvm => "microvm",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a service's files could not be made ready (its data dir, its configs, its box).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The user it runs as is unusable.
+    #[error(transparent)]
+    User(#[from] process::UserError),
+    /// A directory cannot be created.
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data dir cannot be given to the service's user.
+    #[error("cannot hand {} to user `{user}`: {source}", path.display())]
+    HandOver {
+        /// The data dir.
+        path: PathBuf,
+        /// The user.
+        user: String,
+        /// Why.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// The data dir's mode cannot be set.
+    #[error("cannot set the mode of {}: {source}", path.display())]
+    SetMode {
+        /// The data dir.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A config's secrets cannot be generated or read.
+    #[error("cannot fill the secrets of {}: {source}", path.display())]
+    Secrets {
+        /// The config's source file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file (a rendered config, a supervisor's spec) cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The service's `box:` cannot be turned into BoxLite's options.
+    #[cfg(feature = "microvm")]
+    #[error(transparent)]
+    BoxOptions(#[from] microvm::options::BoxOptionsError),
+}
+
+/// Backend failures: which step of which service failed, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// Starting failed.
-    #[error("cannot start `{service}`: {message}")]
-    Start {
+    /// The service's files could not be made ready.
+    #[error("cannot start `{service}`: {source}")]
+    Prepare {
         /// Service.
         service: String,
         /// Why.
-        message: String,
+        #[source]
+        source: PrepareError,
+    },
+    /// The process backend was asked to run a service that has no `process:` section.
+    #[error("cannot start `{service}`: it has no `process:` section")]
+    NoProcess {
+        /// Service.
+        service: String,
+    },
+    /// A supervisor holds the service's lock (its launcher was killed mid-launch) but never
+    /// recorded a process.
+    #[error("cannot start `{service}`: another supervisor holds its lock but never reported a process: see `stack logs {service}`")]
+    LockHeld {
+        /// Service.
+        service: String,
+    },
+    /// The supervisor could not be started, or could not start the service.
+    #[error("cannot start `{service}`: {source}")]
+    Spawn {
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: SupervisorError,
     },
     /// Stopping failed.
-    #[error("cannot stop `{service}`: {message}")]
+    #[error("cannot stop `{service}`: {source}")]
     Stop {
         /// Service.
         service: String,
         /// Why.
-        message: String,
+        #[source]
+        source: SupervisorError,
     },
-    /// An init step failed.
+    /// The task that started or stopped the service panicked or was cancelled.
+    #[error("cannot {action} `{service}`: {source}")]
+    Task {
+        /// `start` or `stop`.
+        action: &'static str,
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// An init step's program could not be started.
+    #[error(
+        "init step `{step}` of `{service}` failed (not started):\ncannot run `{program}`: {source}"
+    )]
+    StepSpawn {
+        /// Service.
+        service: String,
+        /// Step name.
+        step: String,
+        /// Its program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An init step was started but could not be waited for.
+    #[error("init step `{step}` of `{service}` failed (lost):\n{source}")]
+    StepLost {
+        /// Service.
+        service: String,
+        /// Step name.
+        step: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An init step could not be sent into the service's box.
+    #[cfg(feature = "microvm")]
+    #[error("init step `{step}` of `{service}` failed (not started):\n{source}")]
+    StepUnreachable {
+        /// Service.
+        service: String,
+        /// Step name.
+        step: String,
+        /// Why.
+        #[source]
+        source: microvm::boxsup::ExecError,
+    },
+    /// An init step ran and failed.
     #[error("init step `{step}` of `{service}` failed ({status}):\n{output}")]
-    Init {
+    StepFailed {
         /// Service.
         service: String,
         /// Step name.
@@ -119,7 +281,7 @@ impl BackendError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            BackendError::Init {
+            BackendError::StepFailed {
                 exit_code: Some(EXIT_DO_NOT_RETRY),
                 ..
             }
@@ -130,16 +292,20 @@ impl BackendError {
 /// Runs services.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// `process`, `microvm`, or `auto` for a backend that routes each service to one of them.
-    fn name(&self) -> &'static str;
+    /// `Process`, `Microvm`, or `Auto` for a backend that routes each service to one of them.
+    fn name(&self) -> BackendChoice;
 
-    /// The backend that runs `svc` (`process` or `microvm`).
-    fn backend_for(&self, _svc: &ServiceSpec) -> &'static str {
-        self.name()
+    /// The backend that runs `svc`. A backend that routes overrides it; any other runs every
+    /// service itself.
+    fn backend_for(&self, _svc: &ServiceSpec) -> BackendKind {
+        match self.name() {
+            BackendChoice::Microvm => BackendKind::Microvm,
+            BackendChoice::Process | BackendChoice::Auto => BackendKind::Process,
+        }
     }
 
     /// Runs an `exec` healthcheck's command where `svc` runs: passes when it exits 0.
-    async fn exec(&self, _svc: &ServiceSpec, argv: &[String]) -> Result<(), String> {
+    async fn exec(&self, _svc: &ServiceSpec, argv: &[String]) -> Result<(), ProbeError> {
         crate::probe::host_exec(argv).await
     }
 
@@ -234,7 +400,7 @@ pub(crate) async fn supervised_wait_change(layout: &Layout, svc: &ServiceSpec, t
         Some(r) => {
             let sup = r.supervisor;
             let _ = tokio::task::spawn_blocking(move || {
-                crate::supervisor::proc::wait_gone(&sup, timeout)
+                crate::supervisor::identity::wait_gone(&sup, timeout)
             })
             .await;
         }
@@ -245,12 +411,15 @@ pub(crate) async fn supervised_wait_change(layout: &Layout, svc: &ServiceSpec, t
 /// Stops a supervised service (see `supervisor::stop`); true when something was running.
 pub(crate) async fn supervised_stop(layout: &Layout, svc: &str) -> Result<bool, BackendError> {
     let (layout, name) = (layout.clone(), svc.to_string());
-    let stop_err = |message: String| BackendError::Stop {
-        service: svc.into(),
-        message,
-    };
     tokio::task::spawn_blocking(move || crate::supervisor::stop(&layout, &name))
         .await
-        .map_err(|e| stop_err(e.to_string()))?
-        .map_err(|e| stop_err(e.to_string()))
+        .map_err(|source| BackendError::Task {
+            action: "stop",
+            service: svc.into(),
+            source,
+        })?
+        .map_err(|source| BackendError::Stop {
+            service: svc.into(),
+            source,
+        })
 }

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use super::{Backend, BackendError, Instance, Priority, Problem};
+use super::{Backend, BackendError, Instance, PrepareError, Priority, Problem};
 use crate::layout::Layout;
-use crate::spec::{InitPhase, InitStep, ServiceSpec};
-use crate::supervisor::proc::ProcRef;
+use crate::spec::{BackendChoice, InitPhase, InitStep, ServiceSpec};
+use crate::supervisor::identity::ProcRef;
+use crate::supervisor::spawn::{Group, Nice, Spawn};
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP, record::State, RunAs, SupervisorSpec};
 
 /// Runs services as supervised native processes.
@@ -55,8 +56,28 @@ fn program_path(program: &str) -> String {
     resolve_program(program).map_or_else(|| program.to_string(), |x| x.display().to_string())
 }
 
+/// Why the user a service runs as is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// No such user.
+    #[error("user `{name}` does not exist")]
+    Missing {
+        /// The user.
+        name: String,
+    },
+    /// The user database cannot be read.
+    #[error("cannot look up user `{name}`: {source}")]
+    Lookup {
+        /// The user.
+        name: String,
+        /// Why.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
 /// The user a service runs as: its `user:` when `stack` runs as root, else nobody special.
-pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, UserError> {
     let Some(name) = svc.process.as_ref().and_then(|p| p.user.as_ref()) else {
         return Ok(None);
     };
@@ -70,8 +91,11 @@ pub fn run_as(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
             gid: u.gid.as_raw(),
             home: u.dir,
         })),
-        Ok(None) => Err(format!("user `{name}` does not exist")),
-        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+        Ok(None) => Err(UserError::Missing { name: name.clone() }),
+        Err(source) => Err(UserError::Lookup {
+            name: name.clone(),
+            source,
+        }),
     }
 }
 
@@ -117,22 +141,54 @@ fn shapes_priority() -> bool {
 
 /// Creates the service's data dir; when it runs as another user, hands the dir to that user
 /// with mode 0700 (servers such as PostgreSQL insist on a private data dir).
-pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, String> {
+pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, PrepareError> {
     let run_as = run_as(svc)?;
-    std::fs::create_dir_all(&svc.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", svc.data_dir.display()))?;
+    let path = || svc.data_dir.clone();
+    std::fs::create_dir_all(&svc.data_dir).map_err(|source| PrepareError::CreateDir {
+        path: path(),
+        source,
+    })?;
     if let Some(u) = &run_as {
-        nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into())).map_err(|e| {
-            format!(
-                "cannot hand {} to user `{}`: {e}",
-                svc.data_dir.display(),
-                u.name
-            )
-        })?;
-        std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", svc.data_dir.display()))?;
+        nix::unistd::chown(&svc.data_dir, Some(u.uid.into()), Some(u.gid.into())).map_err(
+            |source| PrepareError::HandOver {
+                path: path(),
+                user: u.name.clone(),
+                source,
+            },
+        )?;
+        std::fs::set_permissions(&svc.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| PrepareError::SetMode {
+                path: path(),
+                source,
+            },
+        )?;
     }
     Ok(run_as)
+}
+
+/// Renders `svc`'s `configs:` where it reads them: secrets filled in, then the backend's
+/// `${backend.*}` variables; readable by `run_as` when given.
+pub(crate) fn render_configs(
+    layout: &Layout,
+    svc: &ServiceSpec,
+    vars: crate::spec::interp::BackendVars,
+    run_as: Option<&RunAs>,
+) -> Result<(), PrepareError> {
+    for cfg in &svc.configs {
+        let text =
+            crate::secrets::fill(layout, &cfg.content).map_err(|source| PrepareError::Secrets {
+                path: cfg.source.clone(),
+                source,
+            })?;
+        let text = crate::spec::interp::fill_backend(&text, vars);
+        write_config(&cfg.target, &text, cfg.mode, run_as).map_err(|source| {
+            PrepareError::Write {
+                path: cfg.target.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Identifies the binary `svc`'s version command runs (path, size, mtime), so an unchanged
@@ -156,20 +212,10 @@ fn program_key(svc: &ServiceSpec) -> Option<String> {
 async fn program_version(svc: &ServiceSpec) -> Option<String> {
     let p = svc.process.as_ref()?;
     let argv = p.version.as_ref()?;
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    // A version string is worth no CPU while services are starting.
+    let out = Spawn::argv(argv)
         .current_dir(&p.working_dir)
-        .stdin(std::process::Stdio::null());
-    // SAFETY: setpriority is async-signal-safe. A version string is worth no CPU while services
-    // are starting.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-            Ok(())
-        });
-    }
-    let out = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
+        .nice(Nice::InChild(19))
         .output()
         .await
         .ok()?;
@@ -224,8 +270,8 @@ impl Drop for StepGroup {
     /// stay behind. The group cannot have been recycled while a member of it still exists.
     fn drop(&mut self) {
         if let Some(l) = &self.leader {
-            if crate::supervisor::proc::group_alive(l.pid) {
-                crate::supervisor::proc::signal_group(l.pid, nix::sys::signal::Signal::SIGKILL);
+            if crate::supervisor::identity::group_alive(l.pid) {
+                crate::supervisor::identity::signal_group(l.pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
         let _ = std::fs::remove_file(&self.record);
@@ -240,10 +286,10 @@ fn kill_stale_step(record: &Path) {
         return;
     };
     // A leader killed with its `stack` may linger as a zombie nobody reaps: still ours.
-    let ours = leader.is_present() || crate::supervisor::proc::start_time(leader.pid).is_none();
-    if ours && crate::supervisor::proc::group_alive(leader.pid) {
-        crate::supervisor::proc::signal_group(leader.pid, nix::sys::signal::Signal::SIGKILL);
-        crate::supervisor::proc::wait_group_gone(leader.pid, Duration::from_secs(5));
+    let ours = leader.is_present() || crate::supervisor::identity::start_time(leader.pid).is_none();
+    if ours && crate::supervisor::identity::group_alive(leader.pid) {
+        crate::supervisor::identity::signal_group(leader.pid, nix::sys::signal::Signal::SIGKILL);
+        crate::supervisor::identity::wait_group_gone(leader.pid, Duration::from_secs(5));
     }
     let _ = std::fs::remove_file(record);
 }
@@ -279,16 +325,19 @@ fn new_instance_id(service: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     h.update(nanos.to_le_bytes());
-    if let Ok(b) = std::fs::read("/proc/sys/kernel/random/uuid") {
-        h.update(b);
-    }
+    // A per-process random key (std seeds it from the OS), so two ids never collide even
+    // within one nanosecond.
+    h.update(
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), service)
+            .to_le_bytes(),
+    );
     hex::encode(&h.finalize()[..8])
 }
 
 #[async_trait]
 impl Backend for ProcessBackend {
-    fn name(&self) -> &'static str {
-        "process"
+    fn name(&self) -> BackendChoice {
+        BackendChoice::Process
     }
 
     fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem> {
@@ -305,7 +354,13 @@ impl Backend for ProcessBackend {
             .install_hint
             .clone()
             .unwrap_or_else(|| "install it, or fix `process.command`".into());
-        for (what, argv) in std::iter::once(("program", &p.command))
+        // A component's program is what its build makes: before the first build only the build
+        // command can be checked.
+        let program = match &svc.build {
+            Some(b) => ("build program", &b.command),
+            None => ("program", &p.command),
+        };
+        for (what, argv) in std::iter::once(program)
             .chain(svc.init.iter().map(|s| ("init step program", &s.command)))
         {
             if resolve_program(&argv[0]).is_none() {
@@ -319,7 +374,7 @@ impl Backend for ProcessBackend {
         match run_as(svc) {
             Err(e) => out.push(Problem {
                 service: svc.name.clone(),
-                message: e,
+                message: e.to_string(),
                 fix: format!(
                     "run `scripts/install-deps.sh`, or `useradd --system --no-create-home {}`",
                     p.user.as_deref().unwrap_or("stacksvc")
@@ -369,36 +424,30 @@ impl Backend for ProcessBackend {
     }
 
     async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError> {
-        let err = |message: String| BackendError::Start {
+        let err = |source| BackendError::Prepare {
             service: svc.name.clone(),
-            message,
+            source,
         };
         let run_as = prepare_data_dir(svc).map_err(err)?;
-        for cfg in &svc.configs {
-            let text = crate::secrets::fill(&self.layout, &cfg.content).map_err(|e| {
-                err(format!(
-                    "cannot fill the secrets of {}: {e}",
-                    cfg.source.display()
-                ))
-            })?;
-            let text =
-                crate::spec::interp::fill_backend(&text, crate::spec::interp::BackendVars::PROCESS);
-            write_config(&cfg.target, &text, cfg.mode, run_as.as_ref())
-                .map_err(|e| err(format!("cannot write {}: {e}", cfg.target.display())))?;
-        }
-        Ok(())
+        render_configs(
+            &self.layout,
+            svc,
+            crate::spec::interp::BackendVars::PROCESS,
+            run_as.as_ref(),
+        )
+        .map_err(err)
     }
 
     async fn start(&self, svc: &ServiceSpec, priority: Priority) -> Result<Instance, BackendError> {
-        let err = |message: String| BackendError::Start {
-            service: svc.name.clone(),
-            message,
-        };
+        let service = || svc.name.clone();
         let p = svc
             .process
             .as_ref()
-            .ok_or_else(|| err("it has no `process:` section".into()))?;
-        let run_as = run_as(svc).map_err(err)?;
+            .ok_or_else(|| BackendError::NoProcess { service: service() })?;
+        let run_as = run_as(svc).map_err(|e| BackendError::Prepare {
+            service: service(),
+            source: e.into(),
+        })?;
         if supervisor::lock_held(&self.layout, &svc.name) {
             // A supervisor is already starting it (its launcher was killed mid-launch): wait
             // for it to record the process rather than start a second one.
@@ -410,10 +459,7 @@ impl Backend for ProcessBackend {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            return Err(err(format!(
-                "another supervisor holds its lock but never reported a process: see `stack logs {}`",
-                svc.name
-            )));
+            return Err(BackendError::LockHeld { service: service() });
         }
         // A new instance: its id stays the same across crash restarts by its supervisor.
         let instance_id = new_instance_id(&svc.name);
@@ -441,8 +487,15 @@ impl Backend for ProcessBackend {
         let (layout, exe) = (self.layout.clone(), self.supervisor_exe.clone());
         tokio::task::spawn_blocking(move || supervisor::launch(&layout, &spec, exe.as_deref()))
             .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|source| BackendError::Task {
+                action: "start",
+                service: service(),
+                source,
+            })?
+            .map_err(|source| BackendError::Spawn {
+                service: service(),
+                source,
+            })?;
         Ok(self.inspect(svc))
     }
 
@@ -453,7 +506,7 @@ impl Backend for ProcessBackend {
         if let Some(pid) = self.inspect(svc).pid {
             // SAFETY: setpriority on a process group id we just verified through the record.
             unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, 0) };
-            let _ = supervisor::proc::set_session_nice(Some(pid), 0);
+            let _ = supervisor::identity::set_session_nice(Some(pid), 0);
         }
     }
 
@@ -463,83 +516,52 @@ impl Backend for ProcessBackend {
         step: &InitStep,
         priority: Priority,
     ) -> Result<Duration, BackendError> {
-        use std::os::unix::process::CommandExt;
         let t0 = Instant::now();
         let argv = &step.command;
         // Steps before the start prepare the service's data, as its user; later ones are clients.
         let run_as = match step.phase {
-            InitPhase::BeforeStart => run_as(svc).map_err(|message| BackendError::Start {
+            InitPhase::BeforeStart => run_as(svc).map_err(|e| BackendError::Prepare {
                 service: svc.name.clone(),
-                message,
+                source: e.into(),
             })?,
             _ => None,
         };
-        let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
+        let mut launch = Spawn::argv(argv)
             .envs(&svc.environment)
-            .stdin(std::process::Stdio::null());
+            .run_as(run_as.as_ref())
+            .die_with_parent();
         if let Some(p) = &svc.process {
-            cmd.current_dir(&p.working_dir);
+            launch = launch.current_dir(&p.working_dir);
         }
-        if let Some(u) = &run_as {
-            cmd.uid(u.uid)
-                .gid(u.gid)
-                .env("HOME", &u.home)
-                .env("USER", &u.name);
-        }
-        // A step with a shaped priority gets a session of its own: that is the scheduler group
-        // its weight is felt in, as for the services (see `supervisor::proc::set_session_nice`).
+        // Its own process group, recorded, so nothing it forks can outlive it: the group is
+        // killed if this `up` is interrupted, and a group left by a killed `stack` is killed by
+        // the next run before it touches the same files. A step with a shaped priority gets a
+        // session of its own (a process group too): that is the scheduler group its weight is
+        // felt in, as for the services (see `crate::sys::set_session_nice`).
         let nice = startup_nice(priority);
-        // SAFETY: prctl and setsid are async-signal-safe. An init step must not outlive a
-        // `stack` that is killed: it would race the next `up` over the same files. std runs
-        // this hook after switching user, which would otherwise clear the setting.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if nice != 0 && libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // Its own process group (a new session is one too), recorded, so nothing it forks can
-        // outlive it: the group is killed if this `up` is interrupted, and a group left by a
-        // killed `stack` is killed by the next run before it touches the same files.
-        if nice == 0 {
-            cmd.process_group(0);
-        }
+        launch = if nice == 0 {
+            launch.group(Group::Own)
+        } else {
+            launch.group(Group::Session).nice(Nice::AfterSpawn(nice))
+        };
         let record = self.layout.step_record(&svc.name);
         kill_stale_step(&record);
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let child = cmd.spawn().map_err(|e| BackendError::Init {
-            service: svc.name.clone(),
-            step: step.name.clone(),
-            exit_code: None,
-            status: "not started".into(),
-            output: format!("cannot run `{}`: {e}", argv[0]),
-        })?;
-        if let (Some(pid), true) = (child.id(), nice != 0) {
-            // Set from here, as root: the step may run as a user that could not raise its own
-            // priority. Best effort, as priority only shapes how fast things start.
-            // SAFETY: setpriority on the child we just spawned.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
-            let _ = supervisor::proc::set_session_nice(Some(pid), nice);
-        }
+        let child = launch
+            .spawn_async()
+            .map_err(|source| BackendError::StepSpawn {
+                service: svc.name.clone(),
+                step: step.name.clone(),
+                program: argv[0].clone(),
+                source,
+            })?;
         let guard = StepGroup::new(child.id().and_then(ProcRef::of), record);
         let out = child
             .wait_with_output()
             .await
-            .map_err(|e| BackendError::Init {
+            .map_err(|source| BackendError::StepLost {
                 service: svc.name.clone(),
                 step: step.name.clone(),
-                exit_code: None,
-                status: "lost".into(),
-                output: e.to_string(),
+                source,
             })?;
         drop(guard);
         if out.status.success() {
@@ -548,7 +570,7 @@ impl Backend for ProcessBackend {
         let mut text = String::from_utf8_lossy(&out.stdout).to_string();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         let lines: Vec<&str> = text.lines().collect();
-        Err(BackendError::Init {
+        Err(BackendError::StepFailed {
             service: svc.name.clone(),
             step: step.name.clone(),
             exit_code: out.status.code(),

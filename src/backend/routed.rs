@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, Instance, Priority, Problem};
+use super::{Backend, BackendError, BackendKind, Instance, Priority, Problem};
 use crate::layout::Layout;
-use crate::spec::{InitStep, ServiceSpec};
+use crate::probe::ProbeError;
+use crate::spec::{BackendChoice, InitStep, ServiceSpec};
 use crate::supervisor::record::{read_json, Record};
 
 /// Routes each service to the process or the microVM backend.
@@ -56,7 +57,7 @@ impl Routed {
         if !live {
             return None;
         }
-        if rec.backend == "microvm" {
+        if rec.backend == BackendKind::Microvm {
             self.microvm.as_ref()
         } else {
             Some(&self.process)
@@ -66,15 +67,15 @@ impl Routed {
 
 #[async_trait]
 impl Backend for Routed {
-    fn name(&self) -> &'static str {
-        "auto"
+    fn name(&self) -> BackendChoice {
+        BackendChoice::Auto
     }
 
-    fn backend_for(&self, svc: &ServiceSpec) -> &'static str {
-        self.pick(svc).name()
+    fn backend_for(&self, svc: &ServiceSpec) -> BackendKind {
+        self.pick(svc).backend_for(svc)
     }
 
-    async fn exec(&self, svc: &ServiceSpec, argv: &[String]) -> Result<(), String> {
+    async fn exec(&self, svc: &ServiceSpec, argv: &[String]) -> Result<(), ProbeError> {
         self.pick(svc).exec(svc, argv).await
     }
 

@@ -279,7 +279,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Supervise { spec } = &cli.command {
         // No async runtime here: the supervisor is a small threaded program that forks children.
-        return std::process::ExitCode::from(crate::supervisor::shim::run(spec) as u8);
+        return std::process::ExitCode::from(crate::supervisor::process::run(spec) as u8);
     }
     #[cfg(feature = "microvm")]
     {

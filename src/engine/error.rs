@@ -90,6 +90,13 @@ pub struct Exited {
     pub last_exit: Option<ExitInfo>,
 }
 
+impl Exited {
+    /// How it ended, e.g. `exit 1`.
+    pub fn status(&self) -> String {
+        describe(&self.last_exit)
+    }
+}
+
 /// How a process ended, for a message.
 fn describe(last_exit: &Option<ExitInfo>) -> String {
     last_exit

@@ -312,8 +312,11 @@ impl ServiceRun {
             let (backend, spec) = (Arc::clone(&self.backend), svc.clone());
             async move { backend.exec(&spec, &argv).await }
         };
-        // The probe takes why the service is gone as text: it words its own failure around it.
-        let alive = move || exited(backend.as_ref(), &spec).map_err(|e| e.to_string());
+        let alive = move || {
+            exited(backend.as_ref(), &spec).map_err(|e| probe::StopReason::Exited {
+                status: e.status(),
+            })
+        };
         probe::wait_ready(hc, alive, exec).await?;
         Ok("healthy")
     }

@@ -35,9 +35,9 @@ pub struct InitStep {
 }
 
 impl InitStep {
-    /// Does this step run on the backend called `backend` (a backend's `name()`)?
-    pub fn runs_on(&self, backend: &str) -> bool {
-        self.backend.is_none_or(|b| b.as_str() == backend)
+    /// Does this step run on `backend` (a backend's `backend_for` the service)?
+    pub fn runs_on(&self, backend: crate::backend::BackendKind) -> bool {
+        self.backend.is_none_or(|b| b.as_str() == backend.as_str())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Supervision of native processes: one small supervisor process per service (see [`shim`]),
+//! Supervision of native processes: one small supervisor process per service (see [`process`]),
 //! records with pid *and* start time, size-capped logs, and the client side used by the process
 //! backend to launch, observe and stop supervised services.
 //!
@@ -7,19 +7,20 @@
 //! `stack` being SIGKILLed at any moment. A per-service lock held by the supervisor makes a
 //! second copy impossible; a record checked by start time makes a reused pid harmless.
 
+pub mod identity;
 pub mod log;
-pub mod proc;
+pub mod process;
 pub mod record;
-pub mod shim;
+pub mod spawn;
 
-pub use shim::handshake as send_handshake;
+pub use process::handshake as send_handshake;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
 use crate::spec::RestartPolicy;
-use proc::ProcRef;
+use identity::ProcRef;
 use record::{read_json, write_json, Record, State};
 
 /// A resolved unprivileged user.
@@ -138,16 +139,29 @@ impl Handshake {
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     /// The state dir could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}: {source}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
-    /// The supervisor could not start the service.
-    #[error("{0}")]
-    Spawn(String),
+    /// The supervisor could not start the service, and said why in its handshake (the text of
+    /// its own error, which crossed a pipe).
+    #[error("{reason}")]
+    Refused {
+        /// What the supervisor said.
+        reason: String,
+    },
+    /// The supervisor exited before its handshake.
+    #[error("the supervisor of `{service}` exited without a word: see {}", log.display())]
+    Silent {
+        /// Service.
+        service: String,
+        /// Its log, where the supervisor's notes are.
+        log: PathBuf,
+    },
     /// The service did not stop.
     #[error(
         "`{service}` (process group {pgid}) did not stop even after SIGKILL: check `ps -g {pgid}`"
@@ -249,22 +263,13 @@ pub fn spawn_supervisor(
         Some(exe) => exe.to_path_buf(),
         None => std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?,
     };
-    let mut cmd = Command::new(exe);
-    cmd.arg(subcommand)
-        .arg(spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and only affects the child between fork and exec.
     // A new session detaches the supervisor from our terminal and process group, so Ctrl-C and
     // the death of `stack` never reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(io_err(spec_path))?;
+    let mut child = spawn::Spawn::new(exe, [OsStr::new(subcommand), spec_path.as_os_str()])
+        .stderr(Stdio::null())
+        .group(spawn::Group::Session)
+        .spawn()
+        .map_err(io_err(spec_path))?;
     let stdout = child.stdout.take();
     // Reap the supervisor if it exits while we still live; afterwards init adopts it.
     std::thread::spawn(move || child.wait());
@@ -274,13 +279,13 @@ pub fn spawn_supervisor(
     }
     match serde_json::from_str::<Handshake>(line.trim()) {
         Ok(h) if h.ok => Ok(h),
-        Ok(h) => Err(SupervisorError::Spawn(
-            h.error.unwrap_or_else(|| "the supervisor failed".into()),
-        )),
-        Err(_) => Err(SupervisorError::Spawn(format!(
-            "the supervisor of `{service}` exited without a word: see {}",
-            log_path.display()
-        ))),
+        Ok(h) => Err(SupervisorError::Refused {
+            reason: h.error.unwrap_or_else(|| "the supervisor failed".into()),
+        }),
+        Err(_) => Err(SupervisorError::Silent {
+            service: service.into(),
+            log: log_path.to_path_buf(),
+        }),
     }
 }
 
@@ -300,10 +305,10 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     let mut did = false;
     if obs.supervised {
         did = true;
-        proc::signal(record.supervisor.pid, Signal::SIGTERM);
-        if !proc::wait_gone(&record.supervisor, grace + Duration::from_secs(7)) {
-            proc::signal(record.supervisor.pid, Signal::SIGKILL);
-            proc::wait_gone(&record.supervisor, Duration::from_secs(2));
+        identity::signal(record.supervisor.pid, Signal::SIGTERM);
+        if !identity::wait_gone(&record.supervisor, grace + Duration::from_secs(7)) {
+            identity::signal(record.supervisor.pid, Signal::SIGKILL);
+            identity::wait_gone(&record.supervisor, Duration::from_secs(2));
         }
     }
     // Re-read: the supervisor may have stopped the process and updated the record.
@@ -312,12 +317,12 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     }
     if let Some(p) = record.process.clone().filter(ProcRef::is_alive) {
         did = true;
-        if !proc::is_group_leader(p.pid) {
+        if !identity::is_group_leader(p.pid) {
             // Not a group we made (a box's shim, started by BoxLite): signal it alone.
-            proc::signal(p.pid, sig);
-            if !proc::wait_gone(&p, grace) {
-                proc::signal(p.pid, Signal::SIGKILL);
-                proc::wait_gone(&p, Duration::from_secs(5));
+            identity::signal(p.pid, sig);
+            if !identity::wait_gone(&p, grace) {
+                identity::signal(p.pid, Signal::SIGKILL);
+                identity::wait_gone(&p, Duration::from_secs(5));
             }
             record.process = None;
         }
@@ -325,11 +330,11 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
     if let Some(p) = record.process.clone().filter(ProcRef::is_alive) {
         did = true;
         let t0 = Instant::now();
-        proc::signal_group(p.pid, sig);
-        if !proc::wait_gone(&p, grace) {
-            proc::signal_group(p.pid, Signal::SIGKILL);
+        identity::signal_group(p.pid, sig);
+        if !identity::wait_gone(&p, grace) {
+            identity::signal_group(p.pid, Signal::SIGKILL);
         }
-        if !proc::wait_group_gone(
+        if !identity::wait_group_gone(
             p.pid,
             Duration::from_secs(5).max(grace.saturating_sub(t0.elapsed())),
         ) {
@@ -361,13 +366,13 @@ pub fn kill_now(layout: &Layout, service: &str) {
     let obs = observe(layout, service);
     if let Some(r) = obs.record {
         if r.supervisor.is_alive() {
-            proc::signal(r.supervisor.pid, Signal::SIGKILL);
+            identity::signal(r.supervisor.pid, Signal::SIGKILL);
         }
         if let Some(p) = r.process.filter(ProcRef::is_alive) {
-            if proc::is_group_leader(p.pid) {
-                proc::signal_group(p.pid, Signal::SIGKILL);
+            if identity::is_group_leader(p.pid) {
+                identity::signal_group(p.pid, Signal::SIGKILL);
             } else {
-                proc::signal(p.pid, Signal::SIGKILL);
+                identity::signal(p.pid, Signal::SIGKILL);
             }
         }
     }

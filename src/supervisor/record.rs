@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::proc::ProcRef;
+use super::identity::ProcRef;
 
 /// The lifecycle state of a service, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,8 +85,8 @@ pub struct Record {
     pub id: String,
     /// Service name.
     pub service: String,
-    /// Backend name.
-    pub backend: String,
+    /// The backend that started it (and must stop it).
+    pub backend: crate::backend::BackendKind,
     /// The program serving the role (e.g. `/usr/bin/redis-server`).
     pub program: String,
     /// Definition hash the instance was started with.
@@ -107,6 +107,36 @@ pub struct Record {
     pub restarts: u32,
     /// How the last process ended.
     pub last_exit: Option<ExitInfo>,
+}
+
+impl Record {
+    /// A new instance's record as its supervisor writes it first: starting, nothing spawned,
+    /// no restarts yet.
+    pub fn starting(
+        backend: crate::backend::BackendKind,
+        id: String,
+        service: &str,
+        program: &str,
+        hash: &str,
+        ports: &BTreeMap<String, u16>,
+        supervisor: ProcRef,
+    ) -> Record {
+        Record {
+            id,
+            service: service.to_string(),
+            backend,
+            program: program.to_string(),
+            hash: hash.to_string(),
+            ports: ports.clone(),
+            supervisor,
+            process: None,
+            state: State::Starting,
+            started_at: None,
+            spawn_ms: None,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
 }
 
 /// What `up` learned about an instance: health and per-phase timings.

@@ -340,7 +340,7 @@ struct InterruptedLaunch {
 
 #[async_trait::async_trait]
 impl Backend for InterruptedLaunch {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> stack::spec::BackendChoice {
         self.inner.name()
     }
     fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem> {

@@ -13,17 +13,12 @@ use nix::fcntl::{Flock, FlockArg};
 use super::{image, runtime};
 use crate::layout::Layout;
 use crate::supervisor::record::{now_rfc3339, read_json, write_json};
+use crate::sys::boot_id;
 
 /// The longest a boot may take before the probe gives up.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub use crate::backend::select::BootVerdict as Verdict;
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
 
 /// Is the host's KVM the `kvm-pvm` software nested hypervisor?
 pub fn is_kvm_pvm() -> bool {
@@ -128,7 +123,10 @@ pub async fn probe(layout: &Layout, deadline: Duration) -> (Verdict, bool) {
         );
     }
     if let Err(e) = runtime::find() {
-        return (verdict(false, e, runtime::INSTALL_FIX, t0), false);
+        return (
+            verdict(false, e.to_string(), runtime::INSTALL_FIX, t0),
+            false,
+        );
     }
     if !runtime::exported() {
         // BoxLite finds its helpers (mke2fs, the shim) only through the environment, and
@@ -148,7 +146,12 @@ pub async fn probe(layout: &Layout, deadline: Duration) -> (Verdict, bool) {
         Path::new(image::BUSYBOX),
     ) {
         Ok(p) => p,
-        Err(e) => return (verdict(false, e, runtime::INSTALL_FIX, t0), false),
+        Err(e) => {
+            return (
+                verdict(false, e.to_string(), runtime::INSTALL_FIX, t0),
+                false,
+            )
+        }
     };
     let home = layout.boxlite_dir().join("probe");
     // A probe home holds nothing worth keeping; a stale one from a killed probe is discarded.
@@ -169,18 +172,37 @@ pub async fn probe(layout: &Layout, deadline: Duration) -> (Verdict, bool) {
     match outcome {
         Ok(()) => (verdict(true, String::new(), "", t0), true),
         Err(e) => {
-            let (reason, fix) = explain(&e);
+            let (reason, fix) = explain(&e.to_string());
             (verdict(false, reason, fix, t0), true)
         }
     }
 }
 
-async fn boot_once(home: &Path, img: &Path, deadline: Duration) -> Result<(), String> {
+/// Why the test box did not boot and run `true`.
+#[derive(Debug, thiserror::Error)]
+pub enum TestBootError {
+    /// BoxLite failed (its runtime, the box's creation or start, the exec).
+    #[error(transparent)]
+    Boxlite(#[from] boxlite::BoxliteError),
+    /// `true` ran in the box and failed.
+    #[error("`true` in the box exited with {code}")]
+    TrueFailed {
+        /// Its exit code.
+        code: i32,
+    },
+    /// The boot took longer than the probe's deadline.
+    #[error("the test box did not boot within {}s", .after.as_secs())]
+    Timeout {
+        /// The deadline.
+        after: Duration,
+    },
+}
+
+async fn boot_once(home: &Path, img: &Path, deadline: Duration) -> Result<(), TestBootError> {
     let rt = BoxliteRuntime::new(BoxliteOptions {
         home_dir: home.to_path_buf(),
         ..BoxliteOptions::default()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let opts = BoxOptions {
         rootfs: RootfsSpec::RootfsPath(img.to_string_lossy().into_owned()),
         cpus: Some(1),
@@ -190,22 +212,18 @@ async fn boot_once(home: &Path, img: &Path, deadline: Duration) -> Result<(), St
         ..BoxOptions::default()
     };
     let attempt = async {
-        let bx = rt
-            .create(opts, Some("stack-boot-probe".into()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let bx = rt.create(opts, Some("stack-boot-probe".into())).await?;
         let id = bx.id().to_string();
         let run = async {
-            bx.start().await.map_err(|e| e.to_string())?;
+            bx.start().await?;
             let exec = bx
                 .exec(BoxCommand::new("true").timeout(Duration::from_secs(5)))
-                .await
-                .map_err(|e| e.to_string())?;
-            let r = exec.wait().await.map_err(|e| e.to_string())?;
+                .await?;
+            let r = exec.wait().await?;
             if r.success() {
                 Ok(())
             } else {
-                Err(format!("`true` in the box exited with {}", r.exit_code))
+                Err(TestBootError::TrueFailed { code: r.exit_code })
             }
         };
         let r = run.await;
@@ -214,10 +232,7 @@ async fn boot_once(home: &Path, img: &Path, deadline: Duration) -> Result<(), St
     };
     let r = match tokio::time::timeout(deadline, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "the test box did not boot within {}s",
-            deadline.as_secs()
-        )),
+        Err(_) => Err(TestBootError::Timeout { after: deadline }),
     };
     let _ = rt.shutdown(Some(5)).await;
     r

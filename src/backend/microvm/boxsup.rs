@@ -19,10 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::spec::RestartPolicy;
+use crate::supervisor::identity::ProcRef;
 use crate::supervisor::log::{LogSink, Stream};
-use crate::supervisor::proc::ProcRef;
+use crate::supervisor::process::{hold_service_lock, read_spec};
 use crate::supervisor::record::{now_rfc3339, write_json, ExitInfo, Record, State};
-use crate::supervisor::shim::{hold_service_lock, read_spec};
 use crate::supervisor::{send_handshake, Handshake};
 
 /// Everything the box supervisor needs, written by the backend as `run/<service>.spec.json`.
@@ -84,25 +84,104 @@ pub struct ExecReply {
     pub error: Option<String>,
 }
 
+/// Why an exec request got no answer from the box supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Nothing listens on the control socket: the box supervisor is not running.
+    #[error("cannot reach the box supervisor at {}: {source}; see `stack status` and `stack logs SERVICE`, and `stack up SERVICE` to start it", socket.display())]
+    Unreachable {
+        /// The control socket.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request could not be encoded.
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    /// The connection broke before the answer.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The answer is not an [`ExecReply`].
+    #[error("the box supervisor answered nonsense ({source}): {answer}")]
+    Nonsense {
+        /// What it answered.
+        answer: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Sends one exec request to a box supervisor and waits for the answer.
-pub async fn exec(socket: &Path, req: &ExecRequest) -> Result<ExecReply, String> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        format!(
-            "cannot reach the box supervisor at {}: {e}; see `stack status` and `stack logs SERVICE`, and `stack up SERVICE` to start it",
-            socket.display()
-        )
-    })?;
-    let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    w.write_all(&line).await.map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    BufReader::new(r)
-        .read_line(&mut answer)
+pub async fn exec(socket: &Path, req: &ExecRequest) -> Result<ExecReply, ExecError> {
+    let stream = UnixStream::connect(socket)
         .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(answer.trim())
-        .map_err(|e| format!("the box supervisor answered nonsense ({e}): {answer}"))
+        .map_err(|source| ExecError::Unreachable {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(ExecError::Encode)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await?;
+    serde_json::from_str(answer.trim()).map_err(|source| ExecError::Nonsense { answer, source })
+}
+
+/// Why a box did not boot.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// BoxLite failed to look the box up, or to describe it once booted.
+    #[error(transparent)]
+    Runtime(#[from] boxlite::BoxliteError),
+    /// The box from an older definition cannot be removed.
+    #[error("cannot remove the outdated box `{name}`: {source}")]
+    Remove {
+        /// The box.
+        name: String,
+        /// Why.
+        #[source]
+        source: boxlite::BoxliteError,
+    },
+    /// The box cannot be created.
+    #[error("cannot create box `{name}`: {source}")]
+    Create {
+        /// The box.
+        name: String,
+        /// Why.
+        #[source]
+        source: boxlite::BoxliteError,
+    },
+    /// The image cannot be had (pulled, unpacked, stored): not a boot failure.
+    #[error("box `{name}` has no image: {source}\n  fix: a registry image such as `{image}` is pulled on first use and needs network access to its registry; or set `image:` to a local OCI image layout (`./path`)")]
+    ImageMissing {
+        /// The box.
+        name: String,
+        /// The image.
+        image: String,
+        /// Why.
+        #[source]
+        source: boxlite::BoxliteError,
+    },
+    /// The VM did not start.
+    #[error("box `{name}` did not boot: {source}\n  fix: see `stack doctor` (its microvm check boots a test box) and the box's shim.stderr under the state dir's boxlite/")]
+    NotBooted {
+        /// The box.
+        name: String,
+        /// Why.
+        #[source]
+        source: boxlite::BoxliteError,
+    },
+    /// The boot took longer than allowed.
+    #[error("box `{name}` did not boot within {}s (see `stack doctor`)", .after.as_secs())]
+    Timeout {
+        /// The box.
+        name: String,
+        /// The time allowed.
+        after: Duration,
+    },
 }
 
 /// Runs the box supervisor for the spec at `spec_path`; returns the process exit code.
@@ -193,21 +272,16 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
         return 2;
     };
     let mut sup = Sup {
-        record: Record {
-            id: String::new(),
-            service: spec.service.clone(),
-            backend: "microvm".into(),
-            program: spec.program.clone(),
-            hash: spec.hash.clone(),
-            ports: spec.ports.clone(),
-            supervisor: me,
-            process: None,
-            state: State::Starting,
-            started_at: None,
-            spawn_ms: None,
-            restarts: 0,
-            last_exit: None,
-        },
+        // The box id becomes the instance id once the box exists.
+        record: Record::starting(
+            crate::backend::BackendKind::Microvm,
+            String::new(),
+            &spec.service,
+            &spec.program,
+            &spec.hash,
+            &spec.ports,
+            me,
+        ),
         spec,
         log,
     };
@@ -230,7 +304,7 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
             sup.note(&format!("boot failed: {e}"));
             sup.record.state = State::Failed;
             sup.save();
-            send_handshake(&Handshake::failed(e));
+            send_handshake(&Handshake::failed(e.to_string()));
             let _ = runtime.shutdown(Some(5)).await;
             return 1;
         }
@@ -320,13 +394,13 @@ async fn supervise(spec: BoxSupervisorSpec) -> i32 {
 }
 
 /// Finds or creates the box, boots it, records it, and follows its output into the log.
-async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String> {
+async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, BootError> {
     let t0 = Instant::now();
     let name = sup.spec.box_name.clone();
     // A box made from another definition is replaced: its options are fixed at creation.
     let hash_file = sup.spec.home.join("stack-definition-hash");
     let same = std::fs::read_to_string(&hash_file).is_ok_and(|h| h == sup.spec.hash);
-    let existing = runtime.get(&name).await.map_err(|e| e.to_string())?;
+    let existing = runtime.get(&name).await?;
     let bx = match existing {
         Some(b) if same => b,
         other => {
@@ -335,12 +409,18 @@ async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String
                 runtime
                     .remove(&name, true)
                     .await
-                    .map_err(|e| format!("cannot remove the outdated box `{name}`: {e}"))?;
+                    .map_err(|source| BootError::Remove {
+                        name: name.clone(),
+                        source,
+                    })?;
             }
             let b = runtime
                 .create(sup.spec.options.clone(), Some(name.clone()))
                 .await
-                .map_err(|e| format!("cannot create box `{name}`: {e}"))?;
+                .map_err(|source| BootError::Create {
+                    name: name.clone(),
+                    source,
+                })?;
             let _ = std::fs::write(&hash_file, &sup.spec.hash);
             b
         }
@@ -352,15 +432,15 @@ async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String
     ));
     match tokio::time::timeout(sup.spec.boot_timeout, bx.start()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(start_error(&name, &sup.spec.program, &e)),
+        Ok(Err(e)) => return Err(start_error(name, &sup.spec.program, e)),
         Err(_) => {
-            return Err(format!(
-                "box `{name}` did not boot within {}s (see `stack doctor`)",
-                sup.spec.boot_timeout.as_secs()
-            ))
+            return Err(BootError::Timeout {
+                name,
+                after: sup.spec.boot_timeout,
+            })
         }
     }
-    let info = bx.info().await.map_err(|e| e.to_string())?;
+    let info = bx.info().await?;
     sup.record.process = info.pid.and_then(ProcRef::of);
     sup.record.state = State::Running;
     sup.record.started_at = Some(now_rfc3339());
@@ -413,15 +493,15 @@ async fn boot(runtime: &BoxliteRuntime, sup: &mut Sup) -> Result<LiteBox, String
 
 /// Says what went wrong starting a box, and where to look: an image that cannot be had is not a
 /// boot failure.
-fn start_error(name: &str, image: &str, e: &boxlite::BoxliteError) -> String {
+fn start_error(name: String, image: &str, source: boxlite::BoxliteError) -> BootError {
     use boxlite::BoxliteError as E;
-    match e {
-        E::Image(_) | E::Storage(_) | E::Network(_) => format!(
-            "box `{name}` has no image: {e}\n  fix: a registry image such as `{image}` is pulled on first use and needs network access to its registry; or set `image:` to a local OCI image layout (`./path`)"
-        ),
-        _ => format!(
-            "box `{name}` did not boot: {e}\n  fix: see `stack doctor` (its microvm check boots a test box) and the box's shim.stderr under the state dir's boxlite/"
-        ),
+    match source {
+        E::Image(_) | E::Storage(_) | E::Network(_) => BootError::ImageMissing {
+            name,
+            image: image.to_string(),
+            source,
+        },
+        _ => BootError::NotBooted { name, source },
     }
 }
 

@@ -82,16 +82,40 @@ fn write_blob(dir: &Path, data: &[u8]) -> std::io::Result<String> {
     Ok(digest)
 }
 
+/// Why the probe image cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The busybox binary cannot be read.
+    #[error("cannot read {}: {source} (install Debian's busybox-static)", path.display())]
+    Busybox {
+        /// Where it should be.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layout cannot be written.
+    #[error("cannot build the probe image in {}: {source}", dir.display())]
+    Write {
+        /// The layout's directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Builds the probe image's OCI layout in `out` (idempotent: an existing complete layout made
 /// from the same busybox is kept) and returns `out`. The image's command is `sleep 3600`.
-pub fn build(out: &Path, busybox: &Path) -> Result<PathBuf, String> {
-    let bin = std::fs::read(busybox).map_err(|e| {
-        format!(
-            "cannot read {}: {e} (install Debian's busybox-static)",
-            busybox.display()
-        )
+pub fn build(out: &Path, busybox: &Path) -> Result<PathBuf, ImageError> {
+    let bin = std::fs::read(busybox).map_err(|source| ImageError::Busybox {
+        path: busybox.to_path_buf(),
+        source,
     })?;
-    let io = |e: std::io::Error| format!("cannot build the probe image in {}: {e}", out.display());
+    let io = |source: std::io::Error| ImageError::Write {
+        dir: out.to_path_buf(),
+        source,
+    };
     let raw = layer_tar(&bin).map_err(io)?;
     let diff_id = sha256_hex(&raw);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, Instance, Priority, Problem};
+use super::{Backend, BackendError, BackendKind, Instance, PrepareError, Priority, Problem};
 use crate::layout::Layout;
-use crate::spec::{InitPhase, InitStep, ServiceSpec};
+use crate::probe::ProbeError;
+use crate::spec::{BackendChoice, InitPhase, InitStep, ServiceSpec};
 use crate::supervisor::{self, log::DEFAULT_LOG_CAP};
 use boxsup::{BoxSupervisorSpec, ExecRequest};
 
@@ -63,8 +64,8 @@ impl MicrovmBackend {
 
 #[async_trait]
 impl Backend for MicrovmBackend {
-    fn name(&self) -> &'static str {
-        "microvm"
+    fn name(&self) -> BackendChoice {
+        BackendChoice::Microvm
     }
 
     fn preflight(&self, svc: &ServiceSpec) -> Vec<Problem> {
@@ -90,9 +91,9 @@ impl Backend for MicrovmBackend {
             }
         }
         if let Err(e) = options::box_options(svc, &self.project_dir) {
-            out.push(problem(e, "fix the service's `box:` section"));
+            out.push(problem(e.to_string(), "fix the service's `box:` section"));
         }
-        for step in svc.init.iter().filter(|s| s.runs_on("microvm")) {
+        for step in svc.init.iter().filter(|s| s.runs_on(BackendKind::Microvm)) {
             if step.phase == InitPhase::BeforeStart {
                 out.push(problem(
                     format!(
@@ -112,7 +113,7 @@ impl Backend for MicrovmBackend {
             ));
         }
         if let Err(e) = runtime::find() {
-            out.push(problem(e, runtime::INSTALL_FIX));
+            out.push(problem(e.to_string(), runtime::INSTALL_FIX));
         }
         out
     }
@@ -122,27 +123,16 @@ impl Backend for MicrovmBackend {
     }
 
     async fn prepare(&self, svc: &ServiceSpec) -> Result<(), BackendError> {
-        let err = |message: String| BackendError::Start {
+        let err = |source: PrepareError| BackendError::Prepare {
             service: svc.name.clone(),
-            message,
+            source,
         };
-        let opts = options::box_options(svc, &self.project_dir).map_err(err)?;
+        let opts = options::box_options(svc, &self.project_dir).map_err(|e| err(e.into()))?;
         for dir in std::iter::once(svc.data_dir.clone()).chain(options::volume_dirs(&opts)) {
             std::fs::create_dir_all(&dir)
-                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|source| err(PrepareError::CreateDir { path: dir, source }))?;
         }
-        for cfg in &svc.configs {
-            let text = crate::secrets::fill(&self.layout, &cfg.content).map_err(|e| {
-                err(format!(
-                    "cannot fill the secrets of {}: {e}",
-                    cfg.source.display()
-                ))
-            })?;
-            let text = crate::spec::interp::fill_backend(&text, BOX_VARS);
-            super::process::write_config(&cfg.target, &text, cfg.mode, None)
-                .map_err(|e| err(format!("cannot write {}: {e}", cfg.target.display())))?;
-        }
-        Ok(())
+        super::process::render_configs(&self.layout, svc, BOX_VARS, None).map_err(err)
     }
 
     async fn start(
@@ -150,14 +140,18 @@ impl Backend for MicrovmBackend {
         svc: &ServiceSpec,
         _priority: Priority,
     ) -> Result<Instance, BackendError> {
-        let err = |message: String| BackendError::Start {
+        let err = |source: PrepareError| BackendError::Prepare {
             service: svc.name.clone(),
-            message,
+            source,
         };
-        let options = options::box_options(svc, &self.project_dir).map_err(err)?;
+        let options = options::box_options(svc, &self.project_dir).map_err(|e| err(e.into()))?;
         let home = self.layout.box_home(&svc.name);
-        std::fs::create_dir_all(&home)
-            .map_err(|e| err(format!("cannot create {}: {e}", home.display())))?;
+        std::fs::create_dir_all(&home).map_err(|source| {
+            err(PrepareError::CreateDir {
+                path: home.clone(),
+                source,
+            })
+        })?;
         let spec = BoxSupervisorSpec {
             service: svc.name.clone(),
             hash: svc.definition_hash(),
@@ -177,15 +171,26 @@ impl Backend for MicrovmBackend {
             socket_path: self.layout.box_socket(&svc.name),
         };
         let spec_path = self.layout.supervisor_spec(&svc.name);
-        crate::supervisor::record::write_json(&spec_path, &spec)
-            .map_err(|e| err(format!("cannot write {}: {e}", spec_path.display())))?;
+        crate::supervisor::record::write_json(&spec_path, &spec).map_err(|source| {
+            err(PrepareError::Write {
+                path: spec_path.clone(),
+                source,
+            })
+        })?;
         let (name, log) = (svc.name.clone(), spec.log_path.clone());
         tokio::task::spawn_blocking(move || {
             supervisor::spawn_supervisor(None, "__box", &spec_path, &name, &log)
         })
         .await
-        .map_err(|e| err(e.to_string()))?
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|source| BackendError::Task {
+            action: "start",
+            service: svc.name.clone(),
+            source,
+        })?
+        .map_err(|source| BackendError::Spawn {
+            service: svc.name.clone(),
+            source,
+        })?;
         Ok(self.inspect(svc))
     }
 
@@ -204,7 +209,7 @@ impl Backend for MicrovmBackend {
             timeout: Duration::from_secs(300),
         };
         let init_err =
-            |status: String, exit_code: Option<i32>, output: String| BackendError::Init {
+            |status: String, exit_code: Option<i32>, output: String| BackendError::StepFailed {
                 service: svc.name.clone(),
                 step: step.name.clone(),
                 status,
@@ -213,7 +218,11 @@ impl Backend for MicrovmBackend {
             };
         let reply = boxsup::exec(&self.layout.box_socket(&svc.name), &req)
             .await
-            .map_err(|e| init_err("not started".into(), None, e))?;
+            .map_err(|source| BackendError::StepUnreachable {
+                service: svc.name.clone(),
+                step: step.name.clone(),
+                source,
+            })?;
         match reply.exit_code {
             Some(0) => Ok(t0.elapsed()),
             Some(c) => {
@@ -240,7 +249,7 @@ impl Backend for MicrovmBackend {
         svc.image.clone()
     }
 
-    async fn exec(&self, svc: &ServiceSpec, argv: &[String]) -> Result<(), String> {
+    async fn exec(&self, svc: &ServiceSpec, argv: &[String]) -> Result<(), ProbeError> {
         let req = ExecRequest {
             argv: argv.to_vec(),
             env: Self::env_of(svc),
@@ -249,16 +258,15 @@ impl Backend for MicrovmBackend {
         let reply = boxsup::exec(&self.layout.box_socket(&svc.name), &req).await?;
         match reply.exit_code {
             Some(0) => Ok(()),
-            Some(c) => Err(format!(
-                "`{}` in the box exited with {c}: {}",
-                argv.join(" "),
-                reply.output.trim()
-            )),
-            None => Err(format!(
-                "`{}` could not run in the box: {}",
-                argv.join(" "),
-                reply.error.unwrap_or_default()
-            )),
+            Some(code) => Err(ProbeError::BoxExit {
+                command: argv.join(" "),
+                code,
+                output: reply.output.trim().to_string(),
+            }),
+            None => Err(ProbeError::BoxNotRun {
+                command: argv.join(" "),
+                reason: reply.error.unwrap_or_default(),
+            }),
         }
     }
 

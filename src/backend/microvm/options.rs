@@ -26,19 +26,38 @@ pub fn rootfs(image: &str, project_dir: &Path) -> RootfsSpec {
     }
 }
 
+/// Why a service cannot be turned into box options.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BoxOptionsError {
+    /// The service has no image to boot.
+    #[error("service `{service}` has no `image:`")]
+    NoImage {
+        /// Service.
+        service: String,
+    },
+    /// BoxLite counts vCPUs in a byte.
+    #[error("box.cpus = {cpus} is more than 255")]
+    TooManyCpus {
+        /// The value asked for.
+        cpus: u32,
+    },
+}
+
 /// The box options for `svc`: every named host port published on 127.0.0.1 to its guest port,
 /// volumes from the service's data dir, `environment:` with `box.environment` over it. The box
 /// is detached (it belongs to its supervisor, not to one `stack` command) and kept after a stop,
 /// so its id survives restarts.
-pub fn box_options(svc: &ServiceSpec, project_dir: &Path) -> Result<BoxOptions, String> {
+pub fn box_options(svc: &ServiceSpec, project_dir: &Path) -> Result<BoxOptions, BoxOptionsError> {
     let image = svc
         .image
         .as_deref()
-        .ok_or_else(|| format!("service `{}` has no `image:`", svc.name))?;
+        .ok_or_else(|| BoxOptionsError::NoImage {
+            service: svc.name.clone(),
+        })?;
     let b = svc.boxed.clone().unwrap_or_default();
     let cpus = match b.cpus {
         None => None,
-        Some(n) => Some(u8::try_from(n).map_err(|_| format!("box.cpus = {n} is more than 255"))?),
+        Some(n) => Some(u8::try_from(n).map_err(|_| BoxOptionsError::TooManyCpus { cpus: n })?),
     };
     let mut ports = Vec::new();
     for (name, host) in &svc.ports {

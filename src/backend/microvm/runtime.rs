@@ -21,7 +21,7 @@ fn complete(dir: &Path) -> bool {
 /// The runtime dir to use: `$BOXLITE_RUNTIME_DIR` when it holds a runtime, else the installed
 /// one, else the cache the BoxLite Python wheel extracts itself to
 /// (`~/.local/share/boxlite/runtimes/v0.10.8-*`).
-pub fn find() -> Result<PathBuf, String> {
+pub fn find() -> Result<PathBuf, RuntimeMissing> {
     if let Some(v) = std::env::var_os("BOXLITE_RUNTIME_DIR") {
         for dir in std::env::split_paths(&v) {
             if complete(&dir) {
@@ -49,10 +49,15 @@ pub fn find() -> Result<PathBuf, String> {
             }
         }
     }
-    Err(format!(
-        "BoxLite's {BOXLITE_VERSION} runtime (boxlite-shim, boxlite-guest, libkrunfw) is not installed"
-    ))
+    Err(RuntimeMissing)
 }
+
+/// No complete BoxLite runtime of the pinned version was found ([`INSTALL_FIX`] says what to do).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "BoxLite's {BOXLITE_VERSION} runtime (boxlite-shim, boxlite-guest, libkrunfw) is not installed"
+)]
+pub struct RuntimeMissing;
 
 /// What to do when [`find`] fails.
 pub const INSTALL_FIX: &str =

@@ -138,12 +138,15 @@ fn impossible_options_are_refused_with_the_reason() {
         cpus: Some(300),
         ..BoxSpec::default()
     };
-    let e = box_options(&service("redis:7-alpine", Some(b)), Path::new("/p")).unwrap_err();
+    let e = box_options(&service("redis:7-alpine", Some(b)), Path::new("/p"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("box.cpus = 300"), "{e}");
     let mut no_image = service("x", None);
     no_image.image = None;
     assert!(box_options(&no_image, Path::new("/p"))
         .unwrap_err()
+        .to_string()
         .contains("no `image:`"));
 }
 
@@ -170,9 +173,9 @@ fn routing_follows_the_image_and_then_the_running_instances_record() {
 
     use crate::backend::process::ProcessBackend;
     use crate::backend::routed::Routed;
-    use crate::backend::Backend;
+    use crate::backend::{Backend, BackendKind};
     use crate::layout::Layout;
-    use crate::supervisor::proc::ProcRef;
+    use crate::supervisor::identity::ProcRef;
     use crate::supervisor::record::{write_json, Record, State};
 
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -186,17 +189,17 @@ fn routing_follows_the_image_and_then_the_running_instances_record() {
     ));
     let routed = Routed::new(layout.clone(), Arc::clone(&process), Some(microvm));
     let boxed = service("redis:7-alpine", None);
-    assert_eq!(routed.backend_for(&boxed), "microvm");
+    assert_eq!(routed.backend_for(&boxed), BackendKind::Microvm);
     let mut native = service("redis:7-alpine", None);
     native.image = None;
-    assert_eq!(routed.backend_for(&native), "process");
+    assert_eq!(routed.backend_for(&native), BackendKind::Process);
 
     // The same image service, already running as a process (started before boxes could boot).
     let me = ProcRef::of(std::process::id()).expect("own proc entry");
     let record = Record {
         id: "abc".into(),
         service: "redis".into(),
-        backend: "process".into(),
+        backend: crate::backend::BackendKind::Process,
         program: "redis-server".into(),
         hash: String::new(),
         ports: BTreeMap::new(),
@@ -209,11 +212,11 @@ fn routing_follows_the_image_and_then_the_running_instances_record() {
         last_exit: None,
     };
     write_json(&layout.record("redis"), &record).expect("record");
-    assert_eq!(routed.backend_for(&boxed), "process");
+    assert_eq!(routed.backend_for(&boxed), BackendKind::Process);
     assert_eq!(routed.inspect(&boxed).id, "abc");
 
     // Without bootable boxes everything is a process.
     let fallback = Routed::new(layout, process, None);
     std::fs::remove_file(tmp.path().join("run/redis.json")).expect("rm");
-    assert_eq!(fallback.backend_for(&boxed), "process");
+    assert_eq!(fallback.backend_for(&boxed), BackendKind::Process);
 }

@@ -1,15 +1,14 @@
-//! The per-service supervisor process (`stack __supervise SPEC`). It outlives the `stack`
+//! The process supervisor, one per service (`stack __supervise SPEC`). It outlives the `stack`
 //! command that started it, owns exactly one service's process group, restarts it per policy,
 //! writes its logs and record, and stops it on SIGTERM. The service's stdout and stderr are
 //! pipes to this process, so a service is never left running without its supervisor on purpose:
-//! if a supervisor is killed, the next `up` restarts the service under a new one. One supervisor per service is enforced
-//! by an exclusive lock on `run/<service>.lock`, held for the supervisor's whole life.
+//! if a supervisor is killed, the next `up` restarts the service under a new one. One supervisor
+//! per service is enforced by an exclusive lock on `run/<service>.lock`, held for the supervisor's whole life.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,9 +17,10 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
 
+use super::identity::{self, ProcRef};
 use super::log::{LogSink, Stream};
-use super::proc::{self, ProcRef};
 use super::record::{now_rfc3339, read_json, write_json, ExitInfo, Record, State};
+use super::spawn::{Group, Nice, Spawn};
 use super::{Handshake, SupervisorSpec};
 use crate::spec::RestartPolicy;
 
@@ -29,6 +29,37 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A process that ran this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Why the supervisor could not run its service; sent back in the handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The service's log cannot be opened.
+    #[error("cannot open log {}: {source}", path.display())]
+    OpenLog {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stop signals cannot be caught.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The supervisor cannot identify itself (its start time), so its record would be useless.
+    #[error("cannot read its own process identity")]
+    OwnIdentity,
+    /// The service's program cannot be started.
+    #[error("cannot run `{program}` for `{service}`: {source}")]
+    Spawn {
+        /// The program, as the service file names it.
+        program: String,
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 enum Event {
     Exited(u32, ExitInfo),
@@ -48,7 +79,7 @@ pub fn run(spec_path: &Path) -> i32 {
     let mut sup = match Supervisor::new(spec) {
         Ok(s) => s,
         Err(e) => {
-            handshake(&Handshake::failed(e));
+            handshake(&Handshake::failed(e.to_string()));
             return 2;
         }
     };
@@ -109,9 +140,13 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(spec: SupervisorSpec) -> Result<Supervisor, String> {
-        let log = LogSink::open(&spec.log_path, spec.log_cap)
-            .map_err(|e| format!("cannot open log {}: {e}", spec.log_path.display()))?;
+    fn new(spec: SupervisorSpec) -> Result<Supervisor, SuperviseError> {
+        let log = LogSink::open(&spec.log_path, spec.log_cap).map_err(|source| {
+            SuperviseError::OpenLog {
+                path: spec.log_path.clone(),
+                source,
+            }
+        })?;
         let (tx, rx) = mpsc::channel();
         // Stop requests arrive as signals; a thread turns them into events.
         let mut signals = signal_hook::iterator::Signals::new([
@@ -120,7 +155,7 @@ impl Supervisor {
             signal_hook::consts::SIGHUP,
             signal_hook::consts::SIGCHLD,
         ])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        .map_err(SuperviseError::Signals)?;
         let stop_tx = tx.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
@@ -134,28 +169,27 @@ impl Supervisor {
                 }
             }
         });
-        // Orphaned grandchildren are re-parented to us, so we can reap them and see the group empty.
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only changes this process's own attribute.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let me = ProcRef::of(std::process::id()).ok_or("cannot read own /proc entry")?;
+        // Orphaned grandchildren are re-parented to us, so we can reap them and see the group
+        // empty. Best effort: without it they go to init, and only the reaping is lost.
+        let _ = crate::sys::become_subreaper();
+        let me = ProcRef::of(std::process::id()).ok_or(SuperviseError::OwnIdentity)?;
         let previous: Option<Record> = read_json(&spec.record_path).ok().flatten();
         let record = Record {
-            id: spec.instance_id.clone(),
-            service: spec.service.clone(),
-            backend: "process".into(),
-            program: spec.program.clone(),
-            hash: spec.hash.clone(),
-            ports: spec.ports.clone(),
-            supervisor: me,
-            process: None,
-            state: State::Starting,
-            started_at: None,
-            spawn_ms: None,
+            // A crash restart of the same instance keeps counting.
             restarts: previous
                 .as_ref()
                 .filter(|p| p.id == spec.instance_id)
                 .map_or(0, |p| p.restarts),
             last_exit: previous.and_then(|p| p.last_exit),
+            ..Record::starting(
+                crate::backend::BackendKind::Process,
+                spec.instance_id.clone(),
+                &spec.service,
+                &spec.program,
+                &spec.hash,
+                &spec.ports,
+                me,
+            )
         };
         Ok(Supervisor {
             spec,
@@ -193,6 +227,7 @@ impl Supervisor {
             let pid = match self.spawn() {
                 Ok(child) => child.pid,
                 Err(e) => {
+                    let e = e.to_string();
                     self.note(&e);
                     self.record.state = State::Failed;
                     self.record.process = None;
@@ -267,57 +302,37 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self) -> Result<ProcRef, String> {
+    fn spawn(&mut self) -> Result<ProcRef, SuperviseError> {
         let spec = &self.spec;
-        // The program `up` resolved through PATH (no second search, and what `status` shows),
-        // still called by the name the service file gives it.
-        let mut cmd = Command::new(&spec.program);
-        cmd.arg0(&spec.command[0])
-            .args(&spec.command[1..])
-            .envs(&spec.env)
-            .current_dir(&spec.working_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a stop reaches every process it forks and nothing else.
-            .process_group(0);
         // The first start runs at the priority `up` asked for (higher on or near the critical
         // path, lower off it) until `up` settles it; a restart runs at normal weight, even if
         // that `up` is gone.
         let first = self.record.started_at.is_none();
         let nice = if first { spec.startup_nice } else { 0 };
+        // The program `up` resolved through PATH (no second search, and what `status` shows),
+        // still called by the name the service file gives it.
+        let mut launch = Spawn::new(&spec.program, &spec.command[1..])
+            .arg0(&spec.command[0])
+            .envs(&spec.env)
+            .current_dir(&spec.working_dir)
+            .run_as(spec.run_as.as_ref())
+            .group(Group::Own);
         if spec.startup_nice != 0 {
-            // This session is the service's scheduler group; best effort, as priority only
-            // shapes how fast things start.
-            let _ = proc::set_session_nice(None, nice);
-            // The child inherits this thread's nice value, whichever user it then runs as (a
-            // service's user could not raise its own priority).
-            // SAFETY: setpriority with who = 0 changes only the calling thread.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-        }
-        if let Some(u) = &spec.run_as {
-            cmd.uid(u.uid).gid(u.gid);
-            cmd.env("HOME", &u.home)
-                .env("USER", &u.name)
-                .env("LOGNAME", &u.name);
+            // This session is the service's scheduler group, and the child inherits the nice
+            // value whichever user it then runs as.
+            launch = launch.nice(Nice::Inherited(nice));
         }
         let t0 = Instant::now();
-        let spawned = cmd.spawn();
-        if spec.startup_nice != 0 {
-            // SAFETY: as above; the supervisor itself runs at normal priority.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
-        }
-        let mut child = spawned.map_err(|e| {
-            format!(
-                "cannot run `{}` for `{}`: {e}",
-                spec.command[0], spec.service
-            )
+        let mut child = launch.spawn().map_err(|source| SuperviseError::Spawn {
+            program: spec.command[0].clone(),
+            service: spec.service.clone(),
+            source,
         })?;
         let pid = child.id();
         let me = ProcRef::of(pid).unwrap_or(ProcRef {
             pid,
             start: 0,
-            boot: proc::boot_id(),
+            boot: identity::boot_id(),
         });
         for (stream, pipe) in [
             (
@@ -397,7 +412,7 @@ impl Supervisor {
             "stop requested: {} to process group {pid}",
             sig.as_str()
         ));
-        proc::signal_group(pid, sig);
+        identity::signal_group(pid, sig);
         let deadline = t0 + self.spec.stop_grace;
         let mut exit = self.wait_exit(pid, deadline);
         if exit.is_none() {
@@ -405,7 +420,7 @@ impl Supervisor {
                 "still running after {}: SIGKILL to process group {pid}",
                 humantime::format_duration(self.spec.stop_grace)
             ));
-            proc::signal_group(pid, Signal::SIGKILL);
+            identity::signal_group(pid, Signal::SIGKILL);
             exit = self.wait_exit(pid, Instant::now() + Duration::from_secs(5));
         }
         self.drain(pid, Duration::from_secs(5));
@@ -443,8 +458,8 @@ impl Supervisor {
     fn drain(&self, pgid: u32, timeout: Duration) {
         let t0 = Instant::now();
         let me = std::process::id();
-        if proc::group_alive(pgid) {
-            proc::signal_group(pgid, Signal::SIGKILL);
+        if identity::group_alive(pgid) {
+            identity::signal_group(pgid, Signal::SIGKILL);
         }
         let mut killed_orphans = false;
         loop {
@@ -454,8 +469,8 @@ impl Supervisor {
                     break;
                 }
             }
-            let orphans = proc::children_of(me);
-            if orphans.is_empty() && !proc::group_alive(pgid) {
+            let orphans = identity::children_of(me);
+            if orphans.is_empty() && !identity::group_alive(pgid) {
                 return;
             }
             if t0.elapsed() >= timeout {
@@ -470,9 +485,9 @@ impl Supervisor {
                     if let Some(p) = ProcRef::of(pid) {
                         self.note(&format!(
                             "killing orphaned pid {pid}: {}",
-                            proc::cmdline(pid)
+                            identity::cmdline(pid)
                         ));
-                        proc::signal(p.pid, Signal::SIGKILL);
+                        identity::signal(p.pid, Signal::SIGKILL);
                     }
                 }
                 killed_orphans = true;
