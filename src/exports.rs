@@ -38,6 +38,9 @@ pub enum ConnectError {
     Export(#[from] ExportError),
 }
 
+/// Variable name -> value, sorted by name.
+pub type ExportedVars = BTreeMap<String, String>;
+
 /// What the stack's services export, by variable name. Secrets are filled in when a value is
 /// asked for, so looking up `DATABASE_URL` creates no unrelated secret.
 #[derive(Debug, Clone)]
@@ -80,7 +83,7 @@ impl Exports {
     }
 
     /// Every variable with its value, sorted by name.
-    pub fn all(&self) -> Result<BTreeMap<String, String>, ExportError> {
+    pub fn all(&self) -> Result<ExportedVars, ExportError> {
         self.raw
             .keys()
             .map(|k| Ok((k.clone(), self.get(k)?.unwrap_or_default())))

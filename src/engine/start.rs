@@ -313,9 +313,8 @@ impl ServiceRun {
             async move { backend.exec(&spec, &argv).await }
         };
         let alive = move || {
-            exited(backend.as_ref(), &spec).map_err(|e| probe::StopReason::Exited {
-                status: e.status(),
-            })
+            exited(backend.as_ref(), &spec)
+                .map_err(|e| probe::StopReason::Exited { status: e.status() })
         };
         probe::wait_ready(hc, alive, exec).await?;
         Ok("healthy")

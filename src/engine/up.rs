@@ -203,21 +203,19 @@ impl Engine {
             let inst = self.backend.inspect(svc);
             let mut action = Action::decide(&self.layout, svc, &inst);
             if to_build.contains(name) && matches!(action, Action::Keep | Action::Verify) {
+                action = Action::Replace;
                 self.progress.note(&format!(
                     "`{name}` is to be built: restarting it once the build succeeds"
                 ));
-                action = Action::Replace;
             } else if action == Action::Replace {
                 self.progress.note(&format!(
                     "the definition of `{name}` changed since it started: restarting it"
                 ));
-            }
-            match action {
-                Action::Orphaned => self.progress.note(&format!(
+            } else if action == Action::Orphaned {
+                self.progress.note(&format!(
                     "`{name}` lost its supervisor (pid {}): restarting it under a new one",
                     inst.pid.unwrap_or(0)
-                )),
-                _ => {}
+                ));
             }
             actions.insert(name.clone(), action);
         }
