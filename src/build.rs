@@ -117,7 +117,7 @@ pub fn input_files(root: &Path, globs: &[String]) -> Result<Vec<PathBuf>, BuildE
 
 /// The directory a glob's matches all lie under: its leading components without a wildcard
 /// (`crates/api/**/*.rs` → `crates/api`), so that only that part of the project is walked.
-fn literal_base(glob: &str) -> PathBuf {
+pub fn literal_base(glob: &str) -> PathBuf {
     let mut base = PathBuf::new();
     let parts: Vec<&str> = glob.split('/').collect();
     for (i, part) in parts.iter().enumerate() {

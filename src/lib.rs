@@ -25,3 +25,4 @@ pub mod spec;
 pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod watch;

@@ -13,6 +13,7 @@ mod schema;
 mod seed;
 mod status;
 mod up;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -79,6 +80,8 @@ enum Command {
     /// Destroy one service's instance and data, recreate and re-initialise it.
     #[command(name = "rebuild-box")]
     RebuildBox(rebuild_box::Args),
+    /// `up`, then rebuild and restart a component when its `watch:` files change.
+    Watch(watch::Args),
     /// Internal: supervise one service (started by `up`).
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -123,6 +126,9 @@ pub enum CliError {
     /// The working directory cannot be read (exit 1).
     #[error("cannot read the current directory: {0}")]
     Cwd(#[source] std::io::Error),
+    /// Watching could not start (exit 2 when nothing is to be watched, else 1).
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
     /// JSON output could not be rendered (exit 1).
     #[error("cannot render JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -189,9 +195,13 @@ impl CliError {
             Self::Reset(ResetError::NotAStateDir(_) | ResetError::HoldsTheProject(_)) => {
                 ExitStatus::Invalid
             }
-            Self::Reset(_) | Self::Seed(_) | Self::Connect(_) | Self::Cwd(_) | Self::Json(_) => {
-                ExitStatus::Failure
-            }
+            Self::Watch(crate::watch::WatchError::NothingToWatch) => ExitStatus::Invalid,
+            Self::Reset(_)
+            | Self::Seed(_)
+            | Self::Connect(_)
+            | Self::Cwd(_)
+            | Self::Watch(_)
+            | Self::Json(_) => ExitStatus::Failure,
         }
     }
 }
@@ -315,7 +325,11 @@ pub fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     let starts = matches!(
         cli.command,
-        Command::Up(_) | Command::Restart(_) | Command::RebuildBox(_) | Command::Doctor(_)
+        Command::Up(_)
+            | Command::Restart(_)
+            | Command::RebuildBox(_)
+            | Command::Doctor(_)
+            | Command::Watch(_)
     );
     let ctx = Ctx::load(&cli, starts).await?;
     match cli.command {
@@ -331,6 +345,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Seed(a) => seed::run(a, ctx).await,
         Command::Reset(a) => reset::run(a, ctx).await,
         Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
+        Command::Watch(a) => watch::run(a, ctx).await,
         Command::Supervise { .. } => Ok(ExitStatus::Ok),
         Command::Box { .. } => Err(UsageError::NoMicrovm.into()),
     }

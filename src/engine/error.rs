@@ -2,6 +2,8 @@
 //! come up an [`Unhealthy`] whose [`StartError`] says which part of its start failed and why.
 
 use crate::backend::{BackendError, Problem};
+use crate::build::BuildError;
+use crate::layout::Layout;
 use crate::probe::ProbeFailure;
 use crate::supervisor::{self, record::ExitInfo};
 
@@ -25,7 +27,7 @@ pub enum EngineError {
     Supervisor(#[from] supervisor::SupervisorError),
     /// A component's build inputs could not be read (exit 1).
     #[error(transparent)]
-    Build(#[from] crate::build::BuildError),
+    Build(#[from] BuildError),
     /// Ctrl-C (exit 130).
     #[error("interrupted: stopped what this command had started")]
     Interrupted,
@@ -44,6 +46,32 @@ pub struct Unhealthy {
     pub log_path: String,
 }
 
+/// How many of its last log lines a service that did not come up shows.
+const LOG_TAIL_LINES: usize = 15;
+
+impl Unhealthy {
+    /// `service` did not come up because of `reason`; with the end of its log, or of its
+    /// build's output when the build failed.
+    pub fn new(layout: &Layout, service: &str, reason: StartError) -> Unhealthy {
+        let (path, log_tail) = match &reason {
+            StartError::Build(BuildError::Failed { log, .. }) => {
+                (log.clone(), crate::build::tail(log, LOG_TAIL_LINES))
+            }
+            _ => {
+                let path = layout.log_file(service);
+                let tail = supervisor::log::tail(&path, LOG_TAIL_LINES);
+                (path, tail)
+            }
+        };
+        Unhealthy {
+            service: service.to_string(),
+            reason,
+            log_tail,
+            log_path: path.display().to_string(),
+        }
+    }
+}
+
 /// Why one service's start failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -55,7 +83,7 @@ pub enum StartError {
     Probe(#[from] ProbeFailure),
     /// Its build failed (the instance already running, if any, keeps running).
     #[error(transparent)]
-    Build(#[from] crate::build::BuildError),
+    Build(#[from] BuildError),
     /// It exited while an `after_start` step was being retried against it.
     #[error("{exited} during init step `{step}`; {cause}")]
     ExitedDuringStep {

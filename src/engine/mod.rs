@@ -3,6 +3,7 @@
 //! and a service starts the moment its own dependencies are ready (never later than its wave).
 
 mod action;
+mod build;
 mod cost;
 mod down;
 mod error;
@@ -43,6 +44,16 @@ impl Engine {
             backend,
             progress: Arc::new(progress),
         }
+    }
+
+    /// The stack this engine runs.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// The state dir it runs in.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Takes the state dir's lock, which every command that changes what runs holds, waiting

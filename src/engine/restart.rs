@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 use crate::graph;
 
 use super::error::EngineError;
-use super::up::UpReport;
+use super::up::{Builds, UpReport};
 use super::Engine;
 
 impl Engine {
@@ -16,7 +16,21 @@ impl Engine {
         names: &[String],
         cancel: CancellationToken,
     ) -> Result<UpReport, EngineError> {
+        self.restart_with(names, Builds::WhenChanged, cancel).await
+    }
+
+    /// [`Engine::restart`]; with [`Builds::Always`] the components among `names` are built first,
+    /// and nothing is stopped unless every build succeeds.
+    pub async fn restart_with(
+        &self,
+        names: &[String],
+        builds: Builds,
+        cancel: CancellationToken,
+    ) -> Result<UpReport, EngineError> {
         self.stack.check_names(names)?;
+        if builds == Builds::Always {
+            self.build(names).await?;
+        }
         let set = graph::dependents_closure(&self.stack, names);
         {
             let _lock = self.lock()?;

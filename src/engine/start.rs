@@ -13,18 +13,12 @@ use crate::layout::Layout;
 use crate::probe;
 use crate::progress::Progress;
 use crate::spec::{Condition, InitPhase, ServiceSpec};
-use crate::supervisor::{
-    log,
-    record::{now_rfc3339, read_json, write_json, Readiness, State},
-};
+use crate::supervisor::record::{now_rfc3339, read_json, write_json, Readiness, State};
 
 use super::action::Action;
 use super::cost::{first_start, next_warm_estimate};
 use super::error::{Exited, StartError, Unhealthy};
 use super::schedule::Launch;
-
-/// How many of its last log lines a service that did not come up shows.
-const LOG_TAIL_LINES: usize = 15;
 
 /// How long a one-shot task is waited for before its state is read again. The backend returns
 /// as soon as the task's supervisor exits (having written the final record); this only bounds
@@ -337,25 +331,9 @@ impl ServiceRun {
         }
     }
 
-    /// `svc` did not come up because of `reason`; with the end of its log (of its build's
-    /// output, when the build failed).
+    /// `svc` did not come up because of `reason`.
     fn unhealthy(&self, svc: &str, reason: StartError) -> Unhealthy {
-        let (path, log_tail) = match &reason {
-            StartError::Build(crate::build::BuildError::Failed { log, .. }) => {
-                (log.clone(), crate::build::tail(log, LOG_TAIL_LINES))
-            }
-            _ => {
-                let path = self.layout.log_file(svc);
-                let tail = log::tail(&path, LOG_TAIL_LINES);
-                (path, tail)
-            }
-        };
-        Unhealthy {
-            service: svc.to_string(),
-            reason,
-            log_tail,
-            log_path: path.display().to_string(),
-        }
+        Unhealthy::new(&self.layout, svc, reason)
     }
 }
 

@@ -28,6 +28,17 @@ pub enum Builds {
     Always,
 }
 
+impl Builds {
+    /// [`Builds::Always`] when `forced` (a `--build` flag), else [`Builds::WhenChanged`].
+    pub fn forced(forced: bool) -> Builds {
+        if forced {
+            Builds::Always
+        } else {
+            Builds::WhenChanged
+        }
+    }
+}
+
 /// What `up` did.
 #[derive(Debug, Default, Clone)]
 pub struct UpReport {

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod components;
 mod data;
 mod engine;
 mod lifecycle;

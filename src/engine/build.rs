@@ -1,0 +1,61 @@
+//! Builds ahead of a restart (`restart --build`, a change under `up --watch`): every build runs
+//! before anything is stopped, so a failed one leaves the running instance serving.
+
+use std::collections::BTreeSet;
+
+use tokio::task::JoinSet;
+
+use super::error::{EngineError, StartError, Unhealthy};
+use super::Engine;
+
+impl Engine {
+    /// Builds the components among `names` (all components when empty), side by side. Returns
+    /// the slowest build's seconds; fails, building on, with every build that failed (exit 5).
+    pub async fn build(&self, names: &[String]) -> Result<f64, EngineError> {
+        self.stack.check_names(names)?;
+        let wanted: BTreeSet<&String> = self
+            .stack
+            .services
+            .values()
+            .filter(|s| s.build.is_some() && (names.is_empty() || names.contains(&s.name)))
+            .map(|s| &s.name)
+            .collect();
+        let mut builds = JoinSet::new();
+        for name in wanted {
+            let svc = self.stack.services[name].clone();
+            let (layout, root) = (self.layout.clone(), self.stack.root.clone());
+            self.progress.phase(name, "building");
+            builds.spawn(async move {
+                let result = crate::build::run(&layout, &root, &svc).await;
+                (svc.name, result)
+            });
+        }
+        let mut slowest = 0f64;
+        let mut failures = Vec::new();
+        while let Some(joined) = builds.join_next().await {
+            match joined {
+                Ok((name, Ok(took))) => {
+                    slowest = slowest.max(took.as_secs_f64());
+                    self.progress
+                        .done(&name, &format!("built in {:.2}s", took.as_secs_f64()));
+                }
+                Ok((name, Err(e))) => {
+                    self.progress.failed(&name, "build failed");
+                    failures.push(Unhealthy::new(&self.layout, &name, StartError::Build(e)));
+                }
+                // A build task does not panic; if one ever did, say so rather than lose it.
+                Err(e) => failures.push(Unhealthy::new(
+                    &self.layout,
+                    "build",
+                    StartError::Internal(e),
+                )),
+            }
+        }
+        if failures.is_empty() {
+            Ok(slowest)
+        } else {
+            failures.sort_by(|a, b| a.service.cmp(&b.service));
+            Err(EngineError::Unhealthy(failures))
+        }
+    }
+}
