@@ -2,7 +2,7 @@
 // It reads Dex's own config file and serves the same endpoints under the issuer
 // path (/dex/auth, /dex/token, /dex/keys, /dex/userinfo, ...), using panva's
 // oidc-provider for the protocol work. See README.md for what is (not) covered.
-import { randomBytes, generateKeyPairSync } from 'node:crypto';
+import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import http from 'node:http';
@@ -180,6 +180,16 @@ const findAccount = (ctx, sub) => {
   const u = users.find((x) => x.sub === sub);
   return u && { accountId: sub, claims: () => ({ sub, email: u.email, email_verified: true, name: u.username }) };
 };
+// The claims Dex adds to its ID and access tokens for the scopes granted (server/oauth2.go,
+// newIDToken): email and email_verified for `email`, name (the username) for `profile`.
+const scopeClaims = (sub, scope) => {
+  const u = users.find((x) => x.sub === sub);
+  const scopes = new Set(scope?.split(' '));
+  return {
+    ...(u && scopes.has('email') ? { email: u.email, email_verified: true } : undefined),
+    ...(u && scopes.has('profile') && u.username ? { name: u.username } : undefined),
+  };
+};
 const html = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 const provider = new Provider(issuer, {
@@ -214,6 +224,13 @@ const provider = new Provider(issuer, {
     await grant.save();
     return grant;
   },
+  // Kept with each access token's record and signed into its JWT (see AccessToken below). Dex
+  // also carries the authorization request's nonce into the access token, refreshed ones too.
+  extraTokenClaims: async (ctx, token) => {
+    if (token.kind !== 'AccessToken') return undefined;
+    const nonce = ctx?.oidc.entities.AuthorizationCode?.nonce ?? ctx?.oidc.entities.RefreshToken?.nonce;
+    return { ...(nonce ? { nonce } : undefined), ...scopeClaims(token.accountId, token.scope) };
+  },
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   expiresWithSession: async () => false, // Dex tokens do not die with the browser session
   clientBasedCORS: (ctx, origin, client) => allowedOrigins.includes('*') || allowedOrigins.includes(origin)
@@ -234,6 +251,39 @@ provider.Client.prototype.redirectUriAllowed = function allowed(uri) {
   if (redirectUriAllowed.call(this, uri)) return true;
   const u = URL.parse(uri);
   return this.clientAuthMethod === 'none' && u?.protocol === 'http:' && u.hostname === 'localhost';
+};
+
+// Access tokens are JWTs, as Dex's are: Dex signs the ID token's claims again with the client as
+// audience (server/oauth2.go, newAccessToken), so APIs verify them with the JWKS alone.
+// oidc-provider's own JWT format cannot be used: it needs a resource server as audience, keeps
+// no record of the token, and such tokens are refused by userinfo. So each access token keeps
+// its ordinary record (userinfo, introspection, revocation, revoking a grant), filed under the
+// SHA-256 of its JWT: only the JWT itself finds it, and the record's id is no bearer token.
+const tokenKey = (jwt) => createHash('sha256').update(jwt).digest('base64url');
+let signingKeyObject; // made on first use: start-up stays as fast as before
+const signJwt = (claims) => {
+  signingKeyObject ??= createPrivateKey({ key: signingKey, format: 'jwk' });
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const input = `${part({ alg: 'RS256', kid: signingKey.kid })}.${part(claims)}`;
+  return `${input}.${sign('sha256', Buffer.from(input), signingKeyObject).toString('base64url')}`;
+};
+const { AccessToken } = provider;
+const opaqueValueAndPayload = AccessToken.prototype.getValueAndPayload;
+AccessToken.prototype.getValueAndPayload = async function jwtValueAndPayload() {
+  const { payload } = await opaqueValueAndPayload.call(this);
+  const value = signJwt({ iss: provider.issuer, sub: payload.accountId, aud: payload.clientId,
+    exp: payload.exp, iat: payload.iat, ...payload.extra });
+  this.jti = payload.jti = tokenKey(value); // the id save() files the record under
+  return { value, payload };
+};
+// oidc-provider's introspection and revocation refuse every JWT-shaped token (its own JWT format
+// has no record to look up), so the HTTP server below passes ours on in this dotless spelling.
+const JWT_ALIAS = 'jwt:';
+const aliasOf = (jwt) => `${JWT_ALIAS}${jwt.replaceAll('.', ':')}`;
+const findOpaque = AccessToken.find;
+AccessToken.find = function findByJwt(value, ...rest) {
+  const jwt = typeof value === 'string' && value.startsWith(JWT_ALIAS) ? value.slice(JWT_ALIAS.length).replaceAll(':', '.') : value;
+  return findOpaque.call(this, typeof jwt === 'string' && jwt.split('.').length === 3 ? tokenKey(jwt) : undefined, ...rest);
 };
 
 // Resource-owner password grant (Dex: oauth2.passwordConnector: local).
@@ -279,12 +329,13 @@ const loginPage = (uid, client, error = '', login = '') => `<!DOCTYPE html>
 <input name="password" type="password" placeholder="Password" autocomplete="current-password">
 <button type="submit">Login</button></form></body></html>`;
 
-const readForm = (req) => new Promise((resolve, reject) => {
+const readBody = (req) => new Promise((resolve, reject) => {
   let body = '';
   req.on('data', (c) => { body += c; if (body.length > 65536) req.destroy(); });
-  req.on('end', () => resolve(Object.fromEntries(new URLSearchParams(body))));
+  req.on('end', () => resolve(body));
   req.on('error', reject);
 });
+const readForm = async (req) => Object.fromEntries(new URLSearchParams(await readBody(req)));
 const send = (res, status, type, body) => { res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }); res.end(body); };
 
 async function interaction(req, res, uid, action) {
@@ -311,6 +362,18 @@ async function interaction(req, res, uid, action) {
   return provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false });
 }
 
+// Dex introspects its JWT access tokens; oidc-provider would refuse them (see aliasOf), so the
+// body of an introspection or revocation request is read here and its token respelled.
+async function aliasJwtToken(req) {
+  const body = await readBody(req);
+  if (!/^application\/x-www-form-urlencoded\b/i.test(req.headers['content-type'] ?? '')) return body;
+  const form = new URLSearchParams(body);
+  const tokens = form.getAll('token');
+  if (tokens.length !== 1 || tokens[0].split('.').length !== 3) return body;
+  form.set('token', aliasOf(tokens[0]));
+  return form.toString();
+}
+
 // ---- HTTP server -------------------------------------------------------------
 const oidc = provider.callback();
 const server = http.createServer(async (req, res) => {
@@ -324,7 +387,12 @@ const server = http.createServer(async (req, res) => {
   req.url = pathname.slice(prefix.length) + search;
   req.headers['x-forwarded-host'] = issuerUrl.host;
   req.headers['x-forwarded-proto'] = issuerUrl.protocol.slice(0, -1);
-  const m = /^\/interaction\/([\w-]+)(\/login)?$/.exec(pathname.slice(prefix.length));
+  const route = pathname.slice(prefix.length);
+  if (req.method === 'POST' && (route === '/token/introspect' || route === '/token/revoke')) {
+    // oidc-provider parses a body already read from req.body (it warns once that it does).
+    req.body = Buffer.from(await aliasJwtToken(req).catch(() => ''));
+  }
+  const m = /^\/interaction\/([\w-]+)(\/login)?$/.exec(route);
   if (!m) return oidc(req, res);
   try {
     await interaction(req, res, m[1], m[2]);

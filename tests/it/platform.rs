@@ -139,8 +139,90 @@ async fn password_grant(
     (code, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-/// Verifies an RS256 ID token against the provider's JWKS; returns its claims.
-async fn verify(env: &BTreeMap<String, String>, token: &str) -> serde_json::Value {
+/// The authorization-code flow as a browser runs it (login form, cookies, redirects, no
+/// redirect followed by the client itself); returns the token response.
+async fn code_flow(
+    env: &BTreeMap<String, String>,
+    login: &str,
+    password: &str,
+    nonce: &str,
+) -> serde_json::Value {
+    let issuer = reqwest::Url::parse(&env["OIDC_ISSUER"]).expect("issuer URL");
+    let redirect_uri = "http://127.0.0.1:5555/callback";
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut cookies: Vec<String> = Vec::new();
+    // One step: the response's cookies are kept, its Location resolved against the issuer.
+    let mut step = |resp: reqwest::Response| {
+        assert!(resp.status().is_redirection(), "{resp:?}");
+        for c in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            let pair = c.to_str().expect("cookie").split(';').next().unwrap_or("");
+            cookies.push(pair.to_string());
+        }
+        let location = resp.headers()[reqwest::header::LOCATION]
+            .to_str()
+            .expect("location");
+        (
+            issuer.join(location).expect("location URL"),
+            cookies.join("; "),
+        )
+    };
+    let mut auth = issuer.clone();
+    auth.path_segments_mut().expect("path").push("auth");
+    auth.query_pairs_mut()
+        .append_pair("client_id", &env["OIDC_CLIENT_ID"])
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid email profile")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("state", "s1")
+        .append_pair("nonce", nonce);
+    let (form, cookie) = step(browser.get(auth).send().await.expect("auth"));
+    let (resume, cookie) = step(
+        browser
+            .post(format!("{form}/login"))
+            .header(reqwest::header::COOKIE, cookie)
+            .form(&[("login", login), ("password", password)])
+            .send()
+            .await
+            .expect("login"),
+    );
+    let (callback, _) = step(
+        browser
+            .get(resume)
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .expect("resume"),
+    );
+    assert!(callback.as_str().starts_with(redirect_uri), "{callback}");
+    let code = callback
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("a code in {callback}"));
+    let resp = browser
+        .post(format!("{}/token", env["OIDC_ISSUER"]))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri),
+            ("client_id", env["OIDC_CLIENT_ID"].as_str()),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("token JSON")
+}
+
+/// Checks an RS256 JWT from the provider (ID or access token) against its JWKS: signature,
+/// `iss`, `aud` = the client, `exp`. Returns its claims, or why it does not verify.
+async fn verify(
+    env: &BTreeMap<String, String>,
+    token: &str,
+) -> Result<serde_json::Value, jsonwebtoken::errors::Error> {
     let issuer = &env["OIDC_ISSUER"];
     let discovery: serde_json::Value =
         reqwest::get(format!("{issuer}/.well-known/openid-configuration"))
@@ -156,16 +238,14 @@ async fn verify(env: &BTreeMap<String, String>, token: &str) -> serde_json::Valu
             .json()
             .await
             .expect("jwks JSON");
-    let header = jsonwebtoken::decode_header(token).expect("JWT header");
+    let header = jsonwebtoken::decode_header(token)?;
     let kid = header.kid.expect("kid");
     let jwk = jwks.find(&kid).expect("the signing key is in the JWKS");
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.set_audience(&[env["OIDC_CLIENT_ID"].as_str()]);
     v.set_issuer(&[issuer.as_str()]);
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("RSA key");
-    jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
-        .expect("the ID token verifies against the JWKS")
-        .claims
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map(|t| t.claims)
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -473,17 +553,75 @@ fn the_default_stack_serves_real_clients_and_keeps_data_across_kills_and_restart
         .await;
         assert!(wrong.is_err(), "a wrong secret key is refused");
 
-        // OIDC: the password grant for both users, ID tokens verified against the JWKS.
-        for (user, sub) in [
-            ("admin@boxlite.dev", "CgQxMjM0EgVsb2NhbA"),
-            ("test01@boxlite.dev", "CgQ1Njc4EgVsb2NhbA"),
+        // OIDC: the password grant for both users, ID and access tokens verified against the
+        // JWKS. Access tokens are JWTs as Dex issues them, so an API needs nothing but the JWKS.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let mut access_tokens = Vec::new();
+        for (user, name, sub) in [
+            ("admin@boxlite.dev", "admin", "CgQxMjM0EgVsb2NhbA"),
+            ("test01@boxlite.dev", "test01", "CgQ1Njc4EgVsb2NhbA"),
         ] {
             let (code, body) = password_grant(&env, user, "password").await;
             assert_eq!(code, 200, "{user}: {body}");
-            let claims = verify(&env, body["id_token"].as_str().expect("id_token")).await;
-            assert_eq!(claims["sub"], sub, "Dex-compatible subject");
-            assert_eq!(claims["email"], user);
+            let id = verify(&env, body["id_token"].as_str().expect("id_token"))
+                .await
+                .expect("the ID token verifies against the JWKS");
+            assert_eq!(id["sub"], sub, "Dex-compatible subject");
+            assert_eq!(id["email"], user);
+            let access = body["access_token"].as_str().expect("access_token");
+            let at = verify(&env, access)
+                .await
+                .unwrap_or_else(|e| panic!("the access token verifies against the JWKS: {e}"));
+            assert_eq!(at["iss"], env["OIDC_ISSUER"]);
+            assert_eq!(at["aud"], env["OIDC_CLIENT_ID"]);
+            assert_eq!(
+                at["sub"], id["sub"],
+                "the access token names the ID token's subject"
+            );
+            let exp = at["exp"].as_u64().expect("exp");
+            assert!(exp > now, "exp {exp} is in the future (now {now})");
+            assert!(at["iat"].as_u64().expect("iat") <= now + 60, "{at}");
+            assert_eq!(
+                (&at["email"], &at["email_verified"], &at["name"]),
+                (
+                    &id["email"],
+                    &id["email_verified"],
+                    &serde_json::json!(name)
+                ),
+                "the scope claims, as in the ID token"
+            );
+            access_tokens.push(access.to_string());
         }
+        // The code flow (a browser app's login) gives a JWT access token too, with its nonce.
+        let body = code_flow(&env, "test01", "password", "n-0S6_WzA2Mj").await;
+        let id = verify(&env, body["id_token"].as_str().expect("id_token"))
+            .await
+            .expect("the ID token verifies against the JWKS");
+        let at = verify(&env, body["access_token"].as_str().expect("access_token"))
+            .await
+            .unwrap_or_else(|e| panic!("the access token verifies against the JWKS: {e}"));
+        assert_eq!(
+            (&at["sub"], &at["nonce"], &at["email"]),
+            (&id["sub"], &id["nonce"], &id["email"])
+        );
+        assert_eq!(at["nonce"], "n-0S6_WzA2Mj");
+        // admin's header and signature over test01's claims: a forged token, refused.
+        let part = |t: &str, i: usize| t.split('.').nth(i).expect("three parts").to_string();
+        let (admin, test01) = (&access_tokens[0], &access_tokens[1]);
+        let forged = format!("{}.{}.{}", part(admin, 0), part(test01, 1), part(admin, 2));
+        let err = verify(&env, &forged)
+            .await
+            .expect_err("a forged token is refused");
+        assert!(
+            matches!(
+                err.kind(),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature
+            ),
+            "{err}"
+        );
         let (code, body) = password_grant(&env, "admin@boxlite.dev", "wrong").await;
         assert!(
             code == 400 || code == 401,
