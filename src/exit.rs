@@ -13,7 +13,7 @@ pub enum ExitStatus {
     SchemaRefused,
     /// 4: preflight failed (port in use, program missing).
     Preflight,
-    /// 5: a service did not become healthy (or its init failed).
+    /// 5: a service did not become healthy (or its init or build failed).
     Unhealthy,
     /// 130: interrupted by Ctrl-C.
     Interrupted,
@@ -42,5 +42,5 @@ Exit codes:
   2    invalid stack definition or usage
   3    half-applied schema refused
   4    preflight failed (port in use, program missing)
-  5    a service did not become healthy
+  5    a service did not become healthy, or a build failed
   130  interrupted";

@@ -1,8 +1,8 @@
 //! The operating-system seam: every call that only Linux answers (`/proc`, pidfd, the child
 //! subreaper, the parent-death signal, scheduler autogroups, the boot id) goes through the
-//! functions here, so a port to another OS (macOS first, see `docs/os-seam.md`) adds one file
-//! beside `linux.rs` and touches nothing else. POSIX calls (kill, killpg, getpgid, setsid,
-//! setpriority, waitpid) stay where they are used.
+//! functions here, so a port to another OS (macOS first: "The OS seam" in docs/architecture.md)
+//! adds one file beside `linux.rs` and touches nothing else. POSIX calls (kill, killpg, getpgid,
+//! setsid, setpriority, waitpid) stay where they are used.
 //!
 //! The seam is plain functions rather than a trait: there is one implementation per target,
 //! chosen at compile time, and no test fakes it (tests run real processes).
