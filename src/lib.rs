@@ -17,6 +17,7 @@ pub mod layout;
 pub mod probe;
 pub mod progress;
 pub mod reset;
+pub mod runtime;
 pub mod s3;
 pub mod schema;
 pub mod secrets;

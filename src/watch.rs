@@ -187,10 +187,7 @@ async fn react(engine: &Engine, service: &str, cancel: CancellationToken) -> Rea
         }
     }
     let t0 = Instant::now();
-    if let Err(e) = engine
-        .restart_with(&name, Builds::WhenChanged, cancel)
-        .await
-    {
+    if let Err(e) = engine.restart(&name, Builds::WhenChanged, cancel).await {
         return failed(e);
     }
     let restart_s = t0.elapsed().as_secs_f64();

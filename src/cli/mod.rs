@@ -300,11 +300,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(crate::backend::microvm::boxsup::run(spec) as u8);
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

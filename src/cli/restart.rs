@@ -19,7 +19,7 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let engine = ctx.engine();
     let builds = Builds::forced(args.build);
     engine
-        .restart_with(&args.services, builds, interrupt_token())
+        .restart(&args.services, builds, interrupt_token())
         .await?;
     Ok(ExitStatus::Ok)
 }

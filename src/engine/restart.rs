@@ -10,18 +10,9 @@ use super::Engine;
 
 impl Engine {
     /// Stops then starts `names` (all when empty); their dependents are stopped first and
-    /// started again after them.
+    /// started again after them. With [`Builds::Always`] the components among `names` are built
+    /// first, and nothing is stopped unless every build succeeds.
     pub async fn restart(
-        &self,
-        names: &[String],
-        cancel: CancellationToken,
-    ) -> Result<UpReport, EngineError> {
-        self.restart_with(names, Builds::WhenChanged, cancel).await
-    }
-
-    /// [`Engine::restart`]; with [`Builds::Always`] the components among `names` are built first,
-    /// and nothing is stopped unless every build succeeds.
-    pub async fn restart_with(
         &self,
         names: &[String],
         builds: Builds,

@@ -192,11 +192,7 @@ pub fn run(spec_path: &Path) -> i32 {
     let Some(lock) = hold_service_lock(&spec.lock_path, &spec.service) else {
         return 3;
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             send_handshake(&Handshake::failed(format!(

@@ -25,6 +25,8 @@ fn service(image: &str, boxed: Option<BoxSpec>) -> ServiceSpec {
         configs: Vec::new(),
         exports: BTreeMap::new(),
         data_dir: PathBuf::from("/state/data/redis"),
+        build: None,
+        watch: Vec::new(),
     }
 }
 
