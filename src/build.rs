@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::layout::Layout;
 use crate::spec::{build::glob, BuildSpec, ServiceSpec};
 use crate::supervisor::record::{now_rfc3339, read_json, write_json};
+use crate::supervisor::spawn::{Group, Spawn};
 
 /// Directory names never walked for inputs: version control and the stack's own state.
 const NEVER_INPUTS: &[&str] = &[".git", ".stack"];
@@ -218,20 +218,24 @@ pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Dura
         .map_err(log_err)?;
     let err = out.try_clone().map_err(log_err)?;
     let t0 = Instant::now();
-    let status = tokio::process::Command::new(&spec.command[0])
-        .args(&spec.command[1..])
+    let spawned = Spawn::argv(&spec.command)
         .current_dir(&spec.working_dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        // A build in flight when `up` is interrupted must not outlive it.
-        .kill_on_drop(true)
-        .status()
+        .stdout(out.into())
+        .stderr(err.into())
+        // Its own group, and gone with `stack`: a build in flight when `up` is interrupted
+        // must not outlive it (the handle kills it when dropped).
+        .group(Group::Own)
+        .die_with_parent()
+        .spawn_async();
+    let spawn_err = |source| BuildError::Spawn {
+        program: spec.command[0].clone(),
+        source,
+    };
+    let status = spawned
+        .map_err(spawn_err)?
+        .wait()
         .await
-        .map_err(|source| BuildError::Spawn {
-            program: spec.command[0].clone(),
-            source,
-        })?;
+        .map_err(spawn_err)?;
     let took = t0.elapsed();
     if !status.success() {
         return Err(BuildError::Failed {
