@@ -28,10 +28,12 @@ fi
 command -v apt-get >/dev/null || die "this script installs Debian packages; install the equivalents of: postgresql-15 redis-server"
 
 # Debian packages of the default stack's servers (and the clients its init steps use).
-PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates)
+# mmdebstrap, umoci and busybox-static build the sandbox images, skopeo pushes them.
+PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates
+  mmdebstrap umoci skopeo busybox-static)
 if [ "$MICROVM" = 1 ]; then
-  # protoc builds the boxlite crate; busybox-static fills the boot probe's image.
-  PACKAGES+=(protobuf-compiler busybox-static python3-pip)
+  # protoc builds the boxlite crate; busybox-static (above) fills the boot probe's image.
+  PACKAGES+=(protobuf-compiler python3-pip)
 fi
 # Node.js 20+ runs the OIDC provider; machines that already have it (nodesource) keep theirs.
 if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
@@ -120,4 +122,6 @@ asyncio.run(main())
     say "BoxLite runtime installed in $runtime_dir"
   fi
 fi
+# The sandbox images the runners run (the `images` task pushes them to the stack's registry).
+"$here/scripts/build-images.sh"
 say "dependencies ready"

@@ -6,6 +6,7 @@ mod harness;
 mod components;
 mod data;
 mod engine;
+mod images;
 mod lifecycle;
 #[cfg(feature = "microvm")]
 mod microvm;
