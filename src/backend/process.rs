@@ -289,7 +289,7 @@ fn kill_stale_step(record: &Path) {
     let ours = leader.is_present() || crate::supervisor::identity::start_time(leader.pid).is_none();
     if ours && crate::supervisor::identity::group_alive(leader.pid) {
         crate::supervisor::identity::signal_group(leader.pid, nix::sys::signal::Signal::SIGKILL);
-        crate::supervisor::identity::wait_group_gone(leader.pid, Duration::from_secs(5));
+        crate::supervisor::identity::wait_group_gone(leader.pid, crate::supervisor::KILL_REAP_WAIT);
     }
     let _ = std::fs::remove_file(record);
 }

@@ -32,6 +32,10 @@ use crate::spec::RestartPolicy;
 use identity::ProcRef;
 use record::{read_json, write_json, Record, State};
 
+/// How long a process group may take to vanish after SIGKILL: the kernel frees it at once, but
+/// a loaded machine can take a while to reap, and a stop must not report success too early.
+pub const KILL_REAP_WAIT: Duration = Duration::from_secs(5);
+
 /// A resolved unprivileged user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunAs {
@@ -322,7 +326,7 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
             identity::signal(p.pid, sig);
             if !identity::wait_gone(&p, grace) {
                 identity::signal(p.pid, Signal::SIGKILL);
-                identity::wait_gone(&p, Duration::from_secs(5));
+                identity::wait_gone(&p, KILL_REAP_WAIT);
             }
             record.process = None;
         }
@@ -336,7 +340,7 @@ pub fn stop(layout: &Layout, service: &str) -> Result<bool, SupervisorError> {
         }
         if !identity::wait_group_gone(
             p.pid,
-            Duration::from_secs(5).max(grace.saturating_sub(t0.elapsed())),
+            KILL_REAP_WAIT.max(grace.saturating_sub(t0.elapsed())),
         ) {
             return Err(SupervisorError::Unstoppable {
                 service: service.into(),

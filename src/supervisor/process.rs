@@ -421,9 +421,9 @@ impl Supervisor {
                 humantime::format_duration(self.spec.stop_grace)
             ));
             identity::signal_group(pid, Signal::SIGKILL);
-            exit = self.wait_exit(pid, Instant::now() + Duration::from_secs(5));
+            exit = self.wait_exit(pid, Instant::now() + super::KILL_REAP_WAIT);
         }
-        self.drain(pid, Duration::from_secs(5));
+        self.drain(pid, super::KILL_REAP_WAIT);
         let info = exit.unwrap_or(ExitInfo {
             code: None,
             signal: Some(libc::SIGKILL),

@@ -12,13 +12,11 @@ fn registry_digest(port: u16, name: &str, tag: &str) -> Option<String> {
         .arg(format!("http://127.0.0.1:{port}/v2/{name}/manifests/{tag}"))
         .output()
         .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("docker-content-digest:")
-                .map(|d| d.trim().to_string())
-        })
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("docker-content-digest:")
+            .map(|d| d.trim().to_string())
+    })
 }
 
 /// The digest of the layout's one image, from its index.json.
@@ -54,7 +52,8 @@ fn the_images_task_pushes_each_image_once_and_again_after_the_registry_is_rebuil
     let r = p.run(&["up"]);
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(
-        r.stderr.contains("2 services up (0 started, 2 already running)"),
+        r.stderr
+            .contains("2 services up (0 started, 2 already running)"),
         "a warm up pushes nothing: {}",
         r.stderr
     );
