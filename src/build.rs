@@ -63,8 +63,12 @@ pub enum BuildError {
 /// The last successful build of a component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildRecord {
-    /// The hash of its inputs and command then.
+    /// The hash of its inputs' content and its command then.
     pub hash: String,
+    /// The hash of its inputs' paths, sizes and modification times then: while it holds, a
+    /// warm `up` reads no input's content.
+    #[serde(default)]
+    pub stamp: String,
     /// When it finished.
     pub at: String,
     /// How long it took.
@@ -171,6 +175,30 @@ pub fn input_hash(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
     Ok(hex::encode(&h.finalize()[..16]))
 }
 
+/// The cheap check before [`input_hash`]: each input's path, size, inode and modification time,
+/// and the command. Equal stamps mean unchanged inputs; different stamps say nothing (a file
+/// touched without a change), and the content decides.
+pub fn input_stamp(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    for arg in &spec.command {
+        h.update(arg.as_bytes());
+        h.update([0]);
+    }
+    for rel in input_files(root, &spec.inputs)? {
+        let path = root.join(&rel);
+        let m = std::fs::symlink_metadata(&path).map_err(|source| BuildError::Input {
+            path: path.clone(),
+            source,
+        })?;
+        h.update(rel.to_string_lossy().as_bytes());
+        for n in [m.size(), m.ino(), m.mtime() as u64, m.mtime_nsec() as u64] {
+            h.update(n.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(&h.finalize()[..16]))
+}
+
 /// What a component's build needs now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
@@ -188,12 +216,25 @@ pub fn freshness(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Fres
     let Some(spec) = &svc.build else {
         return Ok(Freshness::UpToDate);
     };
+    let path = layout.build_record(&svc.name);
+    let Some(mut last) = read_json::<BuildRecord>(&path).ok().flatten() else {
+        return Ok(Freshness::Stale {
+            hash: input_hash(root, spec)?,
+        });
+    };
+    let stamp = input_stamp(root, spec)?;
+    if stamp == last.stamp {
+        return Ok(Freshness::UpToDate);
+    }
     let hash = input_hash(root, spec)?;
-    let last: Option<BuildRecord> = read_json(&layout.build_record(&svc.name)).ok().flatten();
-    Ok(match last {
-        Some(r) if r.hash == hash => Freshness::UpToDate,
-        _ => Freshness::Stale { hash },
-    })
+    if hash != last.hash {
+        return Ok(Freshness::Stale { hash });
+    }
+    // Touched, not changed: remember the new stamp, so the next `up` reads no content again.
+    // Unrecorded, it only reads the content again.
+    last.stamp = stamp;
+    let _ = write_json(&path, &last);
+    Ok(Freshness::UpToDate)
 }
 
 /// Runs `svc`'s build, its output appended to its build log. On success the inputs' hash is
@@ -203,7 +244,7 @@ pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Dura
     let Some(spec) = &svc.build else {
         return Ok(Duration::ZERO);
     };
-    let hash = input_hash(root, spec)?;
+    let (hash, stamp) = (input_hash(root, spec)?, input_stamp(root, spec)?);
     let log = layout.build_log(&svc.name);
     let log_err = |source| BuildError::Log {
         path: log.clone(),
@@ -245,6 +286,7 @@ pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Dura
     }
     let record = BuildRecord {
         hash,
+        stamp,
         at: now_rfc3339(),
         duration_ms: took.as_millis() as u64,
     };
@@ -332,6 +374,14 @@ mod tests {
         assert_ne!(edited, first);
         std::fs::rename(root.join("src/a.rs"), root.join("src/b.rs")).expect("rename");
         assert_ne!(input_hash(root, &s).expect("hash"), edited);
+        let stamp = input_stamp(root, &s).expect("stamp");
+        assert_eq!(input_stamp(root, &s).expect("stamp"), stamp, "stable");
+        std::fs::write(root.join("src/b.rs"), "fn a() { }").expect("touch");
+        assert_ne!(
+            input_stamp(root, &s).expect("stamp"),
+            stamp,
+            "a touch changes the stamp (and the content then decides)"
+        );
         let mut other = s.clone();
         other.command.push("--release".into());
         assert_ne!(
