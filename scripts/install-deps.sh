@@ -27,8 +27,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v apt-get >/dev/null || die "this script installs Debian packages; install the equivalents of: postgresql-15 redis-server"
 
-# Debian packages of the default stack's servers (and the clients its init steps use).
-PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates)
+# Debian packages of the default stack's servers (and the clients its init steps use); runc
+# runs the runners' sandboxes.
+PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates runc)
 if [ "$MICROVM" = 1 ]; then
   # protoc builds the boxlite crate; busybox-static fills the boot probe's image.
   PACKAGES+=(protobuf-compiler busybox-static python3-pip)

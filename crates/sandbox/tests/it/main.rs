@@ -1,0 +1,5 @@
+//! The crate's integration tests: a real registry, real pulls and (as root) real runc sandboxes.
+
+mod support;
+
+mod oci;

@@ -1,0 +1,374 @@
+//! Test support: a real `docker-registry` on a free loopback port in a temp dir, and a small
+//! pusher that builds busybox images (and deliberately broken ones) and pushes them through the
+//! distribution API.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sandbox::Digest;
+use serde_json::json;
+
+/// Is this process root? Tests that mount, mknod or run runc skip otherwise, saying why.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Prints why a test skips and returns true when it must.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("{test}: skipped: needs root (overlayfs mounts, device nodes, runc)");
+    true
+}
+
+/// Polls `cond` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `docker-registry` serving from a temp dir; killed and reaped on drop.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    pub host: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    /// Starts the registry as `services/registry.yaml` does, on a free port, and waits for `/v2/`.
+    pub async fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        let storage = dir.path().join("storage");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: \"{}\" }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: \"127.0.0.1:{port}\"\n",
+                storage.display()
+            ),
+        )
+        .expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry) must be installed");
+        let http = reqwest::Client::new();
+        let reg = Registry {
+            dir,
+            host: format!("127.0.0.1:{port}"),
+            child,
+            http,
+        };
+        let url = format!("http://{}/v2/", reg.host);
+        wait_for("the registry's /v2/", Duration::from_secs(15), || {
+            let req = reg.http.get(&url);
+            async move {
+                req.send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await;
+        reg
+    }
+
+    /// `host:port/repository:tag` for this registry.
+    pub fn image(&self, repository_tag: &str) -> String {
+        format!("{}/{repository_tag}", self.host)
+    }
+
+    /// Uploads a blob (monolithic POST + PUT) and returns its digest.
+    pub async fn push_blob(&self, repository: &str, bytes: Vec<u8>) -> Digest {
+        let digest = Digest::of(&bytes);
+        let start = self
+            .http
+            .post(format!(
+                "http://{}/v2/{repository}/blobs/uploads/",
+                self.host
+            ))
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(start.status().as_u16(), 202, "start upload");
+        let location = start.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let location = if location.starts_with('/') {
+            format!("http://{}{location}", self.host)
+        } else {
+            location
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = self
+            .http
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("finish upload");
+        assert_eq!(put.status().as_u16(), 201, "finish upload of {digest}");
+        digest
+    }
+
+    /// Puts a manifest (or index) under `reference` and returns its digest.
+    pub async fn push_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        doc: &serde_json::Value,
+    ) -> Digest {
+        let bytes = serde_json::to_vec(doc).expect("manifest json");
+        let digest = Digest::of(&bytes);
+        let put = self
+            .http
+            .put(format!(
+                "http://{}/v2/{repository}/manifests/{reference}",
+                self.host
+            ))
+            .header("Content-Type", media_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("put manifest");
+        assert_eq!(
+            put.status().as_u16(),
+            201,
+            "put manifest {repository}:{reference}"
+        );
+        digest
+    }
+
+    /// Pushes an image of `layers` (uncompressed tars, gzipped here) as `repository:tag`;
+    /// returns the manifest's digest and the layer blobs' digests.
+    pub async fn push_image(
+        &self,
+        repository: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        config: serde_json::Value,
+    ) -> (Digest, Vec<Digest>) {
+        let (manifest, layer_digests) = self
+            .image_manifest(repository, layers, "amd64", config)
+            .await;
+        let digest = self
+            .push_manifest(repository, tag, OCI_MANIFEST, &manifest)
+            .await;
+        (digest, layer_digests)
+    }
+
+    /// Pushes the config and layers of an image and returns its (unpushed) manifest.
+    pub async fn image_manifest(
+        &self,
+        repository: &str,
+        layers: &[Vec<u8>],
+        architecture: &str,
+        config: serde_json::Value,
+    ) -> (serde_json::Value, Vec<Digest>) {
+        let diff_ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
+        let config_blob = json!({
+            "architecture": architecture,
+            "os": "linux",
+            "config": config,
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        });
+        let config_bytes = serde_json::to_vec(&config_blob).expect("config json");
+        let config_size = config_bytes.len();
+        let config_digest = self.push_blob(repository, config_bytes).await;
+        let mut descs = Vec::new();
+        let mut digests = Vec::new();
+        for layer in layers {
+            let gz = gzip(layer);
+            let size = gz.len();
+            let d = self.push_blob(repository, gz).await;
+            descs.push(json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.to_string(), "size": size }));
+            digests.push(d);
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_size },
+            "layers": descs,
+        });
+        (manifest, digests)
+    }
+
+    /// Pushes the one-layer busybox image as `repository:tag`.
+    pub async fn push_busybox(&self, repository: &str, tag: &str) -> (Digest, Vec<Digest>) {
+        self.push_image(repository, tag, &[busybox_layer()], busybox_config())
+            .await
+    }
+
+    /// The file a blob is stored in on the registry's disk.
+    pub fn blob_file(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The busybox image's config: a shell, PATH, a working dir.
+pub fn busybox_config() -> serde_json::Value {
+    json!({
+        "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello"],
+        "Cmd": ["sh"],
+        "WorkingDir": "/root",
+    })
+}
+
+/// Applets the busybox image links to `/bin/busybox`.
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "hostname", "uname", "sleep", "cat", "echo", "true", "false", "ls", "id", "env",
+    "pwd", "ps", "mkdir", "rm", "head", "ln", "wc", "readlink",
+];
+
+/// A one-layer busybox root filesystem from the host's static `/bin/busybox` (Debian's
+/// `busybox-static`), as an uncompressed tar.
+pub fn busybox_layer() -> Vec<u8> {
+    let busybox =
+        std::fs::read("/bin/busybox").expect("/bin/busybox (Debian package busybox-static)");
+    let mut t = TarBuilder::default();
+    for d in ["bin", "etc", "root", "www", "proc", "sys", "dev"] {
+        t.dir(d, 0o755);
+    }
+    t.dir("tmp", 0o1777);
+    t.file("bin/busybox", 0o755, &busybox);
+    for a in APPLETS {
+        t.symlink(&format!("bin/{a}"), "busybox");
+    }
+    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    t.finish()
+}
+
+/// Builds tars entry by entry, including entries the `tar` crate refuses to write (names with
+/// `..` or absolute paths), by writing the name bytes into the header directly.
+#[derive(Default)]
+pub struct TarBuilder {
+    out: Vec<u8>,
+}
+
+impl TarBuilder {
+    fn entry(
+        &mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: Option<&str>,
+        data: &[u8],
+    ) {
+        let mut h = tar::Header::new_ustar();
+        {
+            let raw = h.as_old_mut();
+            assert!(name.len() < 100, "short names only");
+            raw.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.out.extend_from_slice(h.as_bytes());
+        self.out.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.out.extend(std::iter::repeat_n(0u8, pad));
+    }
+
+    pub fn dir(&mut self, name: &str, mode: u32) -> &mut Self {
+        self.entry(name, tar::EntryType::Directory, mode, None, &[]);
+        self
+    }
+
+    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> &mut Self {
+        self.entry(name, tar::EntryType::Regular, mode, None, data);
+        self
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.entry(name, tar::EntryType::Symlink, 0o777, Some(target), &[]);
+        self
+    }
+
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.entry(name, tar::EntryType::Link, 0o644, Some(target), &[]);
+        self
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.out);
+        out.extend(std::iter::repeat_n(0u8, 1024));
+        out
+    }
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+/// Every entry under `dir`, relative, sorted: to show that a failure left nothing behind.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        out.push(e.file_name().to_string_lossy().into_owned());
+    }
+    out.sort();
+    out
+}
