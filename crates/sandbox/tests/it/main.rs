@@ -3,3 +3,4 @@
 mod support;
 
 mod oci;
+mod sandboxes;

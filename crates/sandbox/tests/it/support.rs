@@ -372,3 +372,86 @@ pub fn entries(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A driver on a temp home whose cache holds the busybox image, and the registry it came from.
+pub struct Fixture {
+    pub registry: Registry,
+    pub home: tempfile::TempDir,
+    pub driver: sandbox::Driver,
+    pub image: sandbox::Image,
+}
+
+/// The cgroup all test sandboxes go under (one `<parent>/<id>` each).
+pub const CGROUP_PARENT: &str = "stack-sandbox-tests";
+
+pub fn driver_config() -> sandbox::DriverConfig {
+    sandbox::DriverConfig {
+        cgroup_parent: CGROUP_PARENT.into(),
+        ..Default::default()
+    }
+}
+
+impl Fixture {
+    pub async fn busybox() -> Fixture {
+        let registry = Registry::start().await;
+        registry.push_busybox("test/busybox", "1").await;
+        let home = tempfile::tempdir().expect("runner home");
+        let driver = sandbox::Driver::open(sandbox::Home::new(home.path()), driver_config())
+            .expect("driver");
+        let reference =
+            sandbox::ImageRef::parse(&registry.image("test/busybox:1")).expect("reference");
+        let image = driver
+            .images()
+            .pull(&reference)
+            .await
+            .expect("pull busybox")
+            .image;
+        Fixture {
+            registry,
+            home,
+            driver,
+            image,
+        }
+    }
+}
+
+/// A sandbox id unique to this test process and call (cgroups are shared by concurrent tests).
+pub fn unique_id(prefix: &str) -> sandbox::SandboxId {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    sandbox::SandboxId::parse(&format!("{prefix}-{}-{n}", std::process::id())).expect("valid id")
+}
+
+/// Asserts that sandbox `id` left nothing behind: no mount under its dir, no runc state, no dir,
+/// no cgroup, no live init process.
+pub fn assert_no_trace(home: &Path, id: &sandbox::SandboxId, pid: u32) {
+    let dir = home.join("sandboxes").join(id.as_str());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(dir.to_str().expect("utf-8")),
+        "a mount is left under {}",
+        dir.display()
+    );
+    assert!(
+        !home.join("runc").join(id.as_str()).exists(),
+        "runc state left"
+    );
+    assert!(!dir.exists(), "sandbox dir left");
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(CGROUP_PARENT)
+            .join(id.as_str())
+            .exists(),
+        "cgroup left"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap_or("gone");
+    assert!(
+        state == "gone" || state == "Z",
+        "init pid {pid} still alive ({state})"
+    );
+}

@@ -1,0 +1,264 @@
+//! Real runc sandboxes on the busybox image: life cycle, limits, exec, re-adoption, cleanup.
+
+use std::time::{Duration, Instant};
+
+use sandbox::{
+    CreateOptions, Driver, ExecOptions, Home, Resources, RuncError, SandboxError, Status,
+};
+
+use crate::support::{self, assert_no_trace, unique_id, Fixture};
+
+fn exec_opts() -> ExecOptions {
+    ExecOptions {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
+async fn sh(driver: &Driver, id: &sandbox::SandboxId, command: &str) -> (i32, String, String) {
+    let out = driver.exec(id, command, &exec_opts()).await.expect("exec");
+    (
+        out.exit_code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
+    if support::skip_unless_root("a_sandbox_runs_isolated_and_delete_leaves_nothing") {
+        return;
+    }
+    let fx = Fixture::busybox().await;
+    let id = unique_id("life");
+    let resources = Resources {
+        cpus: 0.5,
+        memory_bytes: 64 << 20,
+        pids: 100,
+    };
+    let opts = CreateOptions {
+        resources,
+        env: vec![("EXTRA".into(), "1".into())],
+        ..Default::default()
+    };
+    let sb = fx
+        .driver
+        .create(&id, &fx.image, &opts)
+        .await
+        .expect("create");
+    assert_eq!(sb.status, Status::Running);
+    assert!(sb.pid > 0);
+
+    assert_eq!(
+        sh(&fx.driver, &id, "uname -n").await,
+        (0, format!("{id}\n"), String::new())
+    );
+    let (code, out, _) = sh(&fx.driver, &id, "echo $GREETING $EXTRA; pwd").await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello 1\n/root\n"),
+        "image env and working dir"
+    );
+    assert_eq!(
+        sh(&fx.driver, &id, "echo oops >&2; exit 3").await,
+        (3, String::new(), "oops\n".into())
+    );
+    let (_, ps, _) = sh(&fx.driver, &id, "ps -o pid,args").await;
+    assert!(
+        ps.lines()
+            .nth(1)
+            .is_some_and(|l| l.trim_start().starts_with("1 ")),
+        "own pid namespace:\n{ps}"
+    );
+    let (_, links, _) = sh(&fx.driver, &id, "ls /sys/class/net").await;
+    assert_eq!(
+        links.split_whitespace().collect::<Vec<_>>(),
+        ["lo"],
+        "own network namespace"
+    );
+
+    let net = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("netns link");
+    assert_ne!(net(&sb.pid.to_string()), net("self"));
+    let cgroup = std::path::Path::new("/sys/fs/cgroup")
+        .join("memory")
+        .join(support::CGROUP_PARENT)
+        .join(id.as_str());
+    let limit =
+        std::fs::read_to_string(cgroup.join("memory.limit_in_bytes")).expect("memory cgroup");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let cpu = std::path::Path::new("/sys/fs/cgroup/cpu")
+        .join(support::CGROUP_PARENT)
+        .join(id.as_str());
+    let quota = std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).expect("cpu cgroup");
+    assert_eq!(quota.trim(), "50000");
+
+    // Writes land in the sandbox's upper dir, never in the shared layer.
+    assert_eq!(
+        sh(&fx.driver, &id, "echo mine > /root/note && rm /bin/cat")
+            .await
+            .0,
+        0
+    );
+    let upper = fx
+        .home
+        .path()
+        .join("sandboxes")
+        .join(id.as_str())
+        .join("upper");
+    assert!(upper.join("root/note").is_file());
+    assert!(fx
+        .driver
+        .images()
+        .layer_dir(&fx.image.layers[0].digest)
+        .join("bin/cat")
+        .exists());
+
+    fx.driver.delete(&id).await.expect("delete");
+    assert_no_trace(fx.home.path(), &id, sb.pid);
+    fx.driver
+        .delete(&id)
+        .await
+        .expect("a second delete is a no-op");
+    assert!(matches!(
+        fx.driver.exec(&id, "true", &exec_opts()).await,
+        Err(SandboxError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_the_command_and_its_children() {
+    if support::skip_unless_root("exec_timeout_kills_the_command_and_its_children") {
+        return;
+    }
+    let fx = Fixture::busybox().await;
+    let id = unique_id("timeout");
+    fx.driver
+        .create(&id, &fx.image, &CreateOptions::default())
+        .await
+        .expect("create");
+    let started = Instant::now();
+    let opts = ExecOptions {
+        timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let result = fx.driver.exec(&id, "sleep 301 & sleep 302", &opts).await;
+    assert!(
+        matches!(
+            result,
+            Err(SandboxError::Runc {
+                source: RuncError::Timeout { .. },
+                ..
+            })
+        ),
+        "expected a timeout, got {result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (_, ps, _) = sh(&fx.driver, &id, "ps -o args").await;
+    assert!(
+        !ps.contains("sleep 301") && !ps.contains("sleep 302"),
+        "children left:\n{ps}"
+    );
+    fx.driver.delete(&id).await.expect("delete");
+}
+
+#[tokio::test]
+async fn a_new_driver_adopts_running_sandboxes() {
+    if support::skip_unless_root("a_new_driver_adopts_running_sandboxes") {
+        return;
+    }
+    let fx = Fixture::busybox().await;
+    let id = unique_id("adopt");
+    let sb = fx
+        .driver
+        .create(&id, &fx.image, &CreateOptions::default())
+        .await
+        .expect("create");
+    let ghost = unique_id("ghost");
+    std::fs::create_dir_all(
+        fx.home
+            .path()
+            .join("sandboxes")
+            .join(ghost.as_str())
+            .join("upper"),
+    )
+    .expect("ghost dir");
+
+    // A restarted runner: a new driver on the same home.
+    let driver = Driver::open(Home::new(fx.home.path()), support::driver_config()).expect("reopen");
+    let adoption = driver.adopt().await.expect("adopt");
+    let found = adoption
+        .sandboxes
+        .iter()
+        .find(|s| s.id == id)
+        .expect("sandbox adopted");
+    assert_eq!((found.pid, found.status), (sb.pid, Status::Running));
+    assert_eq!(
+        found.record.as_ref().map(|r| &r.image_digest),
+        Some(&fx.image.digest)
+    );
+    assert_eq!(adoption.stale, std::slice::from_ref(&ghost));
+    assert_eq!(sh(&driver, &id, "hostname").await.1, format!("{id}\n"));
+
+    driver.delete(&ghost).await.expect("delete stale");
+    driver.delete(&id).await.expect("delete adopted");
+    assert_no_trace(fx.home.path(), &id, sb.pid);
+    assert!(driver.adopt().await.expect("adopt").sandboxes.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_nothing() {
+    if support::skip_unless_root("a_failed_create_leaves_nothing") {
+        return;
+    }
+    let fx = Fixture::busybox().await;
+    let id = unique_id("dup");
+    fx.driver
+        .create(&id, &fx.image, &CreateOptions::default())
+        .await
+        .expect("create");
+    let again = fx
+        .driver
+        .create(&id, &fx.image, &CreateOptions::default())
+        .await;
+    assert!(
+        matches!(again, Err(SandboxError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        sh(&fx.driver, &id, "true").await.0,
+        0,
+        "the first one is untouched"
+    );
+    fx.driver.delete(&id).await.expect("delete");
+
+    // An image whose layer is not in the cache.
+    let mut missing = fx.image.clone();
+    missing.layers[0].digest = sandbox::Digest::of(b"not pulled");
+    let id = unique_id("nolayer");
+    let result = fx
+        .driver
+        .create(&id, &missing, &CreateOptions::default())
+        .await;
+    assert!(
+        matches!(result, Err(SandboxError::LayerMissing { .. })),
+        "{result:?}"
+    );
+    assert_no_trace(fx.home.path(), &id, 0);
+
+    // An init that cannot start: runc fails, and the overlay it was given is unmounted.
+    let id = unique_id("badinit");
+    let opts = CreateOptions {
+        init: sandbox::Init::Command(vec!["/no/such/program".into()]),
+        ..Default::default()
+    };
+    let result = fx.driver.create(&id, &fx.image, &opts).await;
+    assert!(
+        matches!(result, Err(SandboxError::Runc { .. })),
+        "{result:?}"
+    );
+    assert_no_trace(fx.home.path(), &id, 0);
+}
