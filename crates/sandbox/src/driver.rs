@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, BundleError, Init, Resources, Spec};
 use crate::digest::Digest;
+use crate::files::{self, FileError};
 use crate::id::SandboxId;
 use crate::layout::Home;
 use crate::oci::{Image, ImageStore, PullError};
@@ -61,6 +62,18 @@ pub enum SandboxError {
         #[source]
         source: RuncError,
     },
+    /// A file operation inside the sandbox failed.
+    #[error("sandbox {id}: file operation refused or failed")]
+    File {
+        /// The sandbox.
+        id: SandboxId,
+        /// Why.
+        #[source]
+        source: FileError,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("a file task of the driver did not finish")]
+    Task(#[source] tokio::task::JoinError),
     /// `runc list` failed.
     #[error("cannot list the runner's containers")]
     List(#[source] RuncError),
@@ -352,6 +365,54 @@ impl Driver {
             .exec(id, &args, options, &pid_file)
             .await
             .map_err(|source| SandboxError::Runc {
+                id: id.clone(),
+                source,
+            })
+    }
+
+    /// The sandbox's root as the host sees it, if it is mounted (a file written to the bare
+    /// mount point would be hidden by the overlay and lost).
+    fn mounted_rootfs(&self, id: &SandboxId) -> Result<PathBuf, SandboxError> {
+        let rootfs = self.home.rootfs(id);
+        match bundle::is_mount_point(&rootfs) {
+            Ok(true) => Ok(rootfs),
+            Ok(false) => Err(SandboxError::NotFound { id: id.clone() }),
+            Err(e) => Err(io_err("read /proc/self/mountinfo for", &rootfs)(e)),
+        }
+    }
+
+    /// Writes `contents` to absolute `path` in the sandbox (see [`files::write`]).
+    pub async fn write_file(
+        &self,
+        id: &SandboxId,
+        path: &str,
+        contents: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), SandboxError> {
+        let rootfs = self.mounted_rootfs(id)?;
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || files::write(&rootfs, &path, &contents, mode))
+            .await
+            .map_err(SandboxError::Task)?
+            .map_err(|source| SandboxError::File {
+                id: id.clone(),
+                source,
+            })
+    }
+
+    /// Reads absolute `path` in the sandbox, up to `limit` bytes (see [`files::read`]).
+    pub async fn read_file(
+        &self,
+        id: &SandboxId,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, SandboxError> {
+        let rootfs = self.mounted_rootfs(id)?;
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || files::read(&rootfs, &path, limit))
+            .await
+            .map_err(SandboxError::Task)?
+            .map_err(|source| SandboxError::File {
                 id: id.clone(),
                 source,
             })

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod digest;
 pub mod driver;
+pub mod files;
 pub mod id;
 pub mod layout;
 pub mod oci;
@@ -18,6 +19,7 @@ pub use digest::{Digest, DigestError};
 pub use driver::{
     Adoption, CreateOptions, Driver, DriverConfig, Sandbox, SandboxError, SandboxRecord, Status,
 };
+pub use files::FileError;
 pub use id::{IdError, SandboxId};
 pub use layout::Home;
 pub use oci::{Image, ImageConfig, ImageRef, ImageStore, Layer, PullError, Pulled, UnpackError};

@@ -2,5 +2,6 @@
 
 mod support;
 
+mod files;
 mod oci;
 mod sandboxes;
