@@ -15,6 +15,7 @@ use crate::digest::Digest;
 use crate::files::{self, FileError};
 use crate::id::SandboxId;
 use crate::layout::Home;
+use crate::net::{self, NetError};
 use crate::oci::{Image, ImageStore, PullError};
 use crate::runc::{ExecOptions, ExecOutput, Runc, RuncError};
 
@@ -70,6 +71,15 @@ pub enum SandboxError {
         /// Why.
         #[source]
         source: FileError,
+    },
+    /// A connection into the sandbox failed.
+    #[error("sandbox {id}: cannot connect to one of its ports")]
+    Net {
+        /// The sandbox.
+        id: SandboxId,
+        /// Why.
+        #[source]
+        source: NetError,
     },
     /// A blocking task panicked or was cancelled.
     #[error("a file task of the driver did not finish")]
@@ -416,6 +426,34 @@ impl Driver {
                 id: id.clone(),
                 source,
             })
+    }
+
+    /// A TCP connection to `127.0.0.1:port` inside the sandbox's own network namespace.
+    pub async fn connect(
+        &self,
+        id: &SandboxId,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> Result<tokio::net::TcpStream, SandboxError> {
+        let net_err = |source| SandboxError::Net {
+            id: id.clone(),
+            source,
+        };
+        let sandbox = self
+            .state(id)
+            .await?
+            .filter(|s| s.status == Status::Running && s.pid > 0);
+        let pid = sandbox
+            .ok_or_else(|| SandboxError::NotFound { id: id.clone() })?
+            .pid;
+        let netns = net::open_namespace(pid).map_err(net_err)?;
+        // The pid came from runc a moment ago; once the namespace is open, check that it still is
+        // this sandbox's (in its cgroup), not a reused pid.
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cgroup.contains(&format!("/{}/{}", self.cgroup_parent, id)) {
+            return Err(net_err(NetError::NotOurs { pid }));
+        }
+        net::connect(netns, port, timeout).await.map_err(net_err)
     }
 
     /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init.

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod files;
 pub mod id;
 pub mod layout;
+pub mod net;
 pub mod oci;
 pub mod runc;
 
@@ -22,5 +23,6 @@ pub use driver::{
 pub use files::FileError;
 pub use id::{IdError, SandboxId};
 pub use layout::Home;
+pub use net::NetError;
 pub use oci::{Image, ImageConfig, ImageRef, ImageStore, Layer, PullError, Pulled, UnpackError};
 pub use runc::{ContainerState, ExecOptions, ExecOutput, Runc, RuncError};

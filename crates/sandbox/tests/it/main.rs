@@ -3,5 +3,6 @@
 mod support;
 
 mod files;
+mod net;
 mod oci;
 mod sandboxes;
