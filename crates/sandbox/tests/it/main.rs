@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bench;
 mod files;
 mod net;
 mod oci;
