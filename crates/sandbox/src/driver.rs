@@ -46,41 +46,17 @@ pub enum SandboxError {
     #[error("cannot open the image cache")]
     Images(#[source] PullError),
     /// The bundle (overlay, config) could not be made or unmade.
-    #[error("sandbox {id}: cannot prepare its bundle")]
-    Bundle {
-        /// The sandbox.
-        id: SandboxId,
-        /// Why.
-        #[source]
-        source: BundleError,
-    },
+    #[error("sandbox {0}: cannot prepare its bundle")]
+    Bundle(SandboxId, #[source] BundleError),
     /// runc failed.
-    #[error("sandbox {id}: runc failed")]
-    Runc {
-        /// The sandbox.
-        id: SandboxId,
-        /// Why.
-        #[source]
-        source: RuncError,
-    },
+    #[error("sandbox {0}: runc failed")]
+    Runc(SandboxId, #[source] RuncError),
     /// A file operation inside the sandbox failed.
-    #[error("sandbox {id}: file operation refused or failed")]
-    File {
-        /// The sandbox.
-        id: SandboxId,
-        /// Why.
-        #[source]
-        source: FileError,
-    },
+    #[error("sandbox {0}: file operation refused or failed")]
+    File(SandboxId, #[source] FileError),
     /// A connection into the sandbox failed.
-    #[error("sandbox {id}: cannot connect to one of its ports")]
-    Net {
-        /// The sandbox.
-        id: SandboxId,
-        /// Why.
-        #[source]
-        source: NetError,
-    },
+    #[error("sandbox {0}: cannot connect to one of its ports")]
+    Net(SandboxId, #[source] NetError),
     /// A blocking task panicked or was cancelled.
     #[error("a file task of the driver did not finish")]
     Task(#[source] tokio::task::JoinError),
@@ -98,6 +74,15 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Maps an error about sandbox `id` into `variant` of [`SandboxError`].
+fn about<E>(
+    id: &SandboxId,
+    variant: fn(SandboxId, E) -> SandboxError,
+) -> impl FnOnce(E) -> SandboxError {
+    let id = id.clone();
+    move |e| variant(id, e)
 }
 
 /// How a sandbox is created.
@@ -231,7 +216,7 @@ impl Driver {
         image: &Image,
         options: &CreateOptions,
     ) -> Result<Sandbox, SandboxError> {
-        let dir = self.home.sandbox(id);
+        let dir = self.home.sandbox(id).dir;
         if self.runc_knows(id) {
             return Err(SandboxError::AlreadyExists { id: id.clone() });
         }
@@ -258,10 +243,6 @@ impl Driver {
         image: &Image,
         options: &CreateOptions,
     ) -> Result<Sandbox, SandboxError> {
-        let bundle_err = |source| SandboxError::Bundle {
-            id: id.clone(),
-            source,
-        };
         let lowers = image
             .layers
             .iter()
@@ -274,12 +255,8 @@ impl Driver {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (upper, work, rootfs) = (
-            self.home.upper(id),
-            self.home.work(id),
-            self.home.rootfs(id),
-        );
-        for d in [&upper, &work, &rootfs] {
+        let paths = self.home.sandbox(id);
+        for d in [&paths.upper, &paths.work, &paths.rootfs] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
         let record = SandboxRecord {
@@ -291,25 +268,26 @@ impl Driver {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        write_json(&self.home.record(id), &record)?;
+        write_json(&paths.record, &record)?;
         let spec = Spec {
             id,
             image: &image.config,
-            args: options.init.args(&image.config).map_err(bundle_err)?,
+            args: options
+                .init
+                .args(&image.config)
+                .map_err(about(id, SandboxError::Bundle))?,
             env: &options.env,
             resources: &options.resources,
             cgroup_parent: &self.cgroup_parent,
         };
-        let config = bundle::config_json(&spec).map_err(bundle_err)?;
-        write_json(&self.home.bundle(id).join("config.json"), &config)?;
-        bundle::mount_overlay(&lowers, &upper, &work, &rootfs).map_err(bundle_err)?;
+        let config = bundle::config_json(&spec).map_err(about(id, SandboxError::Bundle))?;
+        write_json(&paths.config, &config)?;
+        bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+            .map_err(about(id, SandboxError::Bundle))?;
         self.runc
-            .run_detached(id, &self.home.bundle(id), &self.home.init_log(id))
+            .run_detached(id, &paths.bundle, &paths.init_log)
             .await
-            .map_err(|source| SandboxError::Runc {
-                id: id.clone(),
-                source,
-            })?;
+            .map_err(about(id, SandboxError::Runc))?;
         self.state(id)
             .await?
             .ok_or_else(|| SandboxError::NotFound { id: id.clone() })
@@ -330,10 +308,7 @@ impl Driver {
             .runc
             .state(id)
             .await
-            .map_err(|source| SandboxError::Runc {
-                id: id.clone(),
-                source,
-            })?;
+            .map_err(about(id, SandboxError::Runc))?;
         Ok(state.map(|s| self.sandbox(id.clone(), s.pid, &s.status)))
     }
 
@@ -344,7 +319,7 @@ impl Driver {
             "paused" => Status::Paused,
             _ => Status::Stopped,
         };
-        let record = fs::read(self.home.record(&id))
+        let record = fs::read(self.home.sandbox(&id).record)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         Sandbox {
@@ -369,21 +344,19 @@ impl Driver {
         let pid_file = self
             .home
             .sandbox(id)
+            .dir
             .join(format!("exec-{}-{n}.pid", std::process::id()));
         let args = ["/bin/sh".to_string(), "-c".to_string(), command.to_string()];
         self.runc
             .exec(id, &args, options, &pid_file)
             .await
-            .map_err(|source| SandboxError::Runc {
-                id: id.clone(),
-                source,
-            })
+            .map_err(about(id, SandboxError::Runc))
     }
 
     /// The sandbox's root as the host sees it, if it is mounted (a file written to the bare
     /// mount point would be hidden by the overlay and lost).
     fn mounted_rootfs(&self, id: &SandboxId) -> Result<PathBuf, SandboxError> {
-        let rootfs = self.home.rootfs(id);
+        let rootfs = self.home.sandbox(id).rootfs;
         match bundle::is_mount_point(&rootfs) {
             Ok(true) => Ok(rootfs),
             Ok(false) => Err(SandboxError::NotFound { id: id.clone() }),
@@ -399,15 +372,9 @@ impl Driver {
         contents: Vec<u8>,
         mode: u32,
     ) -> Result<(), SandboxError> {
-        let rootfs = self.mounted_rootfs(id)?;
         let path = path.to_string();
-        tokio::task::spawn_blocking(move || files::write(&rootfs, &path, &contents, mode))
+        self.in_rootfs(id, move |root| files::write(root, &path, &contents, mode))
             .await
-            .map_err(SandboxError::Task)?
-            .map_err(|source| SandboxError::File {
-                id: id.clone(),
-                source,
-            })
     }
 
     /// Reads absolute `path` in the sandbox, up to `limit` bytes (see [`files::read`]).
@@ -417,15 +384,22 @@ impl Driver {
         path: &str,
         limit: u64,
     ) -> Result<Vec<u8>, SandboxError> {
-        let rootfs = self.mounted_rootfs(id)?;
         let path = path.to_string();
-        tokio::task::spawn_blocking(move || files::read(&rootfs, &path, limit))
+        self.in_rootfs(id, move |root| files::read(root, &path, limit))
+            .await
+    }
+
+    /// Runs a blocking file operation on the sandbox's mounted root, off the async threads.
+    async fn in_rootfs<T: Send + 'static>(
+        &self,
+        id: &SandboxId,
+        op: impl FnOnce(&Path) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let rootfs = self.mounted_rootfs(id)?;
+        tokio::task::spawn_blocking(move || op(&rootfs))
             .await
             .map_err(SandboxError::Task)?
-            .map_err(|source| SandboxError::File {
-                id: id.clone(),
-                source,
-            })
+            .map_err(about(id, SandboxError::File))
     }
 
     /// A TCP connection to `127.0.0.1:port` inside the sandbox's own network namespace.
@@ -435,10 +409,6 @@ impl Driver {
         port: u16,
         timeout: std::time::Duration,
     ) -> Result<tokio::net::TcpStream, SandboxError> {
-        let net_err = |source| SandboxError::Net {
-            id: id.clone(),
-            source,
-        };
         let sandbox = self
             .state(id)
             .await?
@@ -446,14 +416,16 @@ impl Driver {
         let pid = sandbox
             .ok_or_else(|| SandboxError::NotFound { id: id.clone() })?
             .pid;
-        let netns = net::open_namespace(pid).map_err(net_err)?;
+        let netns = net::open_namespace(pid).map_err(about(id, SandboxError::Net))?;
         // The pid came from runc a moment ago; once the namespace is open, check that it still is
         // this sandbox's (in its cgroup), not a reused pid.
         let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         if !cgroup.contains(&format!("/{}/{}", self.cgroup_parent, id)) {
-            return Err(net_err(NetError::NotOurs { pid }));
+            return Err(about(id, SandboxError::Net)(NetError::NotOurs { pid }));
         }
-        net::connect(netns, port, timeout).await.map_err(net_err)
+        net::connect(netns, port, timeout)
+            .await
+            .map_err(about(id, SandboxError::Net))
     }
 
     /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init.
@@ -464,10 +436,7 @@ impl Driver {
         self.runc
             .kill(id, signal)
             .await
-            .map_err(|source| SandboxError::Runc {
-                id: id.clone(),
-                source,
-            })
+            .map_err(about(id, SandboxError::Runc))
     }
 
     /// Removes the sandbox: its container (killed if running), its overlay mount and its dir.
@@ -478,19 +447,11 @@ impl Driver {
                 Ok(()) => {}
                 // Gone between the check and the delete.
                 Err(RuncError::Failed { stderr, .. }) if stderr.contains("does not exist") => {}
-                Err(source) => {
-                    return Err(SandboxError::Runc {
-                        id: id.clone(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(about(id, SandboxError::Runc)(source)),
             }
         }
-        bundle::unmount(&self.home.rootfs(id)).map_err(|source| SandboxError::Bundle {
-            id: id.clone(),
-            source,
-        })?;
-        let dir = self.home.sandbox(id);
+        bundle::unmount(&self.home.sandbox(id).rootfs).map_err(about(id, SandboxError::Bundle))?;
+        let dir = self.home.sandbox(id).dir;
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -3,9 +3,10 @@
 //! never lead out of it; a path with `..` is refused outright, and only regular files are opened
 //! (a device node in an image must not give the host's files API a way to the host's devices).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -83,41 +84,42 @@ fn open_in_root(root: &OwnedFd, rel: &Path, flags: OFlag, mode: Mode) -> Result<
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+fn open_dir(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    open_in_root(root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+}
+
+impl FileError {
+    fn io<'a, E: Into<std::io::Error>>(
+        op: &'static str,
+        path: &'a str,
+    ) -> impl FnOnce(E) -> Self + 'a {
+        move |e| Self::Io {
+            op,
+            path: path.into(),
+            source: e.into(),
+        }
+    }
+}
+
 fn open_root(root: &Path, path: &str) -> Result<OwnedFd, FileError> {
-    let fd = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| FileError::Io {
-        op: "open the root of",
-        path: path.into(),
-        source: e.into(),
-    })?;
-    // SAFETY: open returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(root)
+        .map_err(FileError::io("open the root of", path))?;
+    Ok(dir.into())
 }
 
 /// Reopens an `O_PATH` descriptor of a regular file for I/O, after checking its type: opening a
 /// device or FIFO could have effects (or block), an `O_PATH` open and `fstat` cannot.
-fn reopen_regular(fd: &OwnedFd, flags: OFlag, path: &str) -> Result<File, FileError> {
-    let stat = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| FileError::Io {
-        op: "stat",
-        path: path.into(),
-        source: e.into(),
-    })?;
+fn reopen_regular(fd: &OwnedFd, options: &OpenOptions, path: &str) -> Result<File, FileError> {
+    let stat = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(FileError::io("stat", path))?;
     if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
         return Err(FileError::NotAFile(path.into()));
     }
-    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let fd = nix::fcntl::open(proc_path.as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| FileError::Io {
-            op: "open",
-            path: path.into(),
-            source: e.into(),
-        })?;
-    // SAFETY: open returned a new descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    options
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(FileError::io("open", path))
 }
 
 /// Reads the regular file at absolute `path` inside `root`, up to `limit` bytes.
@@ -126,21 +128,13 @@ pub fn read(root: &Path, path: &str, limit: u64) -> Result<Vec<u8>, FileError> {
     let root_fd = open_root(root, path)?;
     let fd = open_in_root(&root_fd, &rel, OFlag::O_PATH, Mode::empty()).map_err(|e| match e {
         Errno::ENOENT | Errno::ENOTDIR => FileError::NotFound(path.into()),
-        e => FileError::Io {
-            op: "open",
-            path: path.into(),
-            source: e.into(),
-        },
+        e => FileError::io("open", path)(e),
     })?;
-    let file = reopen_regular(&fd, OFlag::O_RDONLY, path)?;
+    let file = reopen_regular(&fd, OpenOptions::new().read(true), path)?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| FileError::Io {
-            op: "read",
-            path: path.into(),
-            source,
-        })?;
+        .map_err(FileError::io("read", path))?;
     if bytes.len() as u64 > limit {
         return Err(FileError::TooLarge {
             path: path.into(),
@@ -158,50 +152,33 @@ pub fn write(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result<(), 
         return Err(FileError::NotAFile(path.into()));
     };
     let root_fd = open_root(root, path)?;
-    let io = |op| {
-        move |e: Errno| FileError::Io {
-            op,
-            path: path.to_string(),
-            source: e.into(),
-        }
-    };
 
     // Parents, one at a time so that each is created inside what the kernel resolved so far.
     let mut dir = PathBuf::new();
     for part in parents {
         dir.push(part);
-        match open_in_root(
-            &root_fd,
-            &dir,
-            OFlag::O_PATH | OFlag::O_DIRECTORY,
-            Mode::empty(),
-        ) {
+        match open_dir(&root_fd, &dir) {
             Ok(_) => {}
             Err(Errno::ENOENT) => {
                 let parent = dir.parent().unwrap_or(Path::new(""));
-                let parent_fd = open_in_root(
-                    &root_fd,
-                    parent,
-                    OFlag::O_PATH | OFlag::O_DIRECTORY,
-                    Mode::empty(),
-                )
-                .map_err(io("open a parent of"))?;
+                let parent_fd =
+                    open_dir(&root_fd, parent).map_err(FileError::io("open a parent of", path))?;
                 match nix::sys::stat::mkdirat(
                     Some(parent_fd.as_raw_fd()),
                     *part,
                     Mode::from_bits_truncate(0o755),
                 ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(io("create a parent of")(e)),
+                    Err(e) => return Err(FileError::io("create a parent of", path)(e)),
                 }
             }
             Err(Errno::ENOTDIR) => return Err(FileError::NotAFile(path.into())),
-            Err(e) => return Err(io("open a parent of")(e)),
+            Err(e) => return Err(FileError::io("open a parent of", path)(e)),
         }
     }
     let rel = dir.join(name);
     let mut file = match open_in_root(&root_fd, &rel, OFlag::O_PATH, Mode::empty()) {
-        Ok(fd) => reopen_regular(&fd, OFlag::O_WRONLY | OFlag::O_TRUNC, path)?,
+        Ok(fd) => reopen_regular(&fd, OpenOptions::new().write(true).truncate(true), path)?,
         Err(Errno::ENOENT) => {
             // O_EXCL: a new regular file, never something that appeared in between.
             let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
@@ -214,17 +191,14 @@ pub fn write(root: &Path, path: &str, contents: &[u8], mode: u32) -> Result<(), 
             .map_err(|e| match e {
                 // A parent that is a symlink to nowhere.
                 Errno::ENOENT => FileError::NotFound(path.into()),
-                e => io("create")(e),
+                e => FileError::io("create", path)(e),
             })?;
             File::from(fd)
         }
-        Err(e) => return Err(io("open")(e)),
+        Err(e) => return Err(FileError::io("open", path)(e)),
     };
-    file.write_all(contents).map_err(|source| FileError::Io {
-        op: "write",
-        path: path.into(),
-        source,
-    })
+    file.write_all(contents)
+        .map_err(FileError::io("write", path))
 }
 
 #[cfg(test)]

@@ -48,38 +48,40 @@ impl Home {
         self.root.join("sandboxes")
     }
 
-    /// One sandbox's dir.
-    pub fn sandbox(&self, id: &SandboxId) -> PathBuf {
-        self.sandboxes().join(id.as_str())
+    /// The paths of sandbox `id`.
+    pub fn sandbox(&self, id: &SandboxId) -> SandboxPaths {
+        let dir = self.sandboxes().join(id.as_str());
+        let bundle = dir.join("bundle");
+        SandboxPaths {
+            record: dir.join("sandbox.json"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            config: bundle.join("config.json"),
+            rootfs: bundle.join("rootfs"),
+            init_log: dir.join("init.log"),
+            bundle,
+            dir,
+        }
     }
+}
 
-    /// The sandbox's record.
-    pub fn record(&self, id: &SandboxId) -> PathBuf {
-        self.sandbox(id).join("sandbox.json")
-    }
-
-    /// The sandbox's overlay upper dir: its whole diff against the image.
-    pub fn upper(&self, id: &SandboxId) -> PathBuf {
-        self.sandbox(id).join("upper")
-    }
-
-    /// The sandbox's overlay work dir.
-    pub fn work(&self, id: &SandboxId) -> PathBuf {
-        self.sandbox(id).join("work")
-    }
-
-    /// The sandbox's OCI bundle.
-    pub fn bundle(&self, id: &SandboxId) -> PathBuf {
-        self.sandbox(id).join("bundle")
-    }
-
-    /// The sandbox's root filesystem as the host sees it (the overlay's mount point).
-    pub fn rootfs(&self, id: &SandboxId) -> PathBuf {
-        self.bundle(id).join("rootfs")
-    }
-
-    /// The init process's log.
-    pub fn init_log(&self, id: &SandboxId) -> PathBuf {
-        self.sandbox(id).join("init.log")
-    }
+/// The paths of one sandbox under a [`Home`].
+#[derive(Debug, Clone)]
+pub struct SandboxPaths {
+    /// The sandbox's dir: removing it removes every file of the sandbox.
+    pub dir: PathBuf,
+    /// `sandbox.json`: what the sandbox was created from.
+    pub record: PathBuf,
+    /// The overlay's upper dir: the sandbox's whole diff against its image.
+    pub upper: PathBuf,
+    /// The overlay's work dir (same filesystem as `upper`, as overlayfs requires).
+    pub work: PathBuf,
+    /// The OCI bundle runc is given.
+    pub bundle: PathBuf,
+    /// The bundle's `config.json`.
+    pub config: PathBuf,
+    /// The root filesystem as the host sees it (the overlay's mount point).
+    pub rootfs: PathBuf,
+    /// The init's stdout and stderr.
+    pub init_log: PathBuf,
 }

@@ -22,7 +22,7 @@ pub use driver::{
 };
 pub use files::FileError;
 pub use id::{IdError, SandboxId};
-pub use layout::Home;
+pub use layout::{Home, SandboxPaths};
 pub use net::NetError;
 pub use oci::{Image, ImageConfig, ImageRef, ImageStore, Layer, PullError, Pulled, UnpackError};
 pub use runc::{ContainerState, ExecOptions, ExecOutput, Runc, RuncError};

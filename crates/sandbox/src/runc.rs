@@ -389,34 +389,26 @@ struct Stat {
     ppid: i32,
 }
 
+/// Every process of the host, by pid.
 fn processes() -> HashMap<i32, Stat> {
-    let mut out = HashMap::new();
     let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
+        return HashMap::new();
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The command name may hold spaces and parens: the fields after the last `)` are fixed.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().and_then(|s| s.chars().next());
-        let ppid = fields.next().and_then(|s| s.parse().ok());
-        if let (Some(state), Some(ppid)) = (state, ppid) {
-            out.insert(pid, Stat { state, ppid });
-        }
-    }
-    out
+    let pids = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter_map(|pid| Some((pid, read_stat(pid)?)))
+        .collect()
+}
+
+fn read_stat(pid: i32) -> Option<Stat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parens: the fields after the last `)` are fixed.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid })
 }
 
 /// Every process below `pid`.

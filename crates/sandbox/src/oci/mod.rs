@@ -62,15 +62,20 @@ pub struct Layer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageConfig {
-    /// `Entrypoint`, empty when unset.
+    /// `Entrypoint`, empty when unset: with `cmd` after it, what `Init::ImageCommand` runs as
+    /// the sandbox's init.
     pub entrypoint: Vec<String>,
     /// `Cmd`, empty when unset.
     pub cmd: Vec<String>,
-    /// `Env` as `KEY=value`.
+    /// `Env` as `KEY=value`: the base of the environment of every process in the sandbox (the
+    /// init's and each exec's), under what the caller adds.
     pub env: Vec<String>,
-    /// `WorkingDir`, `None` when unset or empty.
+    /// `WorkingDir`, `None` when unset or empty (then `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
-    /// `User`, `None` when unset or empty.
+    /// `User`, `None` when unset or empty (then root). Only numeric `uid[:gid]` and `root` can
+    /// be run today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
 
@@ -292,21 +297,32 @@ impl ImageStore {
     /// The digest a tag names, from the registry's `Docker-Content-Digest` header (`None` when the
     /// registry does not send it: the manifest's bytes are hashed instead).
     async fn head_manifest(&self, image: &ImageRef) -> Result<Option<Digest>, PullError> {
-        let url = self.manifest_url(image, &image.target.to_string());
-        let resp = self
-            .send(
-                self.http
-                    .head(&url)
-                    .header("Accept", manifest::accept_header()),
-                &url,
-            )
+        let reference = image.target.to_string();
+        let (_, resp) = self
+            .manifest_request(reqwest::Method::HEAD, image, &reference)
             .await?;
-        check_status(&resp, image, &url)?;
         let digest = resp
             .headers()
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok());
         Ok(digest.and_then(|d| Digest::parse(d).ok()))
+    }
+
+    /// Sends a manifest request accepting every kind this module reads; a 404 is `NotFound`.
+    async fn manifest_request(
+        &self,
+        method: reqwest::Method,
+        image: &ImageRef,
+        reference: &str,
+    ) -> Result<(String, reqwest::Response), PullError> {
+        let url = self.manifest_url(image, reference);
+        let request = self
+            .http
+            .request(method, &url)
+            .header("Accept", manifest::accept_header());
+        let resp = self.send(request, &url).await?;
+        check_status(&resp, image, &url)?;
+        Ok((url, resp))
     }
 
     async fn get_manifest(
@@ -315,32 +331,21 @@ impl ImageStore {
         reference: &str,
         expected: Option<&Digest>,
     ) -> Result<(Digest, ManifestDoc), PullError> {
-        let url = self.manifest_url(image, reference);
-        let mut resp = self
-            .send(
-                self.http
-                    .get(&url)
-                    .header("Accept", manifest::accept_header()),
-                &url,
-            )
+        let (url, mut resp) = self
+            .manifest_request(reqwest::Method::GET, image, reference)
             .await?;
-        check_status(&resp, image, &url)?;
-        let mut hasher = Hasher::default();
         let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|source| PullError::Request {
-            url: url.clone(),
-            source,
-        })? {
-            hasher.update(&chunk);
-            if hasher.len() > DOC_LIMIT {
-                return Err(PullError::TooLarge {
-                    url,
-                    limit: DOC_LIMIT,
-                });
-            }
-            bytes.extend_from_slice(&chunk);
+        let (actual, len) = read_body(&mut resp, &url, DOC_LIMIT, |chunk| {
+            bytes.extend_from_slice(chunk);
+            async { Ok(()) }
+        })
+        .await?;
+        if len > DOC_LIMIT {
+            return Err(PullError::TooLarge {
+                url,
+                limit: DOC_LIMIT,
+            });
         }
-        let actual = hasher.finish();
         if let Some(expected) = expected {
             if &actual != expected {
                 return Err(PullError::DigestMismatch {
@@ -400,7 +405,7 @@ impl ImageStore {
         &self,
         image: &ImageRef,
         desc: &Descriptor,
-        mut sink: F,
+        sink: F,
     ) -> Result<(), PullError>
     where
         F: FnMut(&[u8]) -> Fut,
@@ -415,25 +420,14 @@ impl ImageStore {
             });
         }
         check_status(&resp, image, &url)?;
-        let mut hasher = Hasher::default();
-        while let Some(chunk) = resp.chunk().await.map_err(|source| PullError::Request {
-            url: url.clone(),
-            source,
-        })? {
-            hasher.update(&chunk);
-            if hasher.len() > desc.size {
-                break;
-            }
-            sink(&chunk).await?;
-        }
-        if hasher.len() != desc.size {
+        let (actual, len) = read_body(&mut resp, &url, desc.size, sink).await?;
+        if len != desc.size {
             return Err(PullError::SizeMismatch {
                 digest: desc.digest.clone(),
                 expected: desc.size,
-                actual: hasher.len(),
+                actual: len,
             });
         }
-        let actual = hasher.finish();
         if actual != desc.digest {
             return Err(PullError::DigestMismatch {
                 what: "blob",
@@ -562,6 +556,34 @@ impl ImageStore {
             source,
         })
     }
+}
+
+/// Streams a response body through `sink` while hashing it; stops reading once past `max` bytes
+/// (the length returned is then more than `max`, and `sink` has seen only the first `max`-ish).
+async fn read_body<F, Fut>(
+    resp: &mut reqwest::Response,
+    url: &str,
+    max: u64,
+    mut sink: F,
+) -> Result<(Digest, u64), PullError>
+where
+    F: FnMut(&[u8]) -> Fut,
+    Fut: std::future::Future<Output = Result<(), PullError>>,
+{
+    let mut hasher = Hasher::default();
+    let request_err = |source| PullError::Request {
+        url: url.to_string(),
+        source,
+    };
+    while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
+        hasher.update(&chunk);
+        if hasher.len() > max {
+            break;
+        }
+        sink(&chunk).await?;
+    }
+    let len = hasher.len();
+    Ok((hasher.finish(), len))
 }
 
 fn check_status(resp: &reqwest::Response, image: &ImageRef, url: &str) -> Result<(), PullError> {

@@ -12,7 +12,7 @@
 //! inside the layer. Symlinks themselves may point anywhere: they are resolved inside the
 //! sandbox's root, never by this code.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -214,23 +214,7 @@ fn remove_existing(path: &Path) -> io::Result<()> {
 }
 
 fn set_opaque(dir: &Path) -> io::Result<()> {
-    let path = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let value = b"y";
-    // SAFETY: both pointers are valid NUL-terminated strings / a buffer of the given length.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            c"trusted.overlay.opaque".as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    xattr::set(dir, "trusted.overlay.opaque", b"y")
 }
 
 #[cfg(test)]

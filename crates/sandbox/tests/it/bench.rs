@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sandbox::{CreateOptions, ExecOptions};
-
-use crate::support::{self, unique_id, Fixture};
+use crate::support::{exec_opts, Fixture};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -15,18 +13,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test]
 #[ignore = "a measurement, not a check: run with --ignored"]
 async fn bench_create_to_exec_ready_and_exec_round_trip() {
-    if support::skip_unless_root("bench_create_to_exec_ready_and_exec_round_trip") {
+    let Some(fx) = Fixture::for_root("bench_create_to_exec_ready_and_exec_round_trip").await else {
         return;
-    }
-    let fx = Fixture::busybox().await;
-    let opts = ExecOptions { timeout: Duration::from_secs(20), ..Default::default() };
+    };
+    let opts = exec_opts();
     let mut ready = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..20 {
-        let id = unique_id("bench");
         let start = Instant::now();
-        fx.driver.create(&id, &fx.image, &CreateOptions::default()).await.expect("create");
-        let out = fx.driver.exec(&id, "true", &opts).await.expect("first exec");
+        let id = fx.sandbox("bench").await;
+        let out = fx
+            .driver
+            .exec(&id, "true", &opts)
+            .await
+            .expect("first exec");
         ready.push(start.elapsed());
         assert_eq!(out.exit_code, 0);
         ids.push(id);

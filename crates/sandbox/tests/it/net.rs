@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use sandbox::{CreateOptions, Driver, ExecOptions, Init, NetError, SandboxError, SandboxId};
+use sandbox::{CreateOptions, Driver, Init, NetError, SandboxError, SandboxId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{self, unique_id, wait_for, Fixture};
+use crate::support::{exec_opts, unique_id, wait_for, Fixture};
 
 /// `GET /` on port 8080 of the sandbox; `None` until something answers.
 async fn get(driver: &Driver, id: &SandboxId) -> Option<String> {
@@ -24,20 +24,17 @@ async fn get(driver: &Driver, id: &SandboxId) -> Option<String> {
 
 #[tokio::test]
 async fn two_sandboxes_both_serve_8080_and_are_told_apart() {
-    if support::skip_unless_root("two_sandboxes_both_serve_8080_and_are_told_apart") {
+    let Some(fx) = Fixture::for_root("two_sandboxes_both_serve_8080_and_are_told_apart").await
+    else {
         return;
-    }
-    let fx = Fixture::busybox().await;
+    };
     let d = &fx.driver;
     // One starts httpd from an exec, the other runs it as its init.
     let a = unique_id("web-a");
     d.create(&a, &fx.image, &CreateOptions::default())
         .await
         .expect("create a");
-    let opts = ExecOptions {
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
+    let opts = exec_opts();
     let started = d
         .exec(
             &a,
@@ -85,10 +82,7 @@ async fn two_sandboxes_both_serve_8080_and_are_told_apart() {
 
     // A port nothing listens on is refused, in the sandbox's namespace as on any host.
     match d.connect(&a, 8081, Duration::from_secs(2)).await {
-        Err(SandboxError::Net {
-            source: NetError::Connect { port: 8081, .. },
-            ..
-        }) => {}
+        Err(SandboxError::Net(_, NetError::Connect { port: 8081, .. })) => {}
         other => panic!("expected a refused connection, got {other:?}"),
     }
     for id in [&a, &b] {

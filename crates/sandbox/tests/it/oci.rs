@@ -216,20 +216,8 @@ async fn whiteouts_become_overlayfs_whiteouts() {
         "a 0/0 character device"
     );
     assert!(!top.join("a/.wh.gone").exists() && !top.join("d/.wh..wh..opq").exists());
-    let mut value = [0u8; 4];
-    let path =
-        std::ffi::CString::new(top.join("d").into_os_string().into_encoded_bytes()).expect("path");
-    // SAFETY: valid C strings and a buffer of the given length.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            c"trusted.overlay.opaque".as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    assert_eq!(n, 1, "opaque xattr set");
-    assert_eq!(value[0], b'y');
+    let opaque = xattr::get(top.join("d"), "trusted.overlay.opaque").expect("read xattr");
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]), "opaque xattr set");
     assert!(top.join("d/new").is_file());
 }
 

@@ -6,30 +6,14 @@ use sandbox::{
     CreateOptions, Driver, ExecOptions, Home, Resources, RuncError, SandboxError, Status,
 };
 
-use crate::support::{self, assert_no_trace, unique_id, Fixture};
-
-fn exec_opts() -> ExecOptions {
-    ExecOptions {
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    }
-}
-
-async fn sh(driver: &Driver, id: &sandbox::SandboxId, command: &str) -> (i32, String, String) {
-    let out = driver.exec(id, command, &exec_opts()).await.expect("exec");
-    (
-        out.exit_code,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::{self, assert_no_trace, exec_opts, sh, unique_id, Fixture};
 
 #[tokio::test]
 async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
-    if support::skip_unless_root("a_sandbox_runs_isolated_and_delete_leaves_nothing") {
+    let Some(fx) = Fixture::for_root("a_sandbox_runs_isolated_and_delete_leaves_nothing").await
+    else {
         return;
-    }
-    let fx = Fixture::busybox().await;
+    };
     let id = unique_id("life");
     let resources = Resources {
         cpus: 0.5,
@@ -127,15 +111,11 @@ async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
 
 #[tokio::test]
 async fn exec_timeout_kills_the_command_and_its_children() {
-    if support::skip_unless_root("exec_timeout_kills_the_command_and_its_children") {
+    let Some(fx) = Fixture::for_root("exec_timeout_kills_the_command_and_its_children").await
+    else {
         return;
-    }
-    let fx = Fixture::busybox().await;
-    let id = unique_id("timeout");
-    fx.driver
-        .create(&id, &fx.image, &CreateOptions::default())
-        .await
-        .expect("create");
+    };
+    let id = fx.sandbox("timeout").await;
     let started = Instant::now();
     let opts = ExecOptions {
         timeout: Duration::from_millis(500),
@@ -145,10 +125,7 @@ async fn exec_timeout_kills_the_command_and_its_children() {
     assert!(
         matches!(
             result,
-            Err(SandboxError::Runc {
-                source: RuncError::Timeout { .. },
-                ..
-            })
+            Err(SandboxError::Runc(_, RuncError::Timeout { .. }))
         ),
         "expected a timeout, got {result:?}"
     );
@@ -167,10 +144,9 @@ async fn exec_timeout_kills_the_command_and_its_children() {
 
 #[tokio::test]
 async fn a_new_driver_adopts_running_sandboxes() {
-    if support::skip_unless_root("a_new_driver_adopts_running_sandboxes") {
+    let Some(fx) = Fixture::for_root("a_new_driver_adopts_running_sandboxes").await else {
         return;
-    }
-    let fx = Fixture::busybox().await;
+    };
     let id = unique_id("adopt");
     let sb = fx
         .driver
@@ -211,15 +187,10 @@ async fn a_new_driver_adopts_running_sandboxes() {
 
 #[tokio::test]
 async fn a_failed_create_leaves_nothing() {
-    if support::skip_unless_root("a_failed_create_leaves_nothing") {
+    let Some(fx) = Fixture::for_root("a_failed_create_leaves_nothing").await else {
         return;
-    }
-    let fx = Fixture::busybox().await;
-    let id = unique_id("dup");
-    fx.driver
-        .create(&id, &fx.image, &CreateOptions::default())
-        .await
-        .expect("create");
+    };
+    let id = fx.sandbox("dup").await;
     let again = fx
         .driver
         .create(&id, &fx.image, &CreateOptions::default())
@@ -256,9 +227,6 @@ async fn a_failed_create_leaves_nothing() {
         ..Default::default()
     };
     let result = fx.driver.create(&id, &fx.image, &opts).await;
-    assert!(
-        matches!(result, Err(SandboxError::Runc { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(SandboxError::Runc(..))), "{result:?}");
     assert_no_trace(fx.home.path(), &id, 0);
 }

@@ -110,15 +110,17 @@ impl Registry {
         format!("{}/{repository_tag}", self.host)
     }
 
+    /// The URL of `path` on this registry.
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.host)
+    }
+
     /// Uploads a blob (monolithic POST + PUT) and returns its digest.
     pub async fn push_blob(&self, repository: &str, bytes: Vec<u8>) -> Digest {
         let digest = Digest::of(&bytes);
         let start = self
             .http
-            .post(format!(
-                "http://{}/v2/{repository}/blobs/uploads/",
-                self.host
-            ))
+            .post(self.url(&format!("/v2/{repository}/blobs/uploads/")))
             .send()
             .await
             .expect("start upload");
@@ -157,10 +159,7 @@ impl Registry {
         let digest = Digest::of(&bytes);
         let put = self
             .http
-            .put(format!(
-                "http://{}/v2/{repository}/manifests/{reference}",
-                self.host
-            ))
+            .put(self.url(&format!("/v2/{repository}/manifests/{reference}")))
             .header("Content-Type", media_type)
             .body(bytes)
             .send()
@@ -381,6 +380,38 @@ pub struct Fixture {
     pub image: sandbox::Image,
 }
 
+impl Drop for Fixture {
+    /// A failed test still removes its sandboxes (containers, then overlay mounts) before the
+    /// temp home is removed, so nothing runs on and no removal walks into a mounted overlay.
+    fn drop(&mut self) {
+        let runc_root = self.home.path().join("runc");
+        let listed = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output();
+        let ids = listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force", id])
+                .status();
+        }
+        let home = self.home.path().display().to_string();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for target in mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&home))
+        {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 /// The cgroup all test sandboxes go under (one `<parent>/<id>` each).
 pub const CGROUP_PARENT: &str = "stack-sandbox-tests";
 
@@ -392,6 +423,25 @@ pub fn driver_config() -> sandbox::DriverConfig {
 }
 
 impl Fixture {
+    /// The busybox fixture for a test that needs root; `None` (saying why) when not root.
+    pub async fn for_root(test: &str) -> Option<Fixture> {
+        if skip_unless_root(test) {
+            return None;
+        }
+        Some(Self::busybox().await)
+    }
+
+    /// Creates and starts a sandbox with the default options.
+    pub async fn sandbox(&self, prefix: &str) -> sandbox::SandboxId {
+        let id = unique_id(prefix);
+        let options = sandbox::CreateOptions::default();
+        self.driver
+            .create(&id, &self.image, &options)
+            .await
+            .expect("create");
+        id
+    }
+
     pub async fn busybox() -> Fixture {
         let registry = Registry::start().await;
         registry.push_busybox("test/busybox", "1").await;
@@ -454,4 +504,30 @@ pub fn assert_no_trace(home: &Path, id: &sandbox::SandboxId, pid: u32) {
         state == "gone" || state == "Z",
         "init pid {pid} still alive ({state})"
     );
+}
+
+/// Exec options with a generous timeout: the commands are quick, the machine may be busy.
+pub fn exec_opts() -> sandbox::ExecOptions {
+    sandbox::ExecOptions {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
+/// Runs `command` in the sandbox: its exit code, stdout and stderr.
+pub async fn sh(
+    driver: &sandbox::Driver,
+    id: &sandbox::SandboxId,
+    command: &str,
+) -> (i32, String, String) {
+    let out = driver.exec(id, command, &exec_opts()).await.expect("exec");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.exit_code, text(&out.stdout), text(&out.stderr))
+}
+
+/// Runs `command` in the sandbox, expecting success; returns its stdout.
+pub async fn sh_ok(driver: &sandbox::Driver, id: &sandbox::SandboxId, command: &str) -> String {
+    let (code, out, err) = sh(driver, id, command).await;
+    assert_eq!(code, 0, "{command}: {err}");
+    out
 }
