@@ -6,7 +6,7 @@ use sandbox::{
     CreateOptions, Driver, ExecOptions, Home, Resources, RuncError, SandboxError, Status,
 };
 
-use crate::support::{self, assert_no_trace, exec_opts, sh, unique_id, Fixture};
+use crate::support::{self, assert_no_trace, exec_opts, sh, unique_id, wait_for, Fixture};
 
 #[tokio::test]
 async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
@@ -42,6 +42,20 @@ async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
         (code, out.as_str()),
         (0, "hello 1\n/root\n"),
         "image env and working dir"
+    );
+    // An exec's own env and cwd win; output past the limit is read and dropped.
+    let opts = ExecOptions {
+        env: vec![("GREETING".into(), "bye".into())],
+        cwd: Some("/tmp".into()),
+        output_limit: 1000,
+        ..exec_opts()
+    };
+    let big = "echo $GREETING; pwd; head -c 300000 /bin/busybox";
+    let out = fx.driver.exec(&id, big, &opts).await.expect("exec");
+    assert!(out.stdout.starts_with(b"bye\n/tmp\n"));
+    assert_eq!(
+        (out.stdout.len(), out.truncated, out.exit_code),
+        (1000, true, 0)
     );
     assert_eq!(
         sh(&fx.driver, &id, "echo oops >&2; exit 3").await,
@@ -110,8 +124,9 @@ async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
 }
 
 #[tokio::test]
-async fn exec_timeout_kills_the_command_and_its_children() {
-    let Some(fx) = Fixture::for_root("exec_timeout_kills_the_command_and_its_children").await
+async fn exec_timeout_kills_its_tree_and_term_stops_the_sandbox() {
+    let Some(fx) =
+        Fixture::for_root("exec_timeout_kills_its_tree_and_term_stops_the_sandbox").await
     else {
         return;
     };
@@ -139,6 +154,15 @@ async fn exec_timeout_kills_the_command_and_its_children() {
         !ps.contains("sleep 301") && !ps.contains("sleep 302"),
         "children left:\n{ps}"
     );
+
+    // The keeper init exits on TERM; the sandbox is then stopped until deleted.
+    fx.driver.kill(&id, "TERM").await.expect("kill");
+    let d = &fx.driver;
+    wait_for("the sandbox to stop", Duration::from_secs(10), || async {
+        let state = d.state(&id).await.expect("state")?;
+        (state.status == Status::Stopped).then_some(())
+    })
+    .await;
     fx.driver.delete(&id).await.expect("delete");
 }
 
