@@ -17,7 +17,7 @@ use crate::id::SandboxId;
 use crate::layout::Home;
 use crate::net::{self, NetError};
 use crate::oci::{Image, ImageStore, PullError};
-use crate::runc::{ExecOptions, ExecOutput, Runc, RuncError};
+use crate::runc::{ExecOptions, ExecOutput, InitProcess, Runc, RuncError};
 
 /// Why a driver call failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,12 @@ pub enum SandboxError {
     /// No sandbox with this id.
     #[error("sandbox {id} does not exist")]
     NotFound {
+        /// The id.
+        id: SandboxId,
+    },
+    /// The sandbox exists but its init has exited: delete it (or create it again).
+    #[error("sandbox {id} is not running")]
+    NotRunning {
         /// The id.
         id: SandboxId,
     },
@@ -293,13 +299,18 @@ impl Driver {
             .ok_or_else(|| SandboxError::NotFound { id: id.clone() })
     }
 
-    /// Does runc have a container `id` (its state dir exists)? A file check, no runc process.
+    /// Does runc have a container `id`? A file read, no runc process.
     fn runc_knows(&self, id: &SandboxId) -> bool {
-        self.home
-            .runc_root()
-            .join(id.as_str())
-            .join("state.json")
-            .is_file()
+        self.runc.init(id).is_some()
+    }
+
+    /// The sandbox's init, checked to be running.
+    fn running_init(&self, id: &SandboxId) -> Result<InitProcess, SandboxError> {
+        match self.runc.init(id) {
+            None => Err(SandboxError::NotFound { id: id.clone() }),
+            Some(init) if !init.is_alive() => Err(SandboxError::NotRunning { id: id.clone() }),
+            Some(init) => Ok(init),
+        }
     }
 
     /// The sandbox `id` as runc reports it, `None` if runc has no such container.
@@ -337,9 +348,7 @@ impl Driver {
         command: &str,
         options: &ExecOptions,
     ) -> Result<ExecOutput, SandboxError> {
-        if !self.runc_knows(id) {
-            return Err(SandboxError::NotFound { id: id.clone() });
-        }
+        self.running_init(id)?;
         let n = self.exec_seq.fetch_add(1, Ordering::Relaxed);
         let pid_file = self
             .home
@@ -409,19 +418,12 @@ impl Driver {
         port: u16,
         timeout: std::time::Duration,
     ) -> Result<tokio::net::TcpStream, SandboxError> {
-        let sandbox = self
-            .state(id)
-            .await?
-            .filter(|s| s.status == Status::Running && s.pid > 0);
-        let pid = sandbox
-            .ok_or_else(|| SandboxError::NotFound { id: id.clone() })?
-            .pid;
-        let netns = net::open_namespace(pid).map_err(about(id, SandboxError::Net))?;
-        // The pid came from runc a moment ago; once the namespace is open, check that it still is
-        // this sandbox's (in its cgroup), not a reused pid.
-        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if !cgroup.contains(&format!("/{}/{}", self.cgroup_parent, id)) {
-            return Err(about(id, SandboxError::Net)(NetError::NotOurs { pid }));
+        let init = self.running_init(id)?;
+        let netns = net::open_namespace(init.pid).map_err(about(id, SandboxError::Net))?;
+        // Checked again once the namespace is open: had the init exited in between and its pid
+        // been reused, the namespace would be another process's.
+        if !init.is_alive() {
+            return Err(SandboxError::NotRunning { id: id.clone() });
         }
         net::connect(netns, port, timeout)
             .await

@@ -25,4 +25,4 @@ pub use id::{IdError, SandboxId};
 pub use layout::{Home, SandboxPaths};
 pub use net::NetError;
 pub use oci::{Image, ImageConfig, ImageRef, ImageStore, Layer, PullError, Pulled, UnpackError};
-pub use runc::{ContainerState, ExecOptions, ExecOutput, Runc, RuncError};
+pub use runc::{ContainerState, ExecOptions, ExecOutput, InitProcess, Runc, RuncError};

@@ -16,16 +16,10 @@ pub enum NetError {
     #[error("cannot open the network namespace of pid {pid}")]
     Namespace {
         /// The sandbox's init pid.
-        pid: u32,
+        pid: i32,
         /// The OS error.
         #[source]
         source: std::io::Error,
-    },
-    /// The pid no longer belongs to the sandbox (it exited and the pid was reused).
-    #[error("pid {pid} is no longer the sandbox's init")]
-    NotOurs {
-        /// The pid.
-        pid: u32,
     },
     /// Entering the namespace failed (needs CAP_SYS_ADMIN).
     #[error("cannot enter the sandbox's network namespace")]
@@ -46,7 +40,7 @@ pub enum NetError {
 
 /// The network namespace of process `pid`, opened now: the handle stays valid (and names the
 /// same namespace) even if the process exits later.
-pub fn open_namespace(pid: u32) -> Result<File, NetError> {
+pub fn open_namespace(pid: i32) -> Result<File, NetError> {
     File::open(format!("/proc/{pid}/ns/net")).map_err(|source| NetError::Namespace { pid, source })
 }
 

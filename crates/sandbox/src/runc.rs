@@ -82,6 +82,25 @@ pub struct ContainerState {
     pub bundle: PathBuf,
 }
 
+/// A container's init process as runc recorded it: its pid and start time (clock ticks since
+/// boot), which together name one process for good, whatever pid is reused later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct InitProcess {
+    /// Its pid on the host.
+    #[serde(rename = "init_process_pid")]
+    pub pid: i32,
+    /// Its start time, as in field 22 of /proc/<pid>/stat.
+    #[serde(rename = "init_process_start")]
+    pub start: u64,
+}
+
+impl InitProcess {
+    /// Is this very process still alive (same pid and start time, not a zombie)?
+    pub fn is_alive(&self) -> bool {
+        read_stat(self.pid).is_some_and(|s| s.start == self.start && s.state != 'Z')
+    }
+}
+
 /// What an exec'd command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -207,6 +226,13 @@ impl Runc {
             code: status.code().unwrap_or(-1),
             stderr: String::from_utf8_lossy(tail).trim().to_string(),
         })
+    }
+
+    /// The init of container `id`, from runc's state file rather than a runc process (an exec's
+    /// round trip pays for one runc process only): `None` when runc has no such container.
+    pub fn init(&self, id: &SandboxId) -> Option<InitProcess> {
+        let bytes = fs::read(self.root.join(id.as_str()).join("state.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// `runc state`: `None` when runc has no such container.
@@ -383,10 +409,11 @@ fn kill_tree(pid: i32, deadline: Instant) {
     }
 }
 
-/// One process's state letter and parent, from /proc/<pid>/stat.
+/// One process's state letter, parent and start time, from /proc/<pid>/stat.
 struct Stat {
     state: char,
     ppid: i32,
+    start: u64,
 }
 
 /// Every process of the host, by pid.
@@ -405,10 +432,12 @@ fn read_stat(pid: i32) -> Option<Stat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parens: the fields after the last `)` are fixed.
     let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 3 (state), 4 (ppid) and 22 (starttime) of proc(5), counted from 1.
+    let state = fields.first()?.chars().next()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some(Stat { state, ppid, start })
 }
 
 /// Every process below `pid`.

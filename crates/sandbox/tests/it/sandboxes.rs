@@ -163,6 +163,16 @@ async fn exec_timeout_kills_its_tree_and_term_stops_the_sandbox() {
         (state.status == Status::Stopped).then_some(())
     })
     .await;
+    let exec = fx.driver.exec(&id, "true", &exec_opts()).await;
+    assert!(
+        matches!(exec, Err(SandboxError::NotRunning { .. })),
+        "{exec:?}"
+    );
+    let connect = fx.driver.connect(&id, 8080, Duration::from_secs(1)).await;
+    assert!(
+        matches!(connect, Err(SandboxError::NotRunning { .. })),
+        "{connect:?}"
+    );
     fx.driver.delete(&id).await.expect("delete");
 }
 
