@@ -89,6 +89,8 @@ pub(crate) struct Spec<'a> {
     pub env: &'a [(String, String)],
     pub resources: &'a Resources,
     pub cgroup_parent: &'a str,
+    /// The init's uid and gid (see [`resolve_user`]).
+    pub user: (u32, u32),
 }
 
 /// Why a bundle could not be made.
@@ -97,8 +99,8 @@ pub enum BundleError {
     /// `Init::ImageCommand` on an image with neither Entrypoint nor Cmd.
     #[error("the image has no Entrypoint or Cmd to run as the sandbox's init")]
     NoCommand,
-    /// An image `User` that is not numeric or `root`.
-    #[error("image user `{0}` is not supported: use a numeric `uid[:gid]` or `root`")]
+    /// An image `User` whose name is not in the image's /etc/passwd or /etc/group.
+    #[error("image user `{0}` is not in the image's /etc/passwd or /etc/group")]
     User(String),
     /// A path that cannot go into overlayfs's mount options.
     #[error("path {0} has a `,` or `:`, which overlayfs mount options cannot hold")]
@@ -155,27 +157,57 @@ pub(crate) fn environment(image: &[String], extra: &[(String, String)]) -> Vec<S
     env
 }
 
-fn user(image: &ImageConfig) -> Result<(u32, u32), BundleError> {
-    let Some(user) = image.user.as_deref() else {
+/// The uid and gid of an image's `User` (`name`, `uid`, `name:group`, `uid:gid`, ...): names are
+/// looked up in the sandbox's own /etc/passwd and /etc/group, read inside its root; without a
+/// group, the user's primary group (or 0 for a uid the image does not list).
+pub(crate) fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), BundleError> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
         return Ok((0, 0));
     };
-    if user == "root" {
-        return Ok((0, 0));
-    }
-    let (u, g) = user.split_once(':').unwrap_or((user, user));
-    match (u.parse(), g.parse()) {
-        (Ok(u), Ok(g)) => Ok((u, g)),
-        _ => Err(BundleError::User(user.to_string())),
-    }
+    let unknown = || BundleError::User(user.to_string());
+    let (name, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    // passwd: name:x:uid:gid:...; group: name:x:gid:...
+    let passwd = database(rootfs, "/etc/passwd");
+    let entry = passwd.iter().find(|f| f[0] == name || f[2] == name);
+    let uid = match name.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => entry.and_then(|f| f[2].parse().ok()).ok_or_else(unknown)?,
+    };
+    let gid = match group {
+        None => entry.and_then(|f| f.get(3)?.parse().ok()).unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = database(rootfs, "/etc/group");
+                let found = groups.iter().find(|f| f[0] == g);
+                found.and_then(|f| f[2].parse().ok()).ok_or_else(unknown)?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The `:`-separated lines of a passwd-like file of the sandbox with at least 3 fields (none when
+/// it is missing or unreadable).
+fn database(rootfs: &Path, path: &str) -> Vec<Vec<String>> {
+    let text = crate::files::read(rootfs, path, 1 << 20).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() >= 3)
+        .collect()
 }
 
 /// The bundle's `config.json`: the namespaces, mounts and limits of a sandbox. No `rlimits`: the
 /// sandbox inherits the runner's, since raising a hard limit needs CAP_SYS_RESOURCE, which these
 /// machines' root lacks.
-pub(crate) fn config_json(spec: &Spec<'_>) -> Result<serde_json::Value, BundleError> {
-    let (uid, gid) = user(spec.image)?;
+pub(crate) fn config_json(spec: &Spec<'_>) -> serde_json::Value {
+    let (uid, gid) = spec.user;
     let caps = CAPABILITIES;
-    Ok(json!({
+    json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -213,7 +245,7 @@ pub(crate) fn config_json(spec: &Spec<'_>) -> Result<serde_json::Value, BundleEr
             ],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    }))
+    })
 }
 
 /// Mounts an overlay of `lowers` (bottom first) under `upper` at `target`.
@@ -320,6 +352,24 @@ mod tests {
         let image = vec!["A=1".to_string(), "B=2".to_string()];
         let env = environment(&image, &[("B".into(), "3".into())]);
         assert_eq!(env, [DEFAULT_PATH, "A=1", "B=3"]);
+    }
+
+    #[test]
+    fn users_by_name_or_number() {
+        let root = tempfile::tempdir().expect("temp rootfs");
+        fs::create_dir(root.path().join("etc")).expect("etc");
+        let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
+        fs::write(root.path().join("etc/passwd"), passwd).expect("passwd");
+        fs::write(root.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        let resolve = |u: Option<&str>| resolve_user(u, root.path()).ok();
+        assert_eq!(resolve(None), Some((0, 0)));
+        assert_eq!(resolve(Some("app")), Some((1000, 1001)));
+        assert_eq!(resolve(Some("app:staff")), Some((1000, 50)));
+        assert_eq!(resolve(Some("1000")), Some((1000, 1001)));
+        assert_eq!(resolve(Some("42")), Some((42, 0)));
+        assert_eq!(resolve(Some("42:7")), Some((42, 7)));
+        assert_eq!(resolve(Some("ghost")), None);
+        assert_eq!(resolve(Some("app:ghost")), None);
     }
 
     #[test]

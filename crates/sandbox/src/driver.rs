@@ -275,6 +275,11 @@ impl Driver {
                 .map_or(0, |d| d.as_secs()),
         };
         write_json(&paths.record, &record)?;
+        // Mounted first: the image's user names are looked up in its own /etc/passwd.
+        bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+            .map_err(about(id, SandboxError::Bundle))?;
+        let user = bundle::resolve_user(image.config.user.as_deref(), &paths.rootfs)
+            .map_err(about(id, SandboxError::Bundle))?;
         let spec = Spec {
             id,
             image: &image.config,
@@ -285,11 +290,9 @@ impl Driver {
             env: &options.env,
             resources: &options.resources,
             cgroup_parent: &self.cgroup_parent,
+            user,
         };
-        let config = bundle::config_json(&spec).map_err(about(id, SandboxError::Bundle))?;
-        write_json(&paths.config, &config)?;
-        bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
-            .map_err(about(id, SandboxError::Bundle))?;
+        write_json(&paths.config, &bundle::config_json(&spec))?;
         self.runc
             .run_detached(id, &paths.bundle, &paths.init_log)
             .await

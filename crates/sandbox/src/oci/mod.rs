@@ -73,8 +73,8 @@ pub struct ImageConfig {
     /// `WorkingDir`, `None` when unset or empty (then `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
-    /// `User`, `None` when unset or empty (then root). Only numeric `uid[:gid]` and `root` can
-    /// be run today.
+    /// `User`, `None` when unset or empty (then root); names are looked up in the image's own
+    /// /etc/passwd and /etc/group when a sandbox is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }

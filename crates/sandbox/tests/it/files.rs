@@ -100,7 +100,7 @@ async fn files_stay_inside_the_sandbox() {
         .await
         .expect("read via absolute link");
     assert_eq!(
-        passwd, b"root:x:0:0:root:/root:/bin/sh\n",
+        passwd, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
         "the sandbox's /etc/passwd, not the host's"
     );
 

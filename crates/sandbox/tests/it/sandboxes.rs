@@ -240,27 +240,71 @@ async fn a_failed_create_leaves_nothing() {
     );
     fx.driver.delete(&id).await.expect("delete");
 
-    // An image whose layer is not in the cache.
+    // An image whose layer is not in the cache; a user its /etc/passwd does not list; an init
+    // that cannot start (runc fails after the overlay was mounted).
     let mut missing = fx.image.clone();
     missing.layers[0].digest = sandbox::Digest::of(b"not pulled");
-    let id = unique_id("nolayer");
-    let result = fx
-        .driver
-        .create(&id, &missing, &CreateOptions::default())
-        .await;
-    assert!(
-        matches!(result, Err(SandboxError::LayerMissing { .. })),
-        "{result:?}"
-    );
-    assert_no_trace(fx.home.path(), &id, 0);
-
-    // An init that cannot start: runc fails, and the overlay it was given is unmounted.
-    let id = unique_id("badinit");
-    let opts = CreateOptions {
+    let mut ghost = fx.image.clone();
+    ghost.config.user = Some("ghost".into());
+    let bad_init = CreateOptions {
         init: sandbox::Init::Command(vec!["/no/such/program".into()]),
         ..Default::default()
     };
-    let result = fx.driver.create(&id, &fx.image, &opts).await;
-    assert!(matches!(result, Err(SandboxError::Runc(..))), "{result:?}");
-    assert_no_trace(fx.home.path(), &id, 0);
+    let defaults = CreateOptions::default();
+    let cases = [
+        (&missing, &defaults),
+        (&ghost, &defaults),
+        (&fx.image, &bad_init),
+    ];
+    let mut errors = Vec::new();
+    for (image, options) in cases {
+        let id = unique_id("failed");
+        errors.push(fx.driver.create(&id, image, options).await);
+        assert_no_trace(fx.home.path(), &id, 0);
+    }
+    assert!(
+        matches!(
+            errors.as_slice(),
+            [
+                Err(SandboxError::LayerMissing { .. }),
+                Err(SandboxError::Bundle(..)),
+                Err(SandboxError::Runc(..))
+            ]
+        ),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_image_user_runs_the_sandbox() {
+    let Some(fx) = Fixture::for_root("the_image_user_runs_the_sandbox").await else {
+        return;
+    };
+    let mut config = support::busybox_config();
+    config["User"] = "nobody".into();
+    fx.registry
+        .push_image("test/nobody", "1", &[support::busybox_layer()], config)
+        .await;
+    let reference = sandbox::ImageRef::parse(&fx.registry.image("test/nobody:1")).expect("ref");
+    let image = fx
+        .driver
+        .images()
+        .pull(&reference)
+        .await
+        .expect("pull")
+        .image;
+    assert!(
+        image.layers == fx.image.layers,
+        "the same layer, cached once"
+    );
+    let id = unique_id("nobody");
+    fx.driver
+        .create(&id, &image, &CreateOptions::default())
+        .await
+        .expect("create");
+    assert_eq!(
+        sh(&fx.driver, &id, "id -u; id -g").await.1,
+        "65534\n65534\n"
+    );
+    fx.driver.delete(&id).await.expect("delete");
 }

@@ -284,7 +284,12 @@ pub fn busybox_layer() -> Vec<u8> {
     for a in APPLETS {
         t.symlink(&format!("bin/{a}"), "busybox");
     }
-    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    t.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    );
+    t.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
     t.finish()
 }
 
