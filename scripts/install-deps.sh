@@ -27,10 +27,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v apt-get >/dev/null || die "this script installs Debian packages; install the equivalents of: postgresql-15 redis-server"
 
-# Debian packages of the default stack's servers (and the clients its init steps use).
-# mmdebstrap, umoci and busybox-static build the sandbox images, skopeo pushes them.
+# Debian packages of the default stack's servers (and the clients its init steps use); runc
+# runs the runners' sandboxes; mmdebstrap, umoci and busybox-static build the sandbox images,
+# skopeo pushes them.
 PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates
-  mmdebstrap umoci skopeo busybox-static)
+  runc mmdebstrap umoci skopeo busybox-static)
 if [ "$MICROVM" = 1 ]; then
   # protoc builds the boxlite crate; busybox-static (above) fills the boot probe's image.
   PACKAGES+=(protobuf-compiler python3-pip)

@@ -1,0 +1,497 @@
+//! The runc box driver: a sandbox's whole life (create, exec, kill, delete) and the re-adoption
+//! of running sandboxes by a new driver after a runner restart. It keeps no state in memory:
+//! everything is derived from the sandbox id, the runner's [`Home`] and runc's own state, so any
+//! driver instance on the same home can take over.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, BundleError, Init, Resources, Spec};
+use crate::digest::Digest;
+use crate::files::{self, FileError};
+use crate::id::SandboxId;
+use crate::layout::Home;
+use crate::net::{self, NetError};
+use crate::oci::{Image, ImageStore, PullError};
+use crate::runc::{ExecOptions, ExecOutput, InitProcess, Runc, RuncError};
+
+/// Why a driver call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A sandbox with this id exists already (its dir or its runc container).
+    #[error("sandbox {id} already exists")]
+    AlreadyExists {
+        /// The id.
+        id: SandboxId,
+    },
+    /// No sandbox with this id.
+    #[error("sandbox {id} does not exist")]
+    NotFound {
+        /// The id.
+        id: SandboxId,
+    },
+    /// The sandbox exists but its init has exited: delete it (or create it again).
+    #[error("sandbox {id} is not running")]
+    NotRunning {
+        /// The id.
+        id: SandboxId,
+    },
+    /// The image's layer is not in the cache.
+    #[error(
+        "layer {layer} of the sandbox's image is not in the image cache: pull the image first"
+    )]
+    LayerMissing {
+        /// The missing layer.
+        layer: Digest,
+    },
+    /// The image cache could not be opened.
+    #[error("cannot open the image cache")]
+    Images(#[source] PullError),
+    /// The bundle (overlay, config) could not be made or unmade.
+    #[error("sandbox {0}: cannot prepare its bundle")]
+    Bundle(SandboxId, #[source] BundleError),
+    /// runc failed.
+    #[error("sandbox {0}: runc failed")]
+    Runc(SandboxId, #[source] RuncError),
+    /// A file operation inside the sandbox failed.
+    #[error("sandbox {0}: file operation refused or failed")]
+    File(SandboxId, #[source] FileError),
+    /// A connection into the sandbox failed.
+    #[error("sandbox {0}: cannot connect to one of its ports")]
+    Net(SandboxId, #[source] NetError),
+    /// A blocking task panicked or was cancelled.
+    #[error("a file task of the driver did not finish")]
+    Task(#[source] tokio::task::JoinError),
+    /// `runc list` failed.
+    #[error("cannot list the runner's containers")]
+    List(#[source] RuncError),
+    /// A file of the sandbox's dir could not be written, read or removed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Maps an error about sandbox `id` into `variant` of [`SandboxError`].
+fn about<E>(
+    id: &SandboxId,
+    variant: fn(SandboxId, E) -> SandboxError,
+) -> impl FnOnce(E) -> SandboxError {
+    let id = id.clone();
+    move |e| variant(id, e)
+}
+
+/// How a sandbox is created.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateOptions {
+    /// cgroup limits.
+    pub resources: Resources,
+    /// Environment on top of the image's (`KEY`, `value`).
+    pub env: Vec<(String, String)>,
+    /// What runs as pid 1.
+    pub init: Init,
+}
+
+/// What a sandbox was created from, kept as `sandbox.json` in its dir.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRecord {
+    /// The image reference.
+    pub image: String,
+    /// The digest it resolved to.
+    pub image_digest: Digest,
+    /// Its layers, bottom first (the overlay's lower dirs).
+    pub layers: Vec<Digest>,
+    /// The options it was created with.
+    pub options: CreateOptions,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// A runc container's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Created, init not started.
+    Created,
+    /// Init is running.
+    Running,
+    /// Frozen.
+    Paused,
+    /// Init has exited.
+    Stopped,
+}
+
+/// A sandbox as the driver sees it now.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// Its id.
+    pub id: SandboxId,
+    /// Its init's pid on the host (0 once stopped): the way into its namespaces.
+    pub pid: u32,
+    /// Its state.
+    pub status: Status,
+    /// What it was created from (`None` if its record is unreadable).
+    pub record: Option<SandboxRecord>,
+}
+
+/// What a new driver finds on its home: sandboxes to take back, and leftovers to clean.
+#[derive(Debug, Clone, Default)]
+pub struct Adoption {
+    /// Sandboxes runc knows (running, or stopped and not yet deleted).
+    pub sandboxes: Vec<Sandbox>,
+    /// Sandbox dirs runc has no container for (a create cut short, a reboot): `delete` them.
+    pub stale: Vec<SandboxId>,
+}
+
+/// Settings of a [`Driver`].
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The runc binary (default `runc`, from PATH).
+    pub runc: PathBuf,
+    /// The cgroup under which each sandbox gets `<parent>/<id>` (default `stack-sandboxes`).
+    pub cgroup_parent: String,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            runc: "runc".into(),
+            cgroup_parent: "stack-sandboxes".into(),
+        }
+    }
+}
+
+/// Runs sandboxes with runc on one runner home.
+#[derive(Debug)]
+pub struct Driver {
+    home: Home,
+    runc: Runc,
+    images: ImageStore,
+    cgroup_parent: String,
+    exec_seq: AtomicU64,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let path = path.to_path_buf();
+    move |source| SandboxError::Io { op, path, source }
+}
+
+impl Driver {
+    /// A driver on `home`, opening its image cache.
+    pub fn open(home: Home, config: DriverConfig) -> Result<Self, SandboxError> {
+        let images = ImageStore::open(home.images()).map_err(SandboxError::Images)?;
+        for dir in [home.runc_root(), home.sandboxes()] {
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        let runc = Runc::new(config.runc, home.runc_root());
+        Ok(Self {
+            home,
+            runc,
+            images,
+            cgroup_parent: config.cgroup_parent,
+            exec_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The runner home.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The image cache, to pull images into before [`Driver::create`].
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// Creates and starts sandbox `id` from the cached `image`; returns once its init runs.
+    /// On failure nothing of it is left (no dir, mount or container).
+    pub async fn create(
+        &self,
+        id: &SandboxId,
+        image: &Image,
+        options: &CreateOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let dir = self.home.sandbox(id).dir;
+        if self.runc_knows(id) {
+            return Err(SandboxError::AlreadyExists { id: id.clone() });
+        }
+        // Creating the dir claims the id: a second create of the same id fails here.
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SandboxError::AlreadyExists { id: id.clone() })
+            }
+            Err(e) => return Err(io_err("create", &dir)(e)),
+        }
+        match self.create_claimed(id, image, options).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = self.delete(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_claimed(
+        &self,
+        id: &SandboxId,
+        image: &Image,
+        options: &CreateOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let lowers = image
+            .layers
+            .iter()
+            .map(|l| {
+                let dir = self.images.layer_dir(&l.digest);
+                dir.is_dir()
+                    .then_some(dir)
+                    .ok_or_else(|| SandboxError::LayerMissing {
+                        layer: l.digest.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let paths = self.home.sandbox(id);
+        for d in [&paths.upper, &paths.work, &paths.rootfs] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        let record = SandboxRecord {
+            image: image.reference.clone(),
+            image_digest: image.digest.clone(),
+            layers: image.layers.iter().map(|l| l.digest.clone()).collect(),
+            options: options.clone(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        write_json(&paths.record, &record)?;
+        // Mounted first: the image's user names are looked up in its own /etc/passwd.
+        bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+            .map_err(about(id, SandboxError::Bundle))?;
+        let user = bundle::resolve_user(image.config.user.as_deref(), &paths.rootfs)
+            .map_err(about(id, SandboxError::Bundle))?;
+        let spec = Spec {
+            id,
+            image: &image.config,
+            args: options
+                .init
+                .args(&image.config)
+                .map_err(about(id, SandboxError::Bundle))?,
+            env: &options.env,
+            resources: &options.resources,
+            cgroup_parent: &self.cgroup_parent,
+            user,
+        };
+        write_json(&paths.config, &bundle::config_json(&spec))?;
+        self.runc
+            .run_detached(id, &paths.bundle, &paths.init_log)
+            .await
+            .map_err(about(id, SandboxError::Runc))?;
+        self.state(id)
+            .await?
+            .ok_or_else(|| SandboxError::NotFound { id: id.clone() })
+    }
+
+    /// Does runc have a container `id`? A file read, no runc process.
+    fn runc_knows(&self, id: &SandboxId) -> bool {
+        self.runc.init(id).is_some()
+    }
+
+    /// The sandbox's init, checked to be running.
+    fn running_init(&self, id: &SandboxId) -> Result<InitProcess, SandboxError> {
+        match self.runc.init(id) {
+            None => Err(SandboxError::NotFound { id: id.clone() }),
+            Some(init) if !init.is_alive() => Err(SandboxError::NotRunning { id: id.clone() }),
+            Some(init) => Ok(init),
+        }
+    }
+
+    /// The sandbox `id` as runc reports it, `None` if runc has no such container.
+    pub async fn state(&self, id: &SandboxId) -> Result<Option<Sandbox>, SandboxError> {
+        let state = self
+            .runc
+            .state(id)
+            .await
+            .map_err(about(id, SandboxError::Runc))?;
+        Ok(state.map(|s| self.sandbox(id.clone(), s.pid, &s.status)))
+    }
+
+    fn sandbox(&self, id: SandboxId, pid: u32, status: &str) -> Sandbox {
+        let status = match status {
+            "created" => Status::Created,
+            "running" => Status::Running,
+            "paused" => Status::Paused,
+            _ => Status::Stopped,
+        };
+        let record = fs::read(self.home.sandbox(&id).record)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Sandbox {
+            id,
+            pid,
+            status,
+            record,
+        }
+    }
+
+    /// Runs `command` with the sandbox's `/bin/sh -c`, capturing its output and exit code.
+    pub async fn exec(
+        &self,
+        id: &SandboxId,
+        command: &str,
+        options: &ExecOptions,
+    ) -> Result<ExecOutput, SandboxError> {
+        self.running_init(id)?;
+        let n = self.exec_seq.fetch_add(1, Ordering::Relaxed);
+        let pid_file = self
+            .home
+            .sandbox(id)
+            .dir
+            .join(format!("exec-{}-{n}.pid", std::process::id()));
+        let args = ["/bin/sh".to_string(), "-c".to_string(), command.to_string()];
+        self.runc
+            .exec(id, &args, options, &pid_file)
+            .await
+            .map_err(about(id, SandboxError::Runc))
+    }
+
+    /// The sandbox's root as the host sees it, if it is mounted (a file written to the bare
+    /// mount point would be hidden by the overlay and lost).
+    fn mounted_rootfs(&self, id: &SandboxId) -> Result<PathBuf, SandboxError> {
+        let rootfs = self.home.sandbox(id).rootfs;
+        match bundle::is_mount_point(&rootfs) {
+            Ok(true) => Ok(rootfs),
+            Ok(false) => Err(SandboxError::NotFound { id: id.clone() }),
+            Err(e) => Err(io_err("read /proc/self/mountinfo for", &rootfs)(e)),
+        }
+    }
+
+    /// Writes `contents` to absolute `path` in the sandbox (see [`files::write`]).
+    pub async fn write_file(
+        &self,
+        id: &SandboxId,
+        path: &str,
+        contents: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), SandboxError> {
+        let path = path.to_string();
+        self.in_rootfs(id, move |root| files::write(root, &path, &contents, mode))
+            .await
+    }
+
+    /// Reads absolute `path` in the sandbox, up to `limit` bytes (see [`files::read`]).
+    pub async fn read_file(
+        &self,
+        id: &SandboxId,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, SandboxError> {
+        let path = path.to_string();
+        self.in_rootfs(id, move |root| files::read(root, &path, limit))
+            .await
+    }
+
+    /// Runs a blocking file operation on the sandbox's mounted root, off the async threads.
+    async fn in_rootfs<T: Send + 'static>(
+        &self,
+        id: &SandboxId,
+        op: impl FnOnce(&Path) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let rootfs = self.mounted_rootfs(id)?;
+        tokio::task::spawn_blocking(move || op(&rootfs))
+            .await
+            .map_err(SandboxError::Task)?
+            .map_err(about(id, SandboxError::File))
+    }
+
+    /// A TCP connection to `127.0.0.1:port` inside the sandbox's own network namespace.
+    pub async fn connect(
+        &self,
+        id: &SandboxId,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> Result<tokio::net::TcpStream, SandboxError> {
+        let init = self.running_init(id)?;
+        let netns = net::open_namespace(init.pid).map_err(about(id, SandboxError::Net))?;
+        // Checked again once the namespace is open: had the init exited in between and its pid
+        // been reused, the namespace would be another process's.
+        if !init.is_alive() {
+            return Err(SandboxError::NotRunning { id: id.clone() });
+        }
+        net::connect(netns, port, timeout)
+            .await
+            .map_err(about(id, SandboxError::Net))
+    }
+
+    /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init.
+    pub async fn kill(&self, id: &SandboxId, signal: &str) -> Result<(), SandboxError> {
+        if !self.runc_knows(id) {
+            return Err(SandboxError::NotFound { id: id.clone() });
+        }
+        self.runc
+            .kill(id, signal)
+            .await
+            .map_err(about(id, SandboxError::Runc))
+    }
+
+    /// Removes the sandbox: its container (killed if running), its overlay mount and its dir.
+    /// Idempotent: whatever is already gone is skipped.
+    pub async fn delete(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        if self.runc_knows(id) {
+            match self.runc.delete(id).await {
+                Ok(()) => {}
+                // Gone between the check and the delete.
+                Err(RuncError::Failed { stderr, .. }) if stderr.contains("does not exist") => {}
+                Err(source) => return Err(about(id, SandboxError::Runc)(source)),
+            }
+        }
+        bundle::unmount(&self.home.sandbox(id).rootfs).map_err(about(id, SandboxError::Bundle))?;
+        let dir = self.home.sandbox(id).dir;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &dir)(e)),
+        }
+    }
+
+    /// Finds what a previous driver on this home left running, to take it back.
+    pub async fn adopt(&self) -> Result<Adoption, SandboxError> {
+        let containers = self.runc.list().await.map_err(SandboxError::List)?;
+        let mut adoption = Adoption::default();
+        for c in containers {
+            if let Ok(id) = SandboxId::parse(&c.id) {
+                adoption.sandboxes.push(self.sandbox(id, c.pid, &c.status));
+            }
+        }
+        let dir = self.home.sandboxes();
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| SandboxId::parse(n).ok())
+            else {
+                continue;
+            };
+            if !adoption.sandboxes.iter().any(|s| s.id == id) {
+                adoption.stale.push(id);
+            }
+        }
+        Ok(adoption)
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SandboxError> {
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| io_err("serialize", path)(e.into()))?;
+    fs::write(path, bytes).map_err(io_err("write", path))
+}

@@ -1,0 +1,87 @@
+//! Every path of a runner's home, in one type: the image cache, runc's state dir and each
+//! sandbox's own dir. Nothing this crate writes lives outside the home.
+
+use std::path::{Path, PathBuf};
+
+use crate::id::SandboxId;
+
+/// A runner's home directory and the paths under it:
+///
+/// ```text
+/// <home>/images/                 the image cache (ImageStore)
+/// <home>/runc/                   runc's --root: one state dir per running container
+/// <home>/sandboxes/<id>/
+///     sandbox.json               what the sandbox was created from
+///     upper/ work/               its overlayfs writable layer and work dir
+///     bundle/config.json         the OCI runtime config
+///     bundle/rootfs/             the overlay's mount point
+///     init.log                   the init process's stdout and stderr
+/// ```
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// A home rooted at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The home itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The image cache.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// runc's state directory (`runc --root`).
+    pub fn runc_root(&self) -> PathBuf {
+        self.root.join("runc")
+    }
+
+    /// All sandboxes' dirs.
+    pub fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// The paths of sandbox `id`.
+    pub fn sandbox(&self, id: &SandboxId) -> SandboxPaths {
+        let dir = self.sandboxes().join(id.as_str());
+        let bundle = dir.join("bundle");
+        SandboxPaths {
+            record: dir.join("sandbox.json"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            config: bundle.join("config.json"),
+            rootfs: bundle.join("rootfs"),
+            init_log: dir.join("init.log"),
+            bundle,
+            dir,
+        }
+    }
+}
+
+/// The paths of one sandbox under a [`Home`].
+#[derive(Debug, Clone)]
+pub struct SandboxPaths {
+    /// The sandbox's dir: removing it removes every file of the sandbox.
+    pub dir: PathBuf,
+    /// `sandbox.json`: what the sandbox was created from.
+    pub record: PathBuf,
+    /// The overlay's upper dir: the sandbox's whole diff against its image.
+    pub upper: PathBuf,
+    /// The overlay's work dir (same filesystem as `upper`, as overlayfs requires).
+    pub work: PathBuf,
+    /// The OCI bundle runc is given.
+    pub bundle: PathBuf,
+    /// The bundle's `config.json`.
+    pub config: PathBuf,
+    /// The root filesystem as the host sees it (the overlay's mount point).
+    pub rootfs: PathBuf,
+    /// The init's stdout and stderr.
+    pub init_log: PathBuf,
+}

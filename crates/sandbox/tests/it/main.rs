@@ -1,0 +1,9 @@
+//! The crate's integration tests: a real registry, real pulls and (as root) real runc sandboxes.
+
+mod support;
+
+mod bench;
+mod files;
+mod net;
+mod oci;
+mod sandboxes;
