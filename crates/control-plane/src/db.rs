@@ -1,0 +1,30 @@
+//! PostgreSQL: the pool every handler borrows from, and how its errors are told apart. The
+//! schema is the stack's migrations ledger (`sql/migrations`); this crate never creates tables.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// A pool of up to 16 connections to `url`, connected once before serving.
+pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+/// Did the statement fail on a unique constraint (SQLSTATE 23505)?
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// Did the statement fail on a foreign key (SQLSTATE 23503)?
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503"))
+}
+
+/// A timestamp column as RFC 3339 in UTC with milliseconds, for `SELECT` lists.
+pub fn rfc3339(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+}
