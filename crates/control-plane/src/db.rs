@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use serde::de::DeserializeOwned;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use crate::error::ApiError;
 
 /// A pool of up to 16 connections to `url`, connected once before serving.
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
@@ -27,4 +31,12 @@ pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 /// A timestamp column as RFC 3339 in UTC with milliseconds, for `SELECT` lists.
 pub fn rfc3339(column: &str) -> String {
     format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+}
+
+/// A row whose first column is a JSON object (`json_build_object(...)::text`), as `T`: the
+/// queries name each field once, in the shape the API answers with.
+pub fn json_row<T: DeserializeOwned>(row: &PgRow) -> Result<T, ApiError> {
+    let text: String = row.try_get(0)?;
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::Internal(format!("a stored row does not read back: {e}")))
 }

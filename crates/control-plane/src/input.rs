@@ -1,7 +1,7 @@
 //! What a request carries, checked before a handler sees it: a JSON body, path parameters and a
 //! query, each refused with a 4xx `{"error": ...}` (never the framework's plain-text answer).
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::Json;
@@ -43,38 +43,37 @@ fn json_rejection(e: JsonRejection) -> ApiError {
     }
 }
 
-/// Path parameters as `T` (a `String`, or a tuple of them).
-pub struct Params<T>(pub T);
+/// Declares `$name<T>`: axum's `$inner<T>` extractor whose rejection is an [`ApiError`] with
+/// the framework's status and explanation.
+macro_rules! checked_parts {
+    ($(#[$doc:meta])* $name:ident, $inner:ident) => {
+        $(#[$doc])*
+        pub struct $name<T>(pub T);
 
-#[axum::async_trait]
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<T> {
-    type Rejection = ApiError;
+        #[axum::async_trait]
+        impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for $name<T> {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(v)| Params(v))
-            .map_err(|e: PathRejection| ApiError::Rejected {
-                status: e.status(),
-                message: e.body_text(),
-            })
-    }
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+                match $inner::<T>::from_request_parts(parts, state).await {
+                    Ok($inner(v)) => Ok($name(v)),
+                    Err(e) => Err(ApiError::Rejected {
+                        status: e.status(),
+                        message: e.body_text(),
+                    }),
+                }
+            }
+        }
+    };
 }
 
-/// The query string as `T`.
-pub struct QueryOf<T>(pub T);
-
-#[axum::async_trait]
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| QueryOf(v))
-            .map_err(|e: QueryRejection| ApiError::Rejected {
-                status: e.status(),
-                message: e.body_text(),
-            })
-    }
-}
+checked_parts!(
+    /// Path parameters as `T` (a `String`, a tuple or a map of them).
+    Params,
+    Path
+);
+checked_parts!(
+    /// The query string as `T`.
+    QueryOf,
+    Query
+);

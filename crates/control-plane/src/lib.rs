@@ -22,6 +22,32 @@ pub mod runners;
 pub mod sandboxes;
 pub mod toolbox;
 
+/// A binary's life: its settings (`config`, read from the environment; exit 2 when unusable),
+/// then `serve` until SIGTERM (exit 1 when it fails). Errors go to stderr, prefixed by `name`.
+pub async fn run<C, F>(
+    name: &str,
+    config: Result<C, config::ConfigError>,
+    serve: impl FnOnce(C) -> F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), error::StartError>>,
+{
+    let result = match config {
+        Ok(c) => serve(c).await,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Waits for SIGTERM (what `stack down` sends) or Ctrl-C, for a graceful shutdown.
 pub async fn shutdown_signal() {
     let term = async {

@@ -5,16 +5,13 @@
 use std::io::Read;
 use std::time::SystemTime;
 
-use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::cache::Cache;
 use crate::error::ApiError;
 use crate::input::Params;
-use crate::sandboxes::{find, runner_of};
+use crate::sandboxes::Owned;
 
 /// What a preview token stands for, as stored in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,16 +65,15 @@ pub fn port(raw: &str) -> Result<u16, ApiError> {
 
 /// Issues a signed preview URL for the caller's sandbox `id`'s `port`.
 pub async fn signed_url(
-    who: Principal,
-    State(state): State<AppState>,
-    Params((id, raw_port)): Params<(String, String)>,
+    o: Owned,
+    Params((_, raw_port)): Params<(String, String)>,
 ) -> Result<Json<SignedUrl>, ApiError> {
     let port = port(&raw_port)?;
-    let sb = find(&state, &who, &id).await?;
-    let runner = runner_of(&state, &sb).await?;
+    let runner = o.runner().await?;
+    let state = &o.state;
     let token = random_hex(16)?;
     let grant = Grant {
-        sandbox_id: sb.id,
+        sandbox_id: o.sandbox.id.clone(),
         port,
         runner: runner.name,
         runner_url: runner.api_url,

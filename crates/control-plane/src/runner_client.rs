@@ -170,22 +170,40 @@ impl RunnerClient {
             .await
     }
 
+    /// The calls about sandbox `id` on `runner`.
+    pub fn sandbox<'a>(&'a self, runner: &'a RunnerRef, id: &'a str) -> OnRunner<'a> {
+        OnRunner {
+            client: self,
+            runner,
+            id,
+        }
+    }
+}
+
+/// One sandbox on its runner: the runner API's `/sandboxes/{id}/...` calls.
+pub struct OnRunner<'a> {
+    client: &'a RunnerClient,
+    runner: &'a RunnerRef,
+    id: &'a str,
+}
+
+impl OnRunner<'_> {
+    /// A request to `/sandboxes/{id}{suffix}`.
+    fn at(&self, method: reqwest::Method, suffix: &str) -> (String, reqwest::RequestBuilder) {
+        let path = format!("/sandboxes/{}{suffix}", self.id);
+        self.client.request(self.runner, method, &path)
+    }
+
     /// `POST /sandboxes/{id}/start` or `/stop` (`action`).
-    pub async fn lifecycle(
-        &self,
-        runner: &RunnerRef,
-        id: &str,
-        action: &str,
-    ) -> Result<RunnerSandbox, RunnerError> {
-        let path = format!("/sandboxes/{id}/{action}");
-        let (url, req) = self.request(runner, reqwest::Method::POST, &path);
-        self.json(runner, url, req).await
+    pub async fn lifecycle(&self, action: &str) -> Result<RunnerSandbox, RunnerError> {
+        let (url, req) = self.at(reqwest::Method::POST, &format!("/{action}"));
+        self.client.json(self.runner, url, req).await
     }
 
     /// `DELETE /sandboxes/{id}`; a sandbox the runner does not have is already deleted.
-    pub async fn delete(&self, runner: &RunnerRef, id: &str) -> Result<(), RunnerError> {
-        let (url, req) = self.request(runner, reqwest::Method::DELETE, &format!("/sandboxes/{id}"));
-        match self.send(runner, url, req).await {
+    pub async fn delete(&self) -> Result<(), RunnerError> {
+        let (url, req) = self.at(reqwest::Method::DELETE, "");
+        match self.client.send(self.runner, url, req).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
@@ -193,53 +211,27 @@ impl RunnerClient {
     }
 
     /// `POST /sandboxes/{id}/exec`, waiting as long as the command may run.
-    pub async fn exec(
-        &self,
-        runner: &RunnerRef,
-        id: &str,
-        exec: &ExecRequest,
-    ) -> Result<ExecResponse, RunnerError> {
-        let (url, req) = self.request(
-            runner,
-            reqwest::Method::POST,
-            &format!("/sandboxes/{id}/exec"),
-        );
+    pub async fn exec(&self, exec: &ExecRequest) -> Result<ExecResponse, RunnerError> {
+        let (url, req) = self.at(reqwest::Method::POST, "/exec");
         let wait = Duration::from_secs(exec.timeout.unwrap_or(60) + 15);
-        self.json(runner, url, req.json(exec).timeout(wait)).await
+        let req = req.json(exec).timeout(wait);
+        self.client.json(self.runner, url, req).await
     }
 
     /// `PUT /sandboxes/{id}/files?path=`.
-    pub async fn put_file(
-        &self,
-        runner: &RunnerRef,
-        id: &str,
-        path: &str,
-        bytes: Bytes,
-    ) -> Result<FileWritten, RunnerError> {
-        let (url, req) = self.request(
-            runner,
-            reqwest::Method::PUT,
-            &format!("/sandboxes/{id}/files"),
-        );
-        self.json(runner, url, req.query(&[("path", path)]).body(bytes))
-            .await
+    pub async fn put_file(&self, path: &str, bytes: Bytes) -> Result<FileWritten, RunnerError> {
+        let (url, req) = self.at(reqwest::Method::PUT, "/files");
+        let req = req.query(&[("path", path)]).body(bytes);
+        self.client.json(self.runner, url, req).await
     }
 
-    /// `GET /sandboxes/{id}/files?path=`.
-    pub async fn get_file(
-        &self,
-        runner: &RunnerRef,
-        id: &str,
-        path: &str,
-    ) -> Result<Bytes, RunnerError> {
-        let (url, req) = self.request(
-            runner,
-            reqwest::Method::GET,
-            &format!("/sandboxes/{id}/files"),
-        );
-        let resp = self.send(runner, url, req.query(&[("path", path)])).await?;
+    /// `GET /sandboxes/{id}/files?path=`: the file's bytes.
+    pub async fn get_file(&self, path: &str) -> Result<Bytes, RunnerError> {
+        let (url, req) = self.at(reqwest::Method::GET, "/files");
+        let req = req.query(&[("path", path)]);
+        let resp = self.client.send(self.runner, url, req).await?;
         resp.bytes().await.map_err(|e| RunnerError::Answer {
-            runner: runner.name.clone(),
+            runner: self.runner.name.clone(),
             why: e.to_string(),
         })
     }

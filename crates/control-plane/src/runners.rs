@@ -8,9 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use platform_proto::{check, Heartbeat, RunnerRegistration};
-use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::audit::AuditTarget;
@@ -20,7 +18,7 @@ use crate::input::{Body, Params};
 use crate::runner_client::RunnerRef;
 
 /// A runner as `GET /api/runners` and registration answer it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Runner {
     /// Its id (sandboxes' `runnerId`).
@@ -43,7 +41,8 @@ pub struct Runner {
     pub sandboxes: i64,
     /// Its last heartbeat (RFC 3339), if any.
     pub last_heartbeat: Option<String>,
-    #[serde(skip)]
+    /// Left out of scheduling by an operator.
+    #[serde(skip_serializing)]
     unschedulable: bool,
 }
 
@@ -59,28 +58,13 @@ impl Runner {
 
 fn select() -> String {
     format!(
-        "SELECT r.id::text AS id, r.name, r.state, r.api_url, r.cpu, r.memory_mib, r.disk_gib, \
-         r.capacity, r.unschedulable, {} AS last_heartbeat, \
-         (SELECT count(*) FROM sandboxes s WHERE s.runner_id = r.id AND s.state <> 'destroyed') AS sandboxes \
+        "SELECT json_build_object('id', r.id, 'name', r.name, 'state', r.state, 'apiUrl', r.api_url, \
+         'cpu', r.cpu, 'memoryMib', r.memory_mib, 'diskGib', r.disk_gib, 'capacity', r.capacity, \
+         'unschedulable', r.unschedulable, 'lastHeartbeat', {}, \
+         'sandboxes', (SELECT count(*) FROM sandboxes s WHERE s.runner_id = r.id AND s.state <> 'destroyed'))::text \
          FROM runners r",
         crate::db::rfc3339("r.last_heartbeat")
     )
-}
-
-fn from_row(row: &PgRow) -> Result<Runner, sqlx::Error> {
-    Ok(Runner {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        state: row.try_get("state")?,
-        api_url: row.try_get("api_url")?,
-        cpu: row.try_get("cpu")?,
-        memory_mib: row.try_get("memory_mib")?,
-        disk_gib: row.try_get("disk_gib")?,
-        capacity: row.try_get("capacity")?,
-        unschedulable: row.try_get("unschedulable")?,
-        last_heartbeat: row.try_get("last_heartbeat")?,
-        sandboxes: row.try_get("sandboxes")?,
-    })
 }
 
 fn alive_key(name: &str) -> String {
@@ -93,7 +77,10 @@ pub async fn all(state: &AppState) -> Result<Vec<Runner>, ApiError> {
     let rows = sqlx::query(&format!("{} ORDER BY r.name", select()))
         .fetch_all(&state.db)
         .await?;
-    let mut runners = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut runners = rows
+        .iter()
+        .map(crate::db::json_row::<Runner>)
+        .collect::<Result<Vec<_>, _>>()?;
     let keys: Vec<String> = runners.iter().map(|r| alive_key(&r.name)).collect();
     let alive = state.cache.get_many(&keys).await?;
     let mut silent = Vec::new();
@@ -152,7 +139,7 @@ pub async fn by_id(state: &AppState, id: &str) -> Result<Option<Runner>, ApiErro
         .bind(id)
         .fetch_optional(&state.db)
         .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    row.as_ref().map(crate::db::json_row).transpose()
 }
 
 /// `GET /api/runners` (admin key only).

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use platform_proto::{check, CreateSandbox, SandboxState};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use crate::app::AppState;
@@ -40,7 +40,7 @@ pub struct CreateBody {
 }
 
 /// A sandbox as the API answers it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sandbox {
     /// Its id (a UUID).
@@ -67,28 +67,11 @@ pub struct Sandbox {
 
 fn select() -> String {
     format!(
-        "SELECT s.id::text AS id, s.name, s.state, s.runner_id::text AS runner_id, s.image, s.cpu, \
-         s.memory_mib, s.labels::text AS labels, s.organization_id::text AS org, {} AS created_at \
-         FROM sandboxes s",
+        "SELECT json_build_object('id', s.id, 'name', s.name, 'state', s.state, 'runnerId', s.runner_id, \
+         'image', s.image, 'cpu', s.cpu, 'memoryMib', s.memory_mib, 'labels', s.labels, \
+         'createdAt', {}, 'organizationId', s.organization_id)::text FROM sandboxes s",
         crate::db::rfc3339("s.created_at")
     )
-}
-
-fn from_row(row: &PgRow) -> Result<Sandbox, ApiError> {
-    let labels: String = row.try_get("labels")?;
-    Ok(Sandbox {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        state: row.try_get("state")?,
-        runner_id: row.try_get("runner_id")?,
-        image: row.try_get("image")?,
-        cpu: row.try_get("cpu")?,
-        memory_mib: row.try_get("memory_mib")?,
-        // Labels are written only as a string map by `create`.
-        labels: serde_json::from_str(&labels).unwrap_or_default(),
-        created_at: row.try_get("created_at")?,
-        organization_id: row.try_get("org")?,
-    })
 }
 
 /// The caller's sandbox `raw_id` (any organization's for the admin), or 404.
@@ -103,23 +86,55 @@ pub async fn find(state: &AppState, who: &Principal, raw_id: &str) -> Result<San
     .fetch_optional(&state.db)
     .await?;
     match row {
-        Some(row) => from_row(&row),
+        Some(row) => crate::db::json_row(&row),
         None => Err(ApiError::NotFound(format!("sandbox {id} not found"))),
     }
 }
 
-/// The runner holding `sb`, or 409 when it has none any more.
-pub async fn runner_of(state: &AppState, sb: &Sandbox) -> Result<RunnerRef, ApiError> {
-    let runner = match &sb.runner_id {
-        Some(id) => crate::runners::by_id(state, id).await?,
-        None => None,
-    };
-    runner.map(|r| r.reference()).ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "sandbox {} has no runner (its runner was removed): delete it and create another",
-            sb.id
-        ))
-    })
+/// A call about one of the caller's sandboxes (`/api/sandbox/{id}/...`,
+/// `/api/toolbox/{id}/...`): the caller authenticated, the id checked, the sandbox found (an id
+/// that is not the caller's is 404).
+pub struct Owned {
+    /// The shared state.
+    pub state: AppState,
+    /// The caller.
+    pub who: Principal,
+    /// Its sandbox.
+    pub sandbox: Sandbox,
+}
+
+#[axum::async_trait]
+impl FromRequestParts<AppState> for Owned {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let who = Principal::from_request_parts(parts, state).await?;
+        let Params(params) =
+            Params::<BTreeMap<String, String>>::from_request_parts(parts, state).await?;
+        let id = params.get("id").map(String::as_str).unwrap_or_default();
+        let sandbox = find(state, &who, id).await?;
+        Ok(Owned {
+            state: state.clone(),
+            who,
+            sandbox,
+        })
+    }
+}
+
+impl Owned {
+    /// The runner holding the sandbox, or 409 when it has none any more.
+    pub async fn runner(&self) -> Result<RunnerRef, ApiError> {
+        let runner = match &self.sandbox.runner_id {
+            Some(id) => crate::runners::by_id(&self.state, id).await?,
+            None => None,
+        };
+        runner.map(|r| r.reference()).ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "sandbox {} has no runner (its runner was removed): delete it and create another",
+                self.sandbox.id
+            ))
+        })
+    }
 }
 
 async fn set_state(state: &AppState, id: &str, to: SandboxState) -> Result<(), ApiError> {
@@ -249,69 +264,54 @@ pub async fn list(
     .bind((!who.admin).then_some(who.org.as_str()))
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(rows.iter().map(from_row).collect::<Result<_, _>>()?))
+    Ok(Json(
+        rows.iter()
+            .map(crate::db::json_row)
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 /// `GET /api/sandbox/{id}`.
-pub async fn get(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
-) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(find(&state, &who, &id).await?))
+pub async fn get(o: Owned) -> Json<Sandbox> {
+    Json(o.sandbox)
 }
 
 /// `DELETE /api/sandbox/{id}`: removed from its runner, then from the table; answers the
 /// sandbox with `state: destroyed`.
-pub async fn delete(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
-) -> Result<Json<Sandbox>, ApiError> {
-    let mut sb = find(&state, &who, &id).await?;
-    if sb.runner_id.is_some() {
-        let runner = runner_of(&state, &sb).await?;
-        if let Err(e) = state.runners.delete(&runner, &sb.id).await {
-            return Err(failed(&state, &sb.id, e).await);
+pub async fn delete(o: Owned) -> Result<Json<Sandbox>, ApiError> {
+    if o.sandbox.runner_id.is_some() {
+        let runner = o.runner().await?;
+        let on = o.state.runners.sandbox(&runner, &o.sandbox.id);
+        if let Err(e) = on.delete().await {
+            return Err(failed(&o.state, &o.sandbox.id, e).await);
         }
     }
     sqlx::query("DELETE FROM sandboxes WHERE id = $1::uuid")
-        .bind(&sb.id)
-        .execute(&state.db)
+        .bind(&o.sandbox.id)
+        .execute(&o.state.db)
         .await?;
+    let mut sb = o.sandbox;
     sb.state = SandboxState::Destroyed.as_str().into();
     Ok(Json(sb))
 }
 
-async fn lifecycle(
-    who: Principal,
-    state: AppState,
-    id: String,
-    action: &str,
-) -> Result<Json<Sandbox>, ApiError> {
-    let sb = find(&state, &who, &id).await?;
-    let runner = runner_of(&state, &sb).await?;
-    match state.runners.lifecycle(&runner, &sb.id, action).await {
-        Ok(r) => set_state(&state, &sb.id, r.state).await?,
-        Err(e) => return Err(failed(&state, &sb.id, e).await),
+/// `POST /api/sandbox/{id}/start` and `/stop` (`action`): the runner's new state.
+async fn lifecycle(o: Owned, action: &str) -> Result<Json<Sandbox>, ApiError> {
+    let runner = o.runner().await?;
+    let id = &o.sandbox.id;
+    match o.state.runners.sandbox(&runner, id).lifecycle(action).await {
+        Ok(r) => set_state(&o.state, id, r.state).await?,
+        Err(e) => return Err(failed(&o.state, id, e).await),
     }
-    Ok(Json(find(&state, &who, &sb.id).await?))
+    Ok(Json(find(&o.state, &o.who, id).await?))
 }
 
 /// `POST /api/sandbox/{id}/start`.
-pub async fn start(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
-) -> Result<Json<Sandbox>, ApiError> {
-    lifecycle(who, state, id, "start").await
+pub async fn start(o: Owned) -> Result<Json<Sandbox>, ApiError> {
+    lifecycle(o, "start").await
 }
 
 /// `POST /api/sandbox/{id}/stop`.
-pub async fn stop(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
-) -> Result<Json<Sandbox>, ApiError> {
-    lifecycle(who, state, id, "stop").await
+pub async fn stop(o: Owned) -> Result<Json<Sandbox>, ApiError> {
+    lifecycle(o, "stop").await
 }

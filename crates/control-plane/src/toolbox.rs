@@ -4,42 +4,38 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use platform_proto::{check, ExecRequest, ExecResponse, FileQuery, FileWritten};
 
-use crate::app::AppState;
-use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::input::{Body, Params, QueryOf};
-use crate::sandboxes::{find, runner_of};
+use crate::input::{Body, QueryOf};
+use crate::sandboxes::Owned;
 
 /// `POST /api/toolbox/{id}/toolbox/process/execute`.
 pub async fn execute(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
+    o: Owned,
     Body(exec): Body<ExecRequest>,
 ) -> Result<Json<ExecResponse>, ApiError> {
     exec.check()?;
-    let sb = find(&state, &who, &id).await?;
+    let sb = &o.sandbox;
     if sb.state != "started" {
         return Err(ApiError::Conflict(format!(
             "sandbox {} is {}: start it first (POST /api/sandbox/{}/start)",
             sb.id, sb.state, sb.id
         )));
     }
-    let runner = runner_of(&state, &sb).await?;
-    Ok(Json(state.runners.exec(&runner, &sb.id, &exec).await?))
+    let runner = o.runner().await?;
+    Ok(Json(
+        o.state.runners.sandbox(&runner, &sb.id).exec(&exec).await?,
+    ))
 }
 
-/// `POST /api/toolbox/{id}/toolbox/files/upload?path=/abs`: the raw body is the file.
+/// `POST /api/toolbox/{id}/toolbox/files/upload?path=/abs`: the raw body is the file (at most
+/// [`crate::input::FILE_LIMIT`] bytes).
 pub async fn upload(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
+    o: Owned,
     QueryOf(q): QueryOf<FileQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<FileWritten>, ApiError> {
@@ -48,23 +44,20 @@ pub async fn upload(
         status: e.status(),
         message: e.body_text(),
     })?;
-    let sb = find(&state, &who, &id).await?;
-    let runner = runner_of(&state, &sb).await?;
-    Ok(Json(
-        state.runners.put_file(&runner, &sb.id, path, bytes).await?,
-    ))
+    let runner = o.runner().await?;
+    let on = o.state.runners.sandbox(&runner, &o.sandbox.id);
+    Ok(Json(on.put_file(path, bytes).await?))
 }
 
 /// `GET /api/toolbox/{id}/toolbox/files/download?path=/abs`: the file's bytes.
-pub async fn download(
-    who: Principal,
-    State(state): State<AppState>,
-    Params(id): Params<String>,
-    QueryOf(q): QueryOf<FileQuery>,
-) -> Result<Response, ApiError> {
+pub async fn download(o: Owned, QueryOf(q): QueryOf<FileQuery>) -> Result<Response, ApiError> {
     let path = check::absolute_path(&q.path)?;
-    let sb = find(&state, &who, &id).await?;
-    let runner = runner_of(&state, &sb).await?;
-    let bytes = state.runners.get_file(&runner, &sb.id, path).await?;
+    let runner = o.runner().await?;
+    let bytes = o
+        .state
+        .runners
+        .sandbox(&runner, &o.sandbox.id)
+        .get_file(path)
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
