@@ -310,6 +310,35 @@ impl Api {
         (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
+    /// An upload (with `upload`'s bytes) or a download, of `?path=` when given.
+    fn file(
+        &self,
+        auth: &str,
+        id: &str,
+        path: Option<&str>,
+        upload: Option<Vec<u8>>,
+    ) -> reqwest::RequestBuilder {
+        let (method, op) = match upload {
+            Some(_) => (reqwest::Method::POST, "upload"),
+            None => (reqwest::Method::GET, "download"),
+        };
+        let url = format!("{}/api/toolbox/{id}/toolbox/files/{op}", self.base);
+        let mut req = self.http.request(method, url).bearer_auth(auth);
+        if let Some(p) = path {
+            req = req.query(&[("path", p)]);
+        }
+        if let Some(bytes) = upload {
+            req = req.body(bytes);
+        }
+        req
+    }
+
+    /// `POST /api/sandbox` with `body`.
+    async fn new_sandbox(&self, auth: &str, body: Value) -> (u16, Value) {
+        self.call("POST", "/api/sandbox", Some(auth), Some(body))
+            .await
+    }
+
     /// A raw request (any header, any body); returns the status and the JSON answer.
     async fn raw(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
         let resp = req.send().await.expect("API request");
@@ -325,6 +354,14 @@ fn refused(answer: &(u16, Value), status: u16, what: &str) {
     assert_eq!(answer.0, status, "{what}: {answer:?}");
     let msg = answer.1["error"].as_str().unwrap_or_default();
     assert!(!msg.is_empty(), "{what}: no error message in {answer:?}");
+}
+
+/// [`refused`], with a message that names `says`.
+#[track_caller]
+fn refused_saying(answer: &(u16, Value), status: u16, what: &str, says: &str) {
+    refused(answer, status, what);
+    let msg = answer.1["error"].as_str().unwrap_or_default();
+    assert!(msg.contains(says), "{what}: `{says}` not in {msg:?}");
 }
 
 async fn password_grant(issuer: &str, user: &str) -> String {
@@ -367,6 +404,14 @@ fn rsa_pem(jwk: Option<&Path>) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// The seconds `key` has left in Redis.
+fn redis_ttl(url: &str, key: &str) -> i64 {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    redis::cmd("TTL").arg(key).query(&mut c).expect("TTL")
 }
 
 fn sign(pem: &[u8], kid: &str, claims: &Value) -> String {
@@ -498,14 +543,8 @@ async fn scenario(api: &Api, env: &BTreeMap<String, String>, ports: &Ports, dex_
     let admin = api.admin_key.as_str();
 
     // No runner yet: a clear 503, and nothing created.
-    let none = api
-        .call("POST", "/api/sandbox", Some(&user), Some(json!({})))
-        .await;
-    refused(&none, 503, "no runner");
-    assert!(none.1["error"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("runner"));
+    let none = api.new_sandbox(&user, json!({})).await;
+    refused_saying(&none, 503, "no runner", "runner");
 
     // Registration takes the runner token only.
     let (a, b) = (
@@ -629,13 +668,7 @@ async fn scenario(api: &Api, env: &BTreeMap<String, String>, ports: &Ports, dex_
         "the admin sees all: {all:?}"
     );
     refused(
-        &api.call(
-            "POST",
-            "/api/sandbox",
-            Some(&user),
-            Some(json!({"name": "one"})),
-        )
-        .await,
+        &api.new_sandbox(&user, json!({"name": "one"})).await,
         409,
         "a name in use",
     );
@@ -666,22 +699,8 @@ async fn scenario(api: &Api, env: &BTreeMap<String, String>, ports: &Ports, dex_
     let s3 = create(api, &user, json!({"name": "three"})).await;
     assert_eq!(s3["runnerId"], a_id.as_str(), "runner-b is silent: {s3}");
     a.failing.store(true, Ordering::SeqCst);
-    let failed = api
-        .call(
-            "POST",
-            "/api/sandbox",
-            Some(&user),
-            Some(json!({"name": "four"})),
-        )
-        .await;
-    refused(&failed, 502, "a failing runner");
-    assert!(
-        failed.1["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no space left on device"),
-        "{failed:?}"
-    );
+    let failed = api.new_sandbox(&user, json!({"name": "four"})).await;
+    refused_saying(&failed, 502, "a failing runner", "no space left on device");
     let four = api.call("GET", "/api/sandbox", Some(&user), None).await;
     let four = four
         .1
@@ -694,18 +713,14 @@ async fn scenario(api: &Api, env: &BTreeMap<String, String>, ports: &Ports, dex_
     assert_eq!(four["state"], "error");
     a.failing.store(false, Ordering::SeqCst);
     let missing = api
-        .call(
-            "POST",
-            "/api/sandbox",
-            Some(&user),
-            Some(json!({"name": "five", "image": "missing/image:1"})),
-        )
+        .new_sandbox(&user, json!({"name": "five", "image": "missing/image:1"}))
         .await;
-    refused(&missing, 404, "an image not in the registry");
-    assert!(missing.1["error"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("missing/image:1"));
+    refused_saying(
+        &missing,
+        404,
+        "an image not in the registry",
+        "missing/image:1",
+    );
     let n: i64 = sqlx::query("SELECT count(*) FROM sandboxes WHERE name = 'five'")
         .fetch_one(&mut db)
         .await
@@ -739,9 +754,7 @@ async fn scenario(api: &Api, env: &BTreeMap<String, String>, ports: &Ports, dex_
 }
 
 async fn create(api: &Api, auth: &str, body: Value) -> Value {
-    let (code, v) = api
-        .call("POST", "/api/sandbox", Some(auth), Some(body))
-        .await;
+    let (code, v) = api.new_sandbox(auth, body).await;
     assert_eq!(code, 201, "{v}");
     v
 }
@@ -749,110 +762,68 @@ async fn create(api: &Api, auth: &str, body: Value) -> Value {
 /// Missing, malformed, foreign, forged and expired credentials are 401; the admin key and a
 /// dex access token work.
 async fn authentication(api: &Api, env: &BTreeMap<String, String>, dex_key: &Path) {
-    let list = |auth: Option<String>| {
+    let issuer = env["OIDC_ISSUER"].as_str();
+    let token = password_grant(issuer, "test01@boxlite.dev").await;
+    // Forged: dex's header and claims with another signature.
+    let (head_claims, _) = token.rsplit_once('.').expect("a JWT");
+    let forged = format!("{head_claims}.{}", "A".repeat(342));
+    // Foreign: a well-formed token from another issuer's key, and one that claims our issuer
+    // but is signed by a key dex does not publish.
+    let claims = |iss: &str, exp: u64, aud: &str| json!({"iss": iss, "aud": aud, "sub": "CgQ1Njc4EgVsb2NhbA", "exp": exp, "iat": now()});
+    let foreign_key = rsa_pem(None);
+    let foreign = sign(
+        &foreign_key,
+        "k1",
+        &claims("http://evil.example/dex", now() + 600, "boxlite"),
+    );
+    let unknown_key = sign(&foreign_key, "k1", &claims(issuer, now() + 600, "boxlite"));
+    // Expired: signed with dex's own key (read from its data dir, as only a test can), so only
+    // `exp` is wrong (the same claims unexpired pass); and one meant for another client.
+    let pem = rsa_pem(Some(dex_key));
+    let jwk: Value =
+        serde_json::from_slice(&std::fs::read(dex_key).expect("dex key")).expect("JWK");
+    let kid = jwk["kid"].as_str().expect("kid");
+    let fresh = sign(&pem, kid, &claims(issuer, now() + 600, "boxlite"));
+    let expired = sign(&pem, kid, &claims(issuer, now() - 120, "boxlite"));
+    let other_aud = sign(&pem, kid, &claims(issuer, now() + 600, "someone-else"));
+    let bearer = |t: &str| Some(format!("Bearer {t}"));
+    let cases: Vec<(Option<String>, u16, &str, &str)> = vec![
+        (None, 401, "no credentials", ""),
+        (Some("Basic YTpi".into()), 401, "not a bearer token", ""),
+        (bearer(""), 401, "an empty bearer token", ""),
+        (bearer("not-a-key"), 401, "an unknown API key", ""),
+        (bearer("a.b.c"), 401, "a malformed JWT", ""),
+        (bearer(&token), 200, "a dex access token", ""),
+        (bearer(&api.admin_key), 200, "the admin key", ""),
+        (bearer(&forged), 401, "a forged signature", "signature"),
+        (
+            bearer(&foreign),
+            401,
+            "another issuer's token",
+            "evil.example",
+        ),
+        (
+            bearer(&unknown_key),
+            401,
+            "a key dex does not publish",
+            "does not publish",
+        ),
+        (bearer(&fresh), 200, "dex's key, not expired", ""),
+        (bearer(&expired), 401, "an expired token", "expired"),
+        (bearer(&other_aud), 401, "another audience", "`aud`"),
+    ];
+    for (auth, status, what, says) in cases {
         let mut req = api.http.get(format!("{}/api/sandbox", api.base));
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        api.raw(req)
-    };
-    refused(&list(None).await, 401, "no credentials");
-    refused(
-        &list(Some("Basic YTpi".into())).await,
-        401,
-        "not a bearer token",
-    );
-    refused(
-        &list(Some("Bearer ".into())).await,
-        401,
-        "an empty bearer token",
-    );
-    refused(
-        &list(Some("Bearer not-a-key".into())).await,
-        401,
-        "an unknown API key",
-    );
-    refused(
-        &list(Some("Bearer a.b.c".into())).await,
-        401,
-        "a malformed JWT",
-    );
-    let token = password_grant(&env["OIDC_ISSUER"], "test01@boxlite.dev").await;
-    assert_eq!(
-        list(Some(format!("Bearer {token}"))).await.0,
-        200,
-        "a dex access token"
-    );
-    assert_eq!(
-        list(Some(format!("Bearer {}", api.admin_key))).await.0,
-        200,
-        "the admin key"
-    );
-    // Forged: dex's header and claims with another signature.
-    let (head_claims, _) = token.rsplit_once('.').expect("a JWT");
-    let forged = format!("{head_claims}.{}", "A".repeat(342));
-    refused(
-        &list(Some(format!("Bearer {forged}"))).await,
-        401,
-        "a forged signature",
-    );
-    // Foreign: a well-formed token from another issuer's key, and one that claims our issuer
-    // but is signed by a key dex does not publish.
-    let foreign_key = rsa_pem(None);
-    let claims = |iss: &str, exp: u64| json!({"iss": iss, "aud": "boxlite", "sub": "CgQ1Njc4EgVsb2NhbA", "exp": exp, "iat": now()});
-    let foreign = sign(
-        &foreign_key,
-        "k1",
-        &claims("http://evil.example/dex", now() + 600),
-    );
-    let refusal = list(Some(format!("Bearer {foreign}"))).await;
-    refused(&refusal, 401, "another issuer's token");
-    assert!(
-        refusal.1["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("evil.example"),
-        "{refusal:?}"
-    );
-    let unknown_key = sign(
-        &foreign_key,
-        "k1",
-        &claims(&env["OIDC_ISSUER"], now() + 600),
-    );
-    refused(
-        &list(Some(format!("Bearer {unknown_key}"))).await,
-        401,
-        "a key dex does not publish",
-    );
-    // Expired: signed with dex's own key (read from its data dir, as only a test can), so only
-    // `exp` is wrong; and one meant for another client.
-    let pem = rsa_pem(Some(dex_key));
-    let kid: Value =
-        serde_json::from_slice(&std::fs::read(dex_key).expect("dex key")).expect("JWK");
-    let kid = kid["kid"].as_str().expect("kid");
-    let fresh = sign(&pem, kid, &claims(&env["OIDC_ISSUER"], now() + 600));
-    assert_eq!(
-        list(Some(format!("Bearer {fresh}"))).await.0,
-        200,
-        "the same claims, not expired"
-    );
-    let expired = sign(&pem, kid, &claims(&env["OIDC_ISSUER"], now() - 120));
-    let refusal = list(Some(format!("Bearer {expired}"))).await;
-    refused(&refusal, 401, "an expired token");
-    assert!(
-        refusal.1["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("expired"),
-        "{refusal:?}"
-    );
-    let mut other_aud = claims(&env["OIDC_ISSUER"], now() + 600);
-    other_aud["aud"] = json!("someone-else");
-    refused(
-        &list(Some(format!("Bearer {}", sign(&pem, kid, &other_aud)))).await,
-        401,
-        "another audience",
-    );
+        let answer = api.raw(req).await;
+        if status == 200 {
+            assert_eq!(answer.0, 200, "{what}: {answer:?}");
+        } else {
+            refused_saying(&answer, status, what, says);
+        }
+    }
 }
 
 /// Exec and files go to the sandbox's runner; paths leaving the root never do.
@@ -872,30 +843,18 @@ async fn toolbox(api: &Api, user: &str, id: &str, runner: &FakeRunner) {
             json!({"exitCode": 0, "result": format!("{id}\n"), "stderr": ""})
         )
     );
+    let file = |path: Option<&str>, upload: Option<Vec<u8>>| api.file(user, id, path, upload);
     let up = api
-        .raw(
-            api.http
-                .post(format!(
-                    "{}/api/toolbox/{id}/toolbox/files/upload",
-                    api.base
-                ))
-                .query(&[("path", "/home/user/hello.txt")])
-                .bearer_auth(user)
-                .body("hello sandbox"),
-        )
+        .raw(file(
+            Some("/home/user/hello.txt"),
+            Some(b"hello sandbox".to_vec()),
+        ))
         .await;
     assert_eq!(
         up,
         (200, json!({"path": "/home/user/hello.txt", "size": 13}))
     );
-    let down = api
-        .http
-        .get(format!(
-            "{}/api/toolbox/{id}/toolbox/files/download",
-            api.base
-        ))
-        .query(&[("path", "/home/user/hello.txt")])
-        .bearer_auth(user)
+    let down = file(Some("/home/user/hello.txt"), None)
         .send()
         .await
         .expect("download");
@@ -906,30 +865,9 @@ async fn toolbox(api: &Api, user: &str, id: &str, runner: &FakeRunner) {
     );
     let before = runner.seen().len();
     for bad in ["/../etc/passwd", "relative/file", "/a/./b", "/a//b", ""] {
-        let r = api
-            .raw(
-                api.http
-                    .post(format!(
-                        "{}/api/toolbox/{id}/toolbox/files/upload",
-                        api.base
-                    ))
-                    .query(&[("path", bad)])
-                    .bearer_auth(user)
-                    .body("x"),
-            )
-            .await;
+        let r = api.raw(file(Some(bad), Some(b"x".to_vec()))).await;
         refused(&r, 400, &format!("upload to {bad:?}"));
-        let r = api
-            .raw(
-                api.http
-                    .get(format!(
-                        "{}/api/toolbox/{id}/toolbox/files/download",
-                        api.base
-                    ))
-                    .query(&[("path", bad)])
-                    .bearer_auth(user),
-            )
-            .await;
+        let r = api.raw(file(Some(bad), None)).await;
         refused(&r, 400, &format!("download of {bad:?}"));
     }
     assert_eq!(
@@ -937,30 +875,16 @@ async fn toolbox(api: &Api, user: &str, id: &str, runner: &FakeRunner) {
         before,
         "no bad path reached the runner"
     );
-    let absent = api
-        .raw(
-            api.http
-                .get(format!(
-                    "{}/api/toolbox/{id}/toolbox/files/download",
-                    api.base
-                ))
-                .query(&[("path", "/nope")])
-                .bearer_auth(user),
-        )
-        .await;
+    let absent = api.raw(file(Some("/nope"), None)).await;
     refused(&absent, 404, "a file the runner does not have");
+    refused(
+        &api.raw(file(None, Some(b"x".to_vec()))).await,
+        400,
+        "an upload without ?path=",
+    );
     // A file larger than the limit is refused before it reaches the runner.
     let huge = api
-        .raw(
-            api.http
-                .post(format!(
-                    "{}/api/toolbox/{id}/toolbox/files/upload",
-                    api.base
-                ))
-                .query(&[("path", "/big")])
-                .bearer_auth(user)
-                .body(vec![0u8; (64 << 20) + 1]),
-        )
+        .raw(file(Some("/big"), Some(vec![0u8; (64 << 20) + 1])))
         .await;
     refused(&huge, 413, "a file over 64 MiB");
 }
@@ -995,22 +919,9 @@ async fn previews(
             .is_some_and(|s| s.ends_with('Z')),
         "{signed:?}"
     );
-    let mut rd = redis::Client::open(env["REDIS_URL"].as_str())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("preview:{token}"))
-        .query_async(&mut rd)
-        .await
-        .expect("ttl");
+    let ttl = redis_ttl(&env["REDIS_URL"], &format!("preview:{token}"));
     assert!((3500..=3600).contains(&ttl), "TTL {ttl}");
-    let alive: i64 = redis::cmd("TTL")
-        .arg("runner:runner-a:alive")
-        .query_async(&mut rd)
-        .await
-        .expect("ttl");
+    let alive = redis_ttl(&env["REDIS_URL"], "runner:runner-a:alive");
     assert!((1..=6).contains(&alive), "a heartbeat's TTL {alive}");
 
     // Through Caddy's preview-host route, as a browser opens the URL.
@@ -1121,125 +1032,81 @@ async fn bad_input(api: &Api, user: &str, id: &str) {
     let bad_id = "not-a-uuid";
     let nobody = "0b9d6a2e-8f3c-4c1e-9a57-3f0e2b7c1d4a";
     let exec_path = format!("/api/toolbox/{id}/toolbox/process/execute");
-    let cases: Vec<(&str, String, Value, u16)> = vec![
-        (
-            "POST",
-            "/api/sandbox".into(),
-            json!({"name": "x", "color": "red"}),
-            422,
-        ),
-        ("POST", "/api/sandbox".into(), json!({"name": 42}), 422),
-        ("POST", "/api/sandbox".into(), json!({"cpu": "two"}), 422),
-        ("POST", "/api/sandbox".into(), json!({"cpu": 0}), 400),
-        ("POST", "/api/sandbox".into(), json!({"cpu": -1}), 422),
-        ("POST", "/api/sandbox".into(), json!({"memoryMib": 1}), 400),
-        (
-            "POST",
-            "/api/sandbox".into(),
-            json!({"name": "../etc"}),
-            400,
-        ),
-        (
-            "POST",
-            "/api/sandbox".into(),
-            json!({"env": {"1BAD": "x"}}),
-            400,
-        ),
-        ("POST", "/api/sandbox".into(), json!({"image": ""}), 400),
-        ("POST", "/api/sandbox".into(), json!([1, 2]), 422),
-        ("GET", format!("/api/sandbox/{bad_id}"), Value::Null, 400),
-        ("GET", format!("/api/sandbox/{nobody}"), Value::Null, 404),
-        ("DELETE", format!("/api/sandbox/{bad_id}"), Value::Null, 400),
-        (
-            "POST",
-            format!("/api/sandbox/{bad_id}/start"),
-            Value::Null,
-            400,
-        ),
-        (
-            "POST",
-            format!("/api/sandbox/{nobody}/stop"),
-            Value::Null,
-            404,
-        ),
+    let check = |method: &'static str, path: String, body: Value, status: u16| async move {
+        let body = (!body.is_null()).then_some(body);
+        let r = api.call(method, &path, Some(user), body.clone()).await;
+        refused(&r, status, &format!("{method} {path} {body:?}"));
+    };
+    // Creations: unknown fields and wrong types (422), values out of range (400).
+    for (body, status) in [
+        (json!({"name": "x", "color": "red"}), 422),
+        (json!({"name": 42}), 422),
+        (json!({"cpu": "two"}), 422),
+        (json!({"cpu": 0}), 400),
+        (json!({"cpu": -1}), 422),
+        (json!({"memoryMib": 1}), 400),
+        (json!({"name": "../etc"}), 400),
+        (json!({"env": {"1BAD": "x"}}), 400),
+        (json!({"image": ""}), 400),
+        (json!([1, 2]), 422),
+    ] {
+        check("POST", "/api/sandbox".into(), body, status).await;
+    }
+    // Commands.
+    for (body, status) in [
+        (json!({"command": "ls", "shell": "bash"}), 422),
+        (json!({"command": ["ls"]}), 422),
+        (json!({"command": ""}), 400),
+        (json!({"command": "ls", "cwd": "tmp"}), 400),
+        (json!({"command": "ls", "timeout": 0}), 400),
+        (json!({"command": "ls", "timeout": 99999}), 400),
+        (json!({"command": "ls", "env": {"A=B": "c"}}), 400),
+    ] {
+        check("POST", exec_path.clone(), body, status).await;
+    }
+    // Ids, ports, paths and methods.
+    for (method, path, status) in [
+        ("GET", format!("/api/sandbox/{bad_id}"), 400),
+        ("GET", format!("/api/sandbox/{nobody}"), 404),
+        ("DELETE", format!("/api/sandbox/{bad_id}"), 400),
+        ("POST", format!("/api/sandbox/{bad_id}/start"), 400),
+        ("POST", format!("/api/sandbox/{nobody}/stop"), 404),
         (
             "GET",
             format!("/api/sandbox/{bad_id}/ports/80/signed-preview-url"),
-            Value::Null,
             400,
         ),
         (
             "GET",
             format!("/api/sandbox/{id}/ports/http/signed-preview-url"),
-            Value::Null,
-            400,
-        ),
-        (
-            "POST",
-            exec_path.clone(),
-            json!({"command": "ls", "shell": "bash"}),
-            422,
-        ),
-        ("POST", exec_path.clone(), json!({"command": ["ls"]}), 422),
-        ("POST", exec_path.clone(), json!({"command": ""}), 400),
-        (
-            "POST",
-            exec_path.clone(),
-            json!({"command": "ls", "cwd": "tmp"}),
-            400,
-        ),
-        (
-            "POST",
-            exec_path.clone(),
-            json!({"command": "ls", "timeout": 0}),
-            400,
-        ),
-        (
-            "POST",
-            exec_path.clone(),
-            json!({"command": "ls", "timeout": 99999}),
-            400,
-        ),
-        (
-            "POST",
-            exec_path.clone(),
-            json!({"command": "ls", "env": {"A=B": "c"}}),
             400,
         ),
         (
             "POST",
             format!("/api/toolbox/{bad_id}/toolbox/process/execute"),
-            json!({"command": "ls"}),
             400,
         ),
-        ("GET", "/api/nothing-here".into(), Value::Null, 404),
-        ("PUT", "/api/sandbox".into(), Value::Null, 405),
-    ];
-    for (method, path, body, status) in cases {
-        let body = (!body.is_null()).then_some(body.clone());
-        let r = api.call(method, &path, Some(user), body.clone()).await;
-        refused(&r, status, &format!("{method} {path} {body:?}"));
+        ("GET", "/api/nothing-here".into(), 404),
+        ("PUT", "/api/sandbox".into(), 405),
+    ] {
+        let body = if method == "POST" && path.contains("execute") {
+            json!({"command": "ls"})
+        } else {
+            Value::Null
+        };
+        check(method, path, body, status).await;
     }
     // Not JSON, the wrong content type, and a body over the limit.
-    let not_json = api
-        .raw(
-            api.http
-                .post(format!("{}/api/sandbox", api.base))
-                .bearer_auth(user)
-                .header("content-type", "application/json")
-                .body("{not json"),
-        )
-        .await;
+    let typed = |ctype: &str, body: &'static str| {
+        api.http
+            .post(format!("{}/api/sandbox", api.base))
+            .bearer_auth(user)
+            .header("content-type", ctype)
+            .body(body)
+    };
+    let not_json = api.raw(typed("application/json", "{not json")).await;
     refused(&not_json, 400, "a body that is not JSON");
-    let text = api
-        .raw(
-            api.http
-                .post(format!("{}/api/sandbox", api.base))
-                .bearer_auth(user)
-                .header("content-type", "text/plain")
-                .body("{}"),
-        )
-        .await;
+    let text = api.raw(typed("text/plain", "{}")).await;
     refused(&text, 415, "a body that is not declared JSON");
     let huge = json!({"command": "x".repeat(2 << 20)});
     refused(
@@ -1247,64 +1114,47 @@ async fn bad_input(api: &Api, user: &str, id: &str) {
         413,
         "a JSON body over 1 MiB",
     );
-    let upload_no_path = api
-        .raw(
-            api.http
-                .post(format!(
-                    "{}/api/toolbox/{id}/toolbox/files/upload",
-                    api.base
-                ))
-                .bearer_auth(user)
-                .body("x"),
-        )
-        .await;
-    refused(&upload_no_path, 400, "an upload without ?path=");
     // Runner endpoints: the runner token, then their own checks.
     let rt = api.runner_token.as_str();
-    let runner_cases: Vec<(String, Value, u16)> = vec![
+    let reg = |change: Value| {
+        let mut body = json!({"name": "r", "apiUrl": "http://127.0.0.1:1", "cpu": 1, "memoryMib": 1, "diskGib": 1, "capacity": 1});
+        if let (Some(b), Some(c)) = (body.as_object_mut(), change.as_object()) {
+            b.extend(c.clone());
+        }
+        body
+    };
+    let beat = |name: &str| format!("/api/runners/{name}/heartbeat");
+    for (path, body, status) in [
         (
-            "/api/runners/register".into(),
-            json!({"name": "r", "apiUrl": "http://127.0.0.1:1", "cpu": 1, "memoryMib": 1, "diskGib": 1, "capacity": 1, "zone": "x"}),
+            "/api/runners/register".to_string(),
+            reg(json!({"zone": "x"})),
             422,
         ),
         (
-            "/api/runners/register".into(),
-            json!({"name": "r", "apiUrl": "ftp://x", "cpu": 1, "memoryMib": 1, "diskGib": 1, "capacity": 1}),
+            "/api/runners/register".to_string(),
+            reg(json!({"apiUrl": "ftp://x"})),
             400,
         ),
         (
-            "/api/runners/register".into(),
-            json!({"name": "r", "apiUrl": "http://127.0.0.1:1", "cpu": 0, "memoryMib": 1, "diskGib": 1, "capacity": 1}),
+            "/api/runners/register".to_string(),
+            reg(json!({"cpu": 0})),
             400,
         ),
         (
-            "/api/runners/register".into(),
-            json!({"name": "bad name", "apiUrl": "http://127.0.0.1:1", "cpu": 1, "memoryMib": 1, "diskGib": 1, "capacity": 1}),
-            400,
-        ),
-        ("/api/runners/register".into(), json!({"name": "r"}), 422),
-        (
-            "/api/runners/nobody/heartbeat".into(),
-            json!({"sandboxes": 0}),
-            404,
-        ),
-        (
-            "/api/runners/bad%20name/heartbeat".into(),
-            json!({"sandboxes": 0}),
+            "/api/runners/register".to_string(),
+            reg(json!({"name": "bad name"})),
             400,
         ),
         (
-            "/api/runners/runner-a/heartbeat".into(),
-            json!({"sandboxes": -1}),
+            "/api/runners/register".to_string(),
+            json!({"name": "r"}),
             422,
         ),
-        (
-            "/api/runners/runner-a/heartbeat".into(),
-            json!({"sandboxes": 1, "cpu": 3}),
-            422,
-        ),
-    ];
-    for (path, body, status) in runner_cases {
+        (beat("nobody"), json!({"sandboxes": 0}), 404),
+        (beat("bad%20name"), json!({"sandboxes": 0}), 400),
+        (beat("runner-a"), json!({"sandboxes": -1}), 422),
+        (beat("runner-a"), json!({"sandboxes": 1, "cpu": 3}), 422),
+    ] {
         let r = api.call("POST", &path, Some(rt), Some(body.clone())).await;
         refused(&r, status, &format!("POST {path} {body}"));
     }
