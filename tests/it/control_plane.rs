@@ -1057,6 +1057,8 @@ async fn bad_input(api: &Api, user: &str, id: &str) {
         (json!({"env": {"1BAD": "x"}}), 400),
         (json!({"image": ""}), 400),
         (json!([1, 2]), 422),
+        (json!({"labels": {"a": "nul\u{0}byte"}}), 400),
+        (json!({"env": {"A": "nul\u{0}byte"}}), 400),
     ] {
         check("POST", "/api/sandbox".into(), body, status).await;
     }

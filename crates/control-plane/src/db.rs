@@ -23,6 +23,12 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }
 
+/// Did PostgreSQL refuse a value it cannot store (SQLSTATE class 22: a NUL in text or JSON,
+/// a number out of range)? Such values come from the caller: a 400, not a 500.
+pub fn is_data_exception(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")))
+}
+
 /// Did the statement fail on a foreign key (SQLSTATE 23503)?
 pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503"))

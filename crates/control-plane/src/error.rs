@@ -75,6 +75,7 @@ impl ApiError {
             ApiError::NoRunner(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Runner(e) => e.status(),
             ApiError::Database(e) if db_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if crate::db::is_data_exception(e) => StatusCode::BAD_REQUEST,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Redis(_) | ApiError::Jwks { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }

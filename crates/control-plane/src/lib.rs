@@ -7,6 +7,8 @@
 //! [`cache`] (Redis, for what expires), [`input`] (bodies, paths and queries, checked),
 //! [`proxy`] (the preview proxy) and [`error`] (every failure as an HTTP answer).
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod audit;
 pub mod auth;

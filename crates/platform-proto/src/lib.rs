@@ -5,6 +5,8 @@
 //! [`sandbox`] (a sandbox as a runner holds it), [`toolbox`] (exec and files) and [`check`]
 //! (validation of names, ids and paths). Every error body is an [`ErrorBody`].
 
+#![warn(missing_docs)]
+
 pub mod check;
 pub mod runner;
 pub mod sandbox;
