@@ -907,14 +907,11 @@ async fn previews(
     runner: &FakeRunner,
     env: &BTreeMap<String, String>,
 ) {
-    let signed = api
-        .call(
-            "GET",
-            &format!("/api/sandbox/{id}/ports/8080/signed-preview-url"),
-            Some(user),
-            None,
-        )
-        .await;
+    let sign_url = || {
+        let path = format!("/api/sandbox/{id}/ports/8080/signed-preview-url");
+        async move { api.call("GET", &path, Some(user), None).await }
+    };
+    let signed = sign_url().await;
     assert_eq!(signed.0, 200, "{signed:?}");
     let token = signed.1["token"].as_str().expect("token").to_string();
     assert_eq!(
@@ -958,10 +955,30 @@ async fn previews(
         format!("/sandboxes/{id}/ports/8080/app/page?x=1")
     );
     assert_eq!(fwd.auth, format!("Bearer {}", api.runner_token));
+    // An expired token: a second URL whose key Redis lets expire now (as it would after the TTL).
+    let second = sign_url().await;
+    let expired = second.1["token"].as_str().expect("token").to_string();
+    let key = format!("preview:{expired}");
+    let mut rd = redis::Client::open(env["REDIS_URL"].as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(1)
+        .query(&mut rd)
+        .expect("PEXPIRE");
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(5), || redis_ttl(
+            &env["REDIS_URL"],
+            &key
+        ) == -2),
+        "the token expired"
+    );
     let before = runner.seen().len();
     for host in [
         format!("8080-{}.localhost", "0".repeat(32)),
         format!("9090-{token}.localhost"),
+        format!("8080-{expired}.localhost"),
     ] {
         let resp = via_caddy(host.clone(), "/").await.expect("caddy");
         assert_eq!(resp.status().as_u16(), 404, "{host}");
@@ -971,7 +988,7 @@ async fn previews(
     assert_eq!(
         runner.seen().len(),
         before,
-        "nothing forwarded for a bad token"
+        "nothing forwarded for an unknown, expired or other port's token"
     );
     // Straight to the proxy without Caddy's headers.
     let direct = reqwest::get(format!("http://127.0.0.1:{}/", ports.proxy))
