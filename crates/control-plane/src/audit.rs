@@ -95,3 +95,37 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutating_routes_are_audited_reads_and_heartbeats_are_not() {
+        let audited = [
+            (Method::POST, "/api/sandbox", "sandbox.create"),
+            (Method::DELETE, "/api/sandbox/:id", "sandbox.delete"),
+            (Method::POST, "/api/sandbox/:id/stop", "sandbox.stop"),
+            (
+                Method::POST,
+                "/api/toolbox/:id/toolbox/files/upload",
+                "toolbox.upload",
+            ),
+            (Method::POST, "/api/runners/register", "runner.register"),
+        ];
+        for (method, route, name) in audited {
+            assert_eq!(action(&method, route).map(|a| a.0), Some(name), "{route}");
+        }
+        for (method, route) in [
+            (Method::GET, "/api/sandbox"),
+            (
+                Method::GET,
+                "/api/sandbox/:id/ports/:port/signed-preview-url",
+            ),
+            (Method::GET, "/api/toolbox/:id/toolbox/files/download"),
+            (Method::POST, "/api/runners/:name/heartbeat"),
+        ] {
+            assert_eq!(action(&method, route), None, "{method} {route}");
+        }
+    }
+}

@@ -110,3 +110,22 @@ pub async fn resolve(cache: &Cache, token: &str) -> Result<Option<Grant>, redis:
         .await?
         .and_then(|v| serde_json::from_str(&v).ok()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_tokens() {
+        assert_eq!(port("8080").ok(), Some(8080));
+        for bad in ["0", "65536", "-1", "http", ""] {
+            assert!(port(bad).is_err(), "{bad}");
+        }
+        let t = random_hex(16).expect("random");
+        assert_eq!(t.len(), 32);
+        assert!(t
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert_ne!(t, random_hex(16).expect("random"));
+    }
+}

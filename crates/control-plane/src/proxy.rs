@@ -170,3 +170,24 @@ pub async fn forward(State(state): State<ProxyState>, req: Request) -> Response 
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_not_forwarded() {
+        for name in [
+            "connection",
+            "host",
+            "authorization",
+            "x-preview-token",
+            "transfer-encoding",
+        ] {
+            assert!(!forwardable(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["accept", "cookie", "content-type", "x-forwarded-for"] {
+            assert!(forwardable(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+}

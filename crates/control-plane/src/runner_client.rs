@@ -236,3 +236,28 @@ impl OnRunner<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16) -> RunnerError {
+        RunnerError::Refused {
+            runner: "runner-a".into(),
+            status,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_runner_refusal_keeps_the_callers_4xx_and_the_rest_is_a_bad_gateway() {
+        assert_eq!(refused(404).status(), StatusCode::NOT_FOUND);
+        assert_eq!(refused(400).status(), StatusCode::BAD_REQUEST);
+        assert!(refused(404).is_refusal() && refused(404).is_not_found());
+        // A token the runner refuses is the control plane's problem, not the caller's.
+        assert_eq!(refused(401).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(refused(403).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(refused(500).status(), StatusCode::BAD_GATEWAY);
+        assert!(!refused(500).is_refusal());
+    }
+}
