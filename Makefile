@@ -1,4 +1,7 @@
 # Thin wrappers; the logic lives in Rust and scripts/.
+# `stack` and the platform crates (crates/) are tested and linted in separate cargo runs: one
+# workspace-wide run unifies their dependencies' features (axum turns on hyper's server side),
+# which rebuilds all of `stack`'s dependencies a second time.
 .PHONY: help deps deps-microvm build build-microvm up down test test-microvm check bench acceptance
 
 STACK := target/release/stack
@@ -29,7 +32,7 @@ acceptance: build ## the shared CLI contract checks
 
 test: deps-microvm build ## the whole suite: unit + integration, microvm feature, CLI contract
 	cargo test --locked --all-targets
-	cargo test --locked -p sandbox
+	cargo test --locked -p sandbox -p platform-proto -p control-plane --all-targets
 	$(MAKE) test-microvm
 	@if [ -x ../shared/acceptance/run ]; then ../shared/acceptance/run $(STACK); else echo "acceptance: ../shared not present, skipped"; fi
 
@@ -39,8 +42,9 @@ test-microvm:    ## the microvm backend's tests (booting ones skip, with the rea
 
 check:           ## formatting and lints, as CI runs them (both builds: default and microvm)
 	cargo fmt --all -- --check
-	cargo clippy --locked --workspace --all-targets -- -D warnings
-	cargo clippy --locked --workspace --all-targets --features stack/microvm -- -D warnings
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked -p sandbox -p platform-proto -p control-plane --all-targets -- -D warnings
+	cargo clippy --locked --all-targets --features microvm -- -D warnings
 
 bench: build     ## benchmarks: cold/warm up and down against the critical-path limit
 	scripts/bench.sh

@@ -148,6 +148,15 @@ pub enum PrepareError {
         #[source]
         source: std::io::Error,
     },
+    /// A secret named in `environment:` cannot be generated or read.
+    #[error("cannot fill the secrets of `environment.{key}`: {source}")]
+    EnvironmentSecrets {
+        /// The variable.
+        key: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file (a rendered config, a supervisor's spec) cannot be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -422,4 +431,44 @@ pub(crate) async fn supervised_stop(layout: &Layout, svc: &str) -> Result<bool, 
             service: svc.into(),
             source,
         })
+}
+
+/// `env` (a service's `environment:`, with `box.environment` over it for a box) as its
+/// processes see it: `${secret.NAME}` filled from the state dir and `${backend.*}` with `vars`.
+/// Both are kept unexpanded when the definition is read (`spec::checker`).
+pub(crate) fn environment(
+    layout: &Layout,
+    env: &BTreeMap<String, String>,
+    vars: crate::spec::interp::BackendVars,
+) -> Result<BTreeMap<String, String>, PrepareError> {
+    env.iter()
+        .map(|(k, v)| {
+            let v = crate::secrets::fill(layout, v).map_err(|source| {
+                PrepareError::EnvironmentSecrets {
+                    key: k.clone(),
+                    source,
+                }
+            })?;
+            Ok((k.clone(), crate::spec::interp::fill_backend(&v, vars)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_gets_its_secrets_and_backend_values_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let mut env = BTreeMap::new();
+        env.insert("TOKEN".to_string(), "t=${secret.runner-token}".to_string());
+        env.insert("BIND".to_string(), "${backend.bind}:1".to_string());
+        let filled =
+            environment(&layout, &env, crate::spec::interp::BackendVars::PROCESS).expect("filled");
+        let secret = crate::secrets::get_or_create(&layout, "runner-token").expect("secret");
+        assert_eq!(filled["TOKEN"], format!("t={secret}"));
+        assert_eq!(filled["BIND"], "127.0.0.1:1");
+    }
 }

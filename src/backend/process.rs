@@ -461,6 +461,15 @@ impl Backend for ProcessBackend {
             }
             return Err(BackendError::LockHeld { service: service() });
         }
+        let env = super::environment(
+            &self.layout,
+            &svc.environment,
+            crate::spec::interp::BackendVars::PROCESS,
+        )
+        .map_err(|source| BackendError::Prepare {
+            service: service(),
+            source,
+        })?;
         // A new instance: its id stays the same across crash restarts by its supervisor.
         let instance_id = new_instance_id(&svc.name);
         let program = program_path(&p.command[0]);
@@ -470,7 +479,7 @@ impl Backend for ProcessBackend {
             hash: svc.definition_hash(),
             program,
             command: p.command.clone(),
-            env: svc.environment.clone(),
+            env,
             working_dir: p.working_dir.clone(),
             run_as,
             stop_signal: p.stop_signal,
@@ -526,8 +535,17 @@ impl Backend for ProcessBackend {
             })?,
             _ => None,
         };
+        let env = super::environment(
+            &self.layout,
+            &svc.environment,
+            crate::spec::interp::BackendVars::PROCESS,
+        )
+        .map_err(|source| BackendError::Prepare {
+            service: svc.name.clone(),
+            source,
+        })?;
         let mut launch = Spawn::argv(argv)
-            .envs(&svc.environment)
+            .envs(&env)
             .run_as(run_as.as_ref())
             .die_with_parent();
         if let Some(p) = &svc.process {

@@ -186,10 +186,20 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option
     }
 }
 
-/// Writes JSON atomically (temporary file in the same directory, then rename).
+/// Writes JSON atomically (temporary file in the same directory, then rename), readable by its
+/// owner only: a supervisor's spec carries the service's environment, secrets included.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&bytes)?;
+    drop(f);
     std::fs::rename(&tmp, path)
 }

@@ -72,19 +72,19 @@ fn schema_loads_once_and_refuses_foreign_objects_edited_migrations_and_bad_urls(
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(
         r.stderr
-            .contains("applied 0001_identity, 0002_compute, 0003_audit"),
+            .contains("applied 0001_identity, 0002_compute, 0003_audit, 0004_platform"),
         "{}",
         r.stderr
     );
     let r = p.run(&["schema", "load"]);
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(
-        r.stderr.contains("up to date (3 migrations applied)"),
+        r.stderr.contains("up to date (4 migrations applied)"),
         "the second load is a no-op: {}",
         r.stderr
     );
     let st = p.run(&["schema", "status", "--json"]).json();
-    assert_eq!(st["applied"].as_array().map(Vec::len), Some(3));
+    assert_eq!(st["applied"].as_array().map(Vec::len), Some(4));
     assert_eq!(st["pending"].as_array().map(Vec::len), Some(0));
 
     // An applied migration edited afterwards: refused, naming the file and the remedy.
@@ -251,7 +251,7 @@ fn up_loads_and_seeds_seed_is_idempotent_and_resets_keep_what_they_promise() {
             "boxlite",
             "SELECT count(*) FROM stack_schema_migrations"
         ),
-        vec!["3"]
+        vec!["4"]
     );
     let left = block_on(async {
         s3.list_objects_v2()
@@ -383,7 +383,7 @@ fn rebuild_box_recreates_one_service_and_reruns_what_depends_on_it() {
             "boxlite",
             "SELECT count(*) FROM stack_schema_migrations"
         ),
-        vec!["3"],
+        vec!["4"],
         "schema reloaded"
     );
     assert_eq!(counts(pg), vec!["3", "3", "3", "1", "1"], "and seeded");

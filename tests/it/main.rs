@@ -4,6 +4,7 @@
 mod harness;
 
 mod components;
+mod control_plane;
 mod data;
 mod engine;
 mod images;

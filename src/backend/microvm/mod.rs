@@ -53,12 +53,15 @@ impl MicrovmBackend {
         }
     }
 
-    fn env_of(svc: &ServiceSpec) -> Vec<(String, String)> {
+    /// The box's environment, secrets and `${backend.*}` filled in.
+    fn env_of(&self, svc: &ServiceSpec) -> Result<Vec<(String, String)>, PrepareError> {
         let mut env = svc.environment.clone();
         if let Some(b) = &svc.boxed {
             env.extend(b.environment.clone());
         }
-        env.into_iter().collect()
+        Ok(super::environment(&self.layout, &env, BOX_VARS)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -144,7 +147,9 @@ impl Backend for MicrovmBackend {
             service: svc.name.clone(),
             source,
         };
-        let options = options::box_options(svc, &self.project_dir).map_err(|e| err(e.into()))?;
+        let mut options =
+            options::box_options(svc, &self.project_dir).map_err(|e| err(e.into()))?;
+        options.env = self.env_of(svc).map_err(err)?;
         let home = self.layout.box_home(&svc.name);
         std::fs::create_dir_all(&home).map_err(|source| {
             err(PrepareError::CreateDir {
@@ -203,9 +208,13 @@ impl Backend for MicrovmBackend {
         _priority: Priority,
     ) -> Result<Duration, BackendError> {
         let t0 = Instant::now();
+        let env = self.env_of(svc).map_err(|source| BackendError::Prepare {
+            service: svc.name.clone(),
+            source,
+        })?;
         let req = ExecRequest {
             argv: step.command.clone(),
-            env: Self::env_of(svc),
+            env,
             timeout: Duration::from_secs(300),
         };
         let init_err =
@@ -250,9 +259,11 @@ impl Backend for MicrovmBackend {
     }
 
     async fn exec(&self, svc: &ServiceSpec, argv: &[String]) -> Result<(), ProbeError> {
+        // A secret that cannot be read fails the start first; a probe runs without it.
+        let env = self.env_of(svc).unwrap_or_default();
         let req = ExecRequest {
             argv: argv.to_vec(),
-            env: Self::env_of(svc),
+            env,
             timeout: Duration::from_secs(30),
         };
         let reply = boxsup::exec(&self.layout.box_socket(&svc.name), &req).await?;
