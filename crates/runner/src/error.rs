@@ -22,6 +22,9 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// A body that should be JSON and is not labelled so.
+    #[error("send the body as JSON, with `Content-Type: application/json`")]
+    NotJson,
     /// No such route.
     #[error("no such route: see docs/platform.md, \"Runner HTTP API\"")]
     NoRoute,
@@ -73,6 +76,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NoRoute | Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
             Self::Pull { .. } | Self::Forward { .. } => StatusCode::BAD_GATEWAY,
             Self::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -26,12 +26,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 }
 
 fn json_rejection(e: JsonRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::TooLarge {
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
             limit: crate::api::JSON_LIMIT,
-        };
+        },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::NotJson,
+        _ => ApiError::BadRequest(e.body_text()),
     }
-    ApiError::BadRequest(e.body_text())
 }
 
 /// A query string read into `T`.
