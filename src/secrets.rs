@@ -64,6 +64,17 @@ pub fn fill(layout: &Layout, text: &str) -> io::Result<String> {
     Ok(out)
 }
 
+/// A service's `environment:` with every `${secret.NAME}` filled in: the spec keeps them as they
+/// are written, so a secret is generated when a service first starts, never by `stack plan`.
+pub fn fill_env(
+    layout: &Layout,
+    env: &std::collections::BTreeMap<String, String>,
+) -> io::Result<std::collections::BTreeMap<String, String>> {
+    env.iter()
+        .map(|(k, v)| Ok((k.clone(), fill(layout, v)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +102,14 @@ mod tests {
             format!("k={a};")
         );
         assert!(get_or_create(&layout, "../escape").is_err());
+        let env = [(
+            "RUNNER_TOKEN".to_string(),
+            "${secret.runner-token}".to_string(),
+        )];
+        let filled = fill_env(&layout, &env.into_iter().collect()).unwrap();
+        assert_eq!(
+            filled["RUNNER_TOKEN"],
+            get_or_create(&layout, "runner-token").unwrap()
+        );
     }
 }

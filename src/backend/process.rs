@@ -166,6 +166,20 @@ pub fn prepare_data_dir(svc: &ServiceSpec) -> Result<Option<RunAs>, PrepareError
     Ok(run_as)
 }
 
+/// `svc`'s `environment:` with its secrets filled in.
+fn service_env(
+    layout: &Layout,
+    svc: &ServiceSpec,
+) -> Result<std::collections::BTreeMap<String, String>, BackendError> {
+    crate::secrets::fill_env(layout, &svc.environment).map_err(|source| BackendError::Prepare {
+        service: svc.name.clone(),
+        source: PrepareError::Secrets {
+            path: svc.file.clone(),
+            source,
+        },
+    })
+}
+
 /// Renders `svc`'s `configs:` where it reads them: secrets filled in, then the backend's
 /// `${backend.*}` variables; readable by `run_as` when given.
 pub(crate) fn render_configs(
@@ -461,6 +475,7 @@ impl Backend for ProcessBackend {
             }
             return Err(BackendError::LockHeld { service: service() });
         }
+        let env = service_env(&self.layout, svc)?;
         // A new instance: its id stays the same across crash restarts by its supervisor.
         let instance_id = new_instance_id(&svc.name);
         let program = program_path(&p.command[0]);
@@ -470,7 +485,7 @@ impl Backend for ProcessBackend {
             hash: svc.definition_hash(),
             program,
             command: p.command.clone(),
-            env: svc.environment.clone(),
+            env,
             working_dir: p.working_dir.clone(),
             run_as,
             stop_signal: p.stop_signal,
@@ -526,8 +541,9 @@ impl Backend for ProcessBackend {
             })?,
             _ => None,
         };
+        let env = service_env(&self.layout, svc)?;
         let mut launch = Spawn::argv(argv)
-            .envs(&svc.environment)
+            .envs(&env)
             .run_as(run_as.as_ref())
             .die_with_parent();
         if let Some(p) = &svc.process {

@@ -220,6 +220,17 @@ impl<'a> Checker<'a> {
 
     /// A scalar with every `${...}` expanded.
     pub fn string(&mut self, node: &Node, path: &str, vars: &Vars) -> Option<String> {
+        self.string_with(node, path, |raw| vars.expand(raw))
+    }
+
+    /// A scalar expanded by `expand`; a problem (at `path`) when it is not a scalar or does not
+    /// expand.
+    fn string_with(
+        &mut self,
+        node: &Node,
+        path: &str,
+        expand: impl FnOnce(&str) -> Result<String, super::interp::InterpError>,
+    ) -> Option<String> {
         let Some(raw) = node.scalar_text() else {
             self.err(
                 node.line,
@@ -228,7 +239,7 @@ impl<'a> Checker<'a> {
             );
             return None;
         };
-        match vars.expand(&raw) {
+        match expand(&raw) {
             Ok(s) => Some(s),
             Err(e) => {
                 self.err(node.line, path, e.to_string());
@@ -331,6 +342,7 @@ impl<'a> Checker<'a> {
 
     /// A mapping of names to strings, e.g. `environment:`. A null value is the empty string
     /// when `null_is_empty` (as `FOO:` in compose's `environment:`), a problem otherwise.
+    /// `${secret.NAME}` is kept, for the backend to fill when it starts the service.
     pub fn string_map(
         &mut self,
         node: &Node,
@@ -343,7 +355,9 @@ impl<'a> Checker<'a> {
             let value = if null_is_empty && matches!(v.value, Value::Null) {
                 Some(String::new())
             } else {
-                self.string(v, &join(path, &k), vars)
+                self.string_with(v, &join(path, &k), |raw| {
+                    vars.expand_keeping_only_secrets(raw)
+                })
             };
             if let Some(value) = value {
                 out.insert(k, value);

@@ -82,19 +82,33 @@ pub struct Vars {
     pub own: BTreeMap<String, String>,
 }
 
+/// Which `${...}` an expansion leaves in place, to be filled later.
+#[derive(Clone, Copy)]
+enum Keep {
+    Nothing,
+    Secrets,
+    SecretsAndBackend,
+}
+
 impl Vars {
     /// Expands every `${...}` in `input`; the error says which variable and what to do.
     pub fn expand(&self, input: &str) -> Result<String, InterpError> {
-        self.expand_with(input, false)
+        self.expand_with(input, Keep::Nothing)
     }
 
     /// Like [`Vars::expand`] but leaves `${secret.NAME}` and the backend's `${backend.bind}` and
     /// `${backend.host}` in place, to be filled at start time (see [`fill_backend`]).
     pub fn expand_keeping_secrets(&self, input: &str) -> Result<String, InterpError> {
-        self.expand_with(input, true)
+        self.expand_with(input, Keep::SecretsAndBackend)
     }
 
-    fn expand_with(&self, input: &str, keep_secrets: bool) -> Result<String, InterpError> {
+    /// Like [`Vars::expand`] but leaves `${secret.NAME}` in place, for `environment:` values: the
+    /// backend fills them when it starts the service (see [`crate::secrets::fill_env`]).
+    pub fn expand_keeping_only_secrets(&self, input: &str) -> Result<String, InterpError> {
+        self.expand_with(input, Keep::Secrets)
+    }
+
+    fn expand_with(&self, input: &str, keep: Keep) -> Result<String, InterpError> {
         let mut out = String::with_capacity(input.len());
         let mut rest = input;
         while let Some(pos) = rest.find('$') {
@@ -108,7 +122,14 @@ impl Vars {
                     input: input.to_string(),
                 })?;
                 let body = &body_start[..end];
-                if keep_secrets && (body.starts_with("secret.") || BACKEND_VARS.contains(&body)) {
+                let kept = match keep {
+                    Keep::Nothing => false,
+                    Keep::Secrets => body.starts_with("secret."),
+                    Keep::SecretsAndBackend => {
+                        body.starts_with("secret.") || BACKEND_VARS.contains(&body)
+                    }
+                };
+                if kept {
                     out.push_str("${");
                     out.push_str(body);
                     out.push('}');
@@ -255,6 +276,14 @@ mod tests {
     #[test]
     fn backend_values_wait_for_the_backend_and_are_filled_at_start() {
         let v = vars();
+        assert_eq!(
+            v.expand_keeping_only_secrets("${HOST}:${port.http} ${secret.runner-token}$$")
+                .unwrap(),
+            "127.0.0.1:28090 ${secret.runner-token}$"
+        );
+        assert!(v
+            .expand_keeping_only_secrets("${secret.x}${backend.bind}")
+            .is_err());
         let tpl = "bind ${backend.bind}:${port.http} to ${backend.host}:1 ${secret.k}";
         let kept = v.expand_keeping_secrets(tpl).unwrap();
         assert_eq!(

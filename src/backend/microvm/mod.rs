@@ -53,12 +53,17 @@ impl MicrovmBackend {
         }
     }
 
-    fn env_of(svc: &ServiceSpec) -> Vec<(String, String)> {
+    /// The box's environment, secrets filled in (a secret that cannot be read stays as written:
+    /// `start` has already failed on it, saying why).
+    fn env_of(&self, svc: &ServiceSpec) -> Vec<(String, String)> {
         let mut env = svc.environment.clone();
         if let Some(b) = &svc.boxed {
             env.extend(b.environment.clone());
         }
-        env.into_iter().collect()
+        crate::secrets::fill_env(&self.layout, &env)
+            .unwrap_or(env)
+            .into_iter()
+            .collect()
     }
 }
 
@@ -144,7 +149,16 @@ impl Backend for MicrovmBackend {
             service: svc.name.clone(),
             source,
         };
-        let options = options::box_options(svc, &self.project_dir).map_err(|e| err(e.into()))?;
+        let mut options =
+            options::box_options(svc, &self.project_dir).map_err(|e| err(e.into()))?;
+        for (_, value) in options.env.iter_mut() {
+            *value = crate::secrets::fill(&self.layout, value).map_err(|source| {
+                err(PrepareError::Secrets {
+                    path: svc.file.clone(),
+                    source,
+                })
+            })?;
+        }
         let home = self.layout.box_home(&svc.name);
         std::fs::create_dir_all(&home).map_err(|source| {
             err(PrepareError::CreateDir {
@@ -205,7 +219,7 @@ impl Backend for MicrovmBackend {
         let t0 = Instant::now();
         let req = ExecRequest {
             argv: step.command.clone(),
-            env: Self::env_of(svc),
+            env: self.env_of(svc),
             timeout: Duration::from_secs(300),
         };
         let init_err =
@@ -252,7 +266,7 @@ impl Backend for MicrovmBackend {
     async fn exec(&self, svc: &ServiceSpec, argv: &[String]) -> Result<(), ProbeError> {
         let req = ExecRequest {
             argv: argv.to_vec(),
-            env: Self::env_of(svc),
+            env: self.env_of(svc),
             timeout: Duration::from_secs(30),
         };
         let reply = boxsup::exec(&self.layout.box_socket(&svc.name), &req).await?;
