@@ -30,6 +30,7 @@ acceptance: build ## the shared CLI contract checks
 test: deps-microvm build ## the whole suite: unit + integration, microvm feature, CLI contract
 	cargo test --locked --all-targets
 	cargo test --locked -p sandbox
+	cargo test --locked -p runner
 	$(MAKE) test-microvm
 	@if [ -x ../shared/acceptance/run ]; then ../shared/acceptance/run $(STACK); else echo "acceptance: ../shared not present, skipped"; fi
 
