@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    free_port, skip_unless_root, unique, wait_for, ControlPlane, Registry, Runner,
+    free_port, skip_unless_root, unique, wait_for, ControlPlane, Registry, Runner, CAPACITY,
 };
 
 #[tokio::test]
@@ -31,7 +31,7 @@ async fn registers_heartbeats_and_registers_again_after_a_control_plane_restart(
         register["apiUrl"],
         format!("http://127.0.0.1:{}", runner.port)
     );
-    assert_eq!(register["capacity"], 20);
+    assert_eq!(register["capacity"], CAPACITY);
     for field in ["cpu", "memoryMib", "diskGib"] {
         assert!(
             register[field].as_u64().is_some_and(|n| n > 0),

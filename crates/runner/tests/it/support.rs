@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 /// The token every test runner is given.
 pub const TOKEN: &str = "test-runner-token-0123456789";
+/// The capacity every test runner is given.
+pub const CAPACITY: usize = 30;
 /// The busybox image's OCI layout, built by scripts/build-images.sh.
 const BUSYBOX_LAYOUT: &str = "/opt/stack-tools/images/busybox";
 
@@ -274,6 +276,8 @@ impl Runner {
             ("RUNNER_TOKEN", TOKEN.to_string()),
             ("CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_port}")),
             ("REGISTRY_URL", format!("http://{}", registry.host)),
+            // Room for the 21 sandboxes of the bench.
+            ("RUNNER_CAPACITY", CAPACITY.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
