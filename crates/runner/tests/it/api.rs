@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{free_port, read, skip_unless_root, unique, Registry, Runner, TOKEN};
+use crate::support::{for_root, free_port, read, unique, TOKEN};
 
 #[test]
 fn a_missing_or_malformed_setting_refuses_to_start() {
@@ -29,11 +29,9 @@ fn a_missing_or_malformed_setting_refuses_to_start() {
 
 #[tokio::test]
 async fn every_call_needs_the_token_and_bad_input_is_a_4xx() {
-    if skip_unless_root("every_call_needs_the_token_and_bad_input_is_a_4xx") {
+    let Some((_registry, runner)) = for_root(free_port()).await else {
         return;
-    }
-    let registry = Registry::with_busybox().await;
-    let runner = Runner::start(&registry, free_port()).await;
+    };
     let http = reqwest::Client::new();
 
     // The token: none, a wrong one, another scheme.

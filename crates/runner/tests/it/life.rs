@@ -5,15 +5,13 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{free_port, read, skip_unless_root, unique, wait_for, Registry, Runner};
+use crate::support::{for_root, free_port, read, unique, wait_for};
 
 #[tokio::test]
 async fn a_sandbox_lives_and_is_deleted_through_the_api() {
-    if skip_unless_root("a_sandbox_lives_and_is_deleted_through_the_api") {
+    let Some((_registry, runner)) = for_root(free_port()).await else {
         return;
-    }
-    let registry = Registry::with_busybox().await;
-    let runner = Runner::start(&registry, free_port()).await;
+    };
     let id = unique("life");
 
     let (status, created) = runner
@@ -121,13 +119,7 @@ async fn a_sandbox_lives_and_is_deleted_through_the_api() {
         .post(&format!("/sandboxes/{id}/stop"), json!(null))
         .await;
     assert_eq!((status, body), (200, json!({"id": id, "state": "stopped"})));
-    assert!(runner.mounts().is_empty(), "{:?}", runner.mounts());
-    assert!(runner.runc_state().is_empty());
-    assert!(
-        runner.sandbox_processes().is_empty(),
-        "{:?}",
-        runner.sandbox_processes()
-    );
+    runner.assert_nothing_running();
     assert_eq!(
         runner.get(&format!("/sandboxes/{id}")).await.1["state"],
         "stopped"
@@ -166,11 +158,9 @@ async fn a_sandbox_lives_and_is_deleted_through_the_api() {
 
 #[tokio::test]
 async fn an_image_not_in_the_registry_is_a_404_naming_it_and_creates_nothing() {
-    if skip_unless_root("an_image_not_in_the_registry_is_a_404_naming_it_and_creates_nothing") {
+    let Some((_registry, runner)) = for_root(free_port()).await else {
         return;
-    }
-    let registry = Registry::with_busybox().await;
-    let runner = Runner::start(&registry, free_port()).await;
+    };
     let id = unique("missing");
     for image in ["boxlite/nothing:latest", "boxlite/busybox:no-such-tag"] {
         let (status, body) = runner

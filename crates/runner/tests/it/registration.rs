@@ -6,19 +6,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{
-    free_port, skip_unless_root, unique, wait_for, ControlPlane, Registry, Runner, CAPACITY,
-};
+use crate::support::{for_root, free_port, unique, wait_for, ControlPlane, CAPACITY};
 
 #[tokio::test]
 async fn registers_heartbeats_and_registers_again_after_a_control_plane_restart() {
-    if skip_unless_root("registers_heartbeats_and_registers_again_after_a_control_plane_restart") {
-        return;
-    }
-    let registry = Registry::with_busybox().await;
     let cp_port = free_port();
     let cp = ControlPlane::start(cp_port).await;
-    let runner = Runner::start(&registry, cp_port).await;
+    let Some((_registry, runner)) = for_root(cp_port).await else {
+        return;
+    };
 
     let calls = cp.calls.clone();
     let register = wait_for("the registration", Duration::from_secs(10), || {

@@ -6,15 +6,13 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::{free_port, skip_unless_root, unique, Registry, Runner};
+use crate::support::{for_root, free_port, unique};
 
 #[tokio::test]
 async fn a_killed_runner_takes_its_sandboxes_back() {
-    if skip_unless_root("a_killed_runner_takes_its_sandboxes_back") {
+    let Some((_registry, mut runner)) = for_root(free_port()).await else {
         return;
-    }
-    let registry = Registry::with_busybox().await;
-    let mut runner = Runner::start(&registry, free_port()).await;
+    };
     let id = unique("adopt");
     runner.create(&id).await;
     runner.exec(&id, "echo before > /tmp/mark").await;
@@ -38,11 +36,9 @@ async fn a_killed_runner_takes_its_sandboxes_back() {
 
 #[tokio::test]
 async fn sigterm_stops_the_sandboxes_and_the_next_start_resumes_them() {
-    if skip_unless_root("sigterm_stops_the_sandboxes_and_the_next_start_resumes_them") {
+    let Some((_registry, mut runner)) = for_root(free_port()).await else {
         return;
-    }
-    let registry = Registry::with_busybox().await;
-    let mut runner = Runner::start(&registry, free_port()).await;
+    };
     let (a, b, kept) = (unique("term"), unique("term"), unique("kept"));
     for id in [&a, &b, &kept] {
         runner.create(id).await;
@@ -65,21 +61,7 @@ async fn sigterm_stops_the_sandboxes_and_the_next_start_resumes_them() {
         "the runner exits 0 on SIGTERM: {status}\n{}",
         runner.log()
     );
-    assert!(
-        runner.mounts().is_empty(),
-        "mounts left: {:?}",
-        runner.mounts()
-    );
-    assert!(
-        runner.runc_state().is_empty(),
-        "runc state left: {:?}",
-        runner.runc_state()
-    );
-    assert!(
-        runner.sandbox_processes().is_empty(),
-        "processes left: {:?}",
-        runner.sandbox_processes()
-    );
+    runner.assert_nothing_running();
     assert_eq!(runner.sandbox_dirs().len(), 3, "the sandboxes are kept");
 
     runner.restart().await;

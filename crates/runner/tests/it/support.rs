@@ -5,11 +5,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -20,39 +19,7 @@ pub const CAPACITY: usize = 30;
 /// The busybox image's OCI layout, built by scripts/build-images.sh.
 const BUSYBOX_LAYOUT: &str = "/opt/stack-tools/images/busybox";
 
-/// Prints why a test skips and returns true when it must: runc, overlay mounts and the
-/// subreaper's reaping need root (CI runs as root).
-pub fn skip_unless_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    eprintln!("{test}: skipped: needs root (runc, overlayfs mounts)");
-    true
-}
-
-/// Polls `cond` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr().expect("local addr").port()
-}
+pub use testbed::{free_port, skip_unless_root, wait_for};
 
 /// A name unique to this test process and call (sandbox ids and cgroups are host-wide).
 pub fn unique(prefix: &str) -> String {
@@ -62,68 +29,47 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-/// A `docker-registry` serving from a temp dir (as services/registry/config.yml configures it),
-/// holding `boxlite/busybox:latest`; killed and reaped on drop.
+/// The stack's registry as a test's: a real `docker-registry` holding `boxlite/busybox:latest`.
 pub struct Registry {
-    dir: tempfile::TempDir,
+    _inner: testbed::Registry,
     pub host: String,
-    child: Child,
 }
 
 impl Registry {
+    /// Starts a registry and pushes the busybox image into it with skopeo, as the stack's
+    /// `images` task does.
     pub async fn with_busybox() -> Registry {
         assert!(
             Path::new(BUSYBOX_LAYOUT).join("index.json").is_file(),
             "no busybox image at {BUSYBOX_LAYOUT}: run scripts/install-deps.sh (it runs scripts/build-images.sh)"
         );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: \"{}\" }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: \"127.0.0.1:{port}\"\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry, scripts/install-deps.sh)");
-        let reg = Registry {
-            dir,
-            host: format!("127.0.0.1:{port}"),
-            child,
-        };
-        let url = format!("http://{}/v2/", reg.host);
-        let http = reqwest::Client::new();
-        wait_for("the registry's /v2/", Duration::from_secs(15), || {
-            let req = http.get(&url);
-            async move { req.send().await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
+        let inner = testbed::Registry::start().await;
+        let host = inner.host().to_string();
         let pushed = Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci:{BUSYBOX_LAYOUT}:latest"))
-            .arg(format!("docker://{}/boxlite/busybox:latest", reg.host))
+            .arg(format!("docker://{host}/boxlite/busybox:latest"))
             .status()
             .expect("skopeo (scripts/install-deps.sh)");
         assert!(pushed.success(), "skopeo copy of busybox: {pushed}");
-        reg
+        Registry {
+            _inner: inner,
+            host,
+        }
     }
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A registry with the busybox image and a runner on it, calling a control plane on `cp_port`,
+/// for a test that needs root; `None` (saying why) when not root.
+pub async fn for_root(cp_port: u16) -> Option<(Registry, Runner)> {
+    // The test harness names each test's thread after the test (`#[tokio::test]` runs on it).
+    let thread = std::thread::current();
+    if skip_unless_root(thread.name().unwrap_or("a runner test")) {
+        return None;
     }
+    let registry = Registry::with_busybox().await;
+    let runner = Runner::start(&registry, cp_port).await;
+    Some((registry, runner))
 }
 
 /// What the stand-in control plane saw: `(path, body)` per call.
@@ -388,6 +334,19 @@ impl Runner {
             body["result"].as_str().expect("result").to_string(),
             body["stderr"].as_str().expect("stderr").to_string(),
         )
+    }
+
+    /// Asserts that none of the runner's sandboxes runs: no mount under its home, no runc state,
+    /// no process in their cgroups.
+    pub fn assert_nothing_running(&self) {
+        assert!(self.mounts().is_empty(), "mounts left: {:?}", self.mounts());
+        assert!(
+            self.runc_state().is_empty(),
+            "runc state left: {:?}",
+            self.runc_state()
+        );
+        let left = self.sandbox_processes();
+        assert!(left.is_empty(), "processes left: {left:?}");
     }
 
     /// Mount points under this runner's home.
