@@ -143,14 +143,12 @@ async fn a_sandbox_lives_and_is_deleted_through_the_api() {
     assert!(runner.mounts().is_empty(), "{:?}", runner.mounts());
     assert!(runner.runc_state().is_empty());
     assert!(runner.sandbox_dirs().is_empty());
-    wait_for(
-        "the sandbox's processes to be gone",
-        Duration::from_secs(5),
-        || {
-            let left = runner.sandbox_processes();
-            async move { left.is_empty().then_some(()) }
-        },
-    )
+    // The sandbox's init was the runner's child (its subreaper): reaped, not left a zombie.
+    let what = "the sandbox's processes gone and its init reaped by the runner";
+    wait_for(what, Duration::from_secs(10), || {
+        let left = [runner.sandbox_processes(), runner.zombie_children()].concat();
+        async move { left.is_empty().then_some(()) }
+    })
     .await;
     assert_eq!(runner.get(&format!("/sandboxes/{id}")).await.0, 404);
     assert_eq!(runner.get("/health").await.1["sandboxes"], 0);

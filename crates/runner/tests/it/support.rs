@@ -349,6 +349,14 @@ impl Runner {
         assert!(left.is_empty(), "processes left: {left:?}");
     }
 
+    /// Children of the runner process that have exited and not been reaped.
+    pub fn zombie_children(&self) -> Vec<i32> {
+        let Some(me) = self.child.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        processes(|p| p.zombie && p.ppid == me)
+    }
+
     /// Mount points under this runner's home.
     pub fn mounts(&self) -> Vec<String> {
         let home = self.home.path().display().to_string();
@@ -374,21 +382,42 @@ impl Runner {
     /// Live (non-zombie) processes whose cgroup is one of this runner's sandboxes'.
     pub fn sandbox_processes(&self) -> Vec<i32> {
         let marker = format!("stack-sandboxes/{}/", self.name);
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let zombie = stat
-                    .rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-                cg.contains(&marker) && !zombie
-            })
-            .collect()
+        processes(|p| !p.zombie && p.cgroup.contains(&marker))
     }
+}
+
+/// What the tests look at of a process, from /proc.
+struct Proc {
+    zombie: bool,
+    ppid: u32,
+    cgroup: String,
+}
+
+/// The pids of the host's processes for which `keep` holds.
+fn processes(keep: impl Fn(&Proc) -> bool) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: the fields after the last `)` are fixed.
+            let mut fields = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace())
+                .into_iter()
+                .flatten();
+            let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+                return false;
+            };
+            keep(&Proc {
+                zombie: state == "Z",
+                ppid: ppid.parse().unwrap_or(0),
+                cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// Sends a request: the status and its JSON answer (`null` when the body is not JSON).
