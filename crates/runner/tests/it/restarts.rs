@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use crate::support::{for_root, free_port, unique};
 
 #[tokio::test]
-async fn a_killed_runner_takes_its_sandboxes_back() {
+async fn a_killed_runner_takes_its_sandboxes_back_and_cleans_leftovers() {
     let Some((_registry, mut runner)) = for_root(free_port()).await else {
         return;
     };
@@ -23,8 +23,17 @@ async fn a_killed_runner_takes_its_sandboxes_back() {
         .await;
     // Killed: the sandbox runs on without its runner.
     assert_eq!(runner.sandbox_processes(), pids);
+    // What a create cut short by the kill would leave: a dir without a container.
+    let stale = unique("stale");
+    let stale_dir = runner.home.path().join("sandboxes").join(&stale);
+    std::fs::create_dir_all(stale_dir.join("upper")).expect("a stale sandbox dir");
     runner.restart().await;
-    assert!(runner.log().contains("1 adopted"), "{}", runner.log());
+    let log = runner.log();
+    assert!(
+        log.contains("1 adopted") && log.contains("1 leftovers cleaned"),
+        "{log}"
+    );
+    assert!(!stale_dir.exists(), "the stale dir is cleaned");
     assert_eq!(
         runner.exec(&id, "cat /tmp/mark; uname -n").await.1,
         format!("before\n{id}\n")
