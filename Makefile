@@ -32,7 +32,7 @@ acceptance: build ## the shared CLI contract checks
 
 test: deps-microvm build ## the whole suite: unit + integration, microvm feature, CLI contract
 	cargo test --locked --all-targets
-	cargo test --locked -p sandbox -p platform-proto -p control-plane --all-targets
+	cargo test --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane --all-targets
 	$(MAKE) test-microvm
 	@if [ -x ../shared/acceptance/run ]; then ../shared/acceptance/run $(STACK); else echo "acceptance: ../shared not present, skipped"; fi
 
@@ -43,7 +43,7 @@ test-microvm:    ## the microvm backend's tests (booting ones skip, with the rea
 check:           ## formatting and lints, as CI runs them (both builds: default and microvm)
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
-	cargo clippy --locked -p sandbox -p platform-proto -p control-plane --all-targets -- -D warnings
+	cargo clippy --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane --all-targets -- -D warnings
 	cargo clippy --locked --all-targets --features microvm -- -D warnings
 
 bench: build     ## benchmarks: cold/warm up and down against the critical-path limit

@@ -1,4 +1,4 @@
-//! The runc box driver: a sandbox's whole life (create, exec, kill, delete) and the re-adoption
+//! The runc box driver: a sandbox's whole life (create, exec, stop, start, kill, delete) and the re-adoption
 //! of running sandboxes by a new driver after a runner restart. It keeps no state in memory:
 //! everything is derived from the sandbox id, the runner's [`Home`] and runc's own state, so any
 //! driver instance on the same home can take over.
@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +34,8 @@ pub enum SandboxError {
         /// The id.
         id: SandboxId,
     },
-    /// The sandbox exists but its init has exited: delete it (or create it again).
-    #[error("sandbox {id} is not running")]
+    /// The sandbox exists but is stopped or its init has exited: start it (or delete it).
+    #[error("sandbox {id} is not running: start it first")]
     NotRunning {
         /// The id.
         id: SandboxId,
@@ -128,7 +128,8 @@ pub enum Status {
     Running,
     /// Frozen.
     Paused,
-    /// Init has exited.
+    /// Init has exited, or the sandbox was stopped with [`Driver::stop`] (then its pid is 0 and
+    /// it has no container: [`Driver::start`] runs it again).
     Stopped,
 }
 
@@ -150,7 +151,10 @@ pub struct Sandbox {
 pub struct Adoption {
     /// Sandboxes runc knows (running, or stopped and not yet deleted).
     pub sandboxes: Vec<Sandbox>,
-    /// Sandbox dirs runc has no container for (a create cut short, a reboot): `delete` them.
+    /// Sandboxes stopped with [`Driver::stop`]: no container, their files kept, to `start` again.
+    pub stopped: Vec<SandboxId>,
+    /// Sandbox dirs runc has no container for and that were not stopped (a create cut short):
+    /// `delete` them.
     pub stale: Vec<SandboxId>,
 }
 
@@ -252,14 +256,7 @@ impl Driver {
         let lowers = image
             .layers
             .iter()
-            .map(|l| {
-                let dir = self.images.layer_dir(&l.digest);
-                dir.is_dir()
-                    .then_some(dir)
-                    .ok_or_else(|| SandboxError::LayerMissing {
-                        layer: l.digest.clone(),
-                    })
-            })
+            .map(|l| self.cached_layer(&l.digest))
             .collect::<Result<Vec<_>, _>>()?;
         let paths = self.home.sandbox(id);
         for d in [&paths.upper, &paths.work, &paths.rootfs] {
@@ -310,20 +307,39 @@ impl Driver {
     /// The sandbox's init, checked to be running.
     fn running_init(&self, id: &SandboxId) -> Result<InitProcess, SandboxError> {
         match self.runc.init(id) {
-            None => Err(SandboxError::NotFound { id: id.clone() }),
+            None => Err(self.absent(id)),
             Some(init) if !init.is_alive() => Err(SandboxError::NotRunning { id: id.clone() }),
             Some(init) => Ok(init),
         }
     }
 
-    /// The sandbox `id` as runc reports it, `None` if runc has no such container.
+    /// Why a sandbox without a container cannot be used: stopped (`NotRunning`) or unknown.
+    fn absent(&self, id: &SandboxId) -> SandboxError {
+        if self.is_stopped(id) {
+            SandboxError::NotRunning { id: id.clone() }
+        } else {
+            SandboxError::NotFound { id: id.clone() }
+        }
+    }
+
+    /// Was the sandbox stopped with [`Driver::stop`] (and not started since)?
+    fn is_stopped(&self, id: &SandboxId) -> bool {
+        self.home.sandbox(id).stopped.exists()
+    }
+
+    /// The sandbox `id` as runc reports it, a stopped one (pid 0, `Stopped`) when it was
+    /// stopped with [`Driver::stop`], `None` if there is no such sandbox.
     pub async fn state(&self, id: &SandboxId) -> Result<Option<Sandbox>, SandboxError> {
         let state = self
             .runc
             .state(id)
             .await
             .map_err(about(id, SandboxError::Runc))?;
-        Ok(state.map(|s| self.sandbox(id.clone(), s.pid, &s.status)))
+        Ok(match state {
+            Some(s) => Some(self.sandbox(id.clone(), s.pid, &s.status)),
+            None if self.is_stopped(id) => Some(self.sandbox(id.clone(), 0, "stopped")),
+            None => None,
+        })
     }
 
     fn sandbox(&self, id: SandboxId, pid: u32, status: &str) -> Sandbox {
@@ -371,7 +387,7 @@ impl Driver {
         let rootfs = self.home.sandbox(id).rootfs;
         match bundle::is_mount_point(&rootfs) {
             Ok(true) => Ok(rootfs),
-            Ok(false) => Err(SandboxError::NotFound { id: id.clone() }),
+            Ok(false) => Err(self.absent(id)),
             Err(e) => Err(io_err("read /proc/self/mountinfo for", &rootfs)(e)),
         }
     }
@@ -419,7 +435,7 @@ impl Driver {
         &self,
         id: &SandboxId,
         port: u16,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<tokio::net::TcpStream, SandboxError> {
         let init = self.running_init(id)?;
         let netns = net::open_namespace(init.pid).map_err(about(id, SandboxError::Net))?;
@@ -444,17 +460,112 @@ impl Driver {
             .map_err(about(id, SandboxError::Runc))
     }
 
+    /// Stops the sandbox and keeps it: its init gets SIGTERM and up to `grace` to exit, then its
+    /// container is removed (every process left is killed) and its overlay unmounted; its dir,
+    /// writable layer and record stay, and [`Driver::start`] runs it again with the same files.
+    /// Idempotent: stopping a stopped sandbox does nothing.
+    pub async fn stop(&self, id: &SandboxId, grace: Duration) -> Result<(), SandboxError> {
+        let paths = self.home.sandbox(id);
+        if !paths.record.is_file() {
+            return Err(SandboxError::NotFound { id: id.clone() });
+        }
+        // The marker first: a stop cut short leaves a stopped sandbox, never one `adopt` would
+        // call stale and have deleted.
+        fs::write(&paths.stopped, b"").map_err(io_err("write", &paths.stopped))?;
+        if let Some(init) = self.runc.init(id) {
+            if init.is_alive() {
+                // The keeper init exits on TERM; an image's own command may need its grace.
+                let _ = self.runc.kill(id, "TERM").await;
+                let deadline = Instant::now() + grace;
+                while init.is_alive() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        self.remove_container(id).await?;
+        bundle::unmount(&paths.rootfs).map_err(about(id, SandboxError::Bundle))
+    }
+
+    /// Runs a stopped sandbox again: mounts its overlay (its own writable layer, as it was) and
+    /// starts its init with the config it was created with. Starting a running sandbox returns it
+    /// as it is. On failure the sandbox stays stopped, with nothing mounted or running.
+    pub async fn start(&self, id: &SandboxId) -> Result<Sandbox, SandboxError> {
+        let paths = self.home.sandbox(id);
+        if let Some(init) = self.runc.init(id) {
+            if init.is_alive() {
+                return self
+                    .state(id)
+                    .await?
+                    .ok_or_else(|| SandboxError::NotFound { id: id.clone() });
+            }
+            // Its init exited on its own: the dead container goes, the sandbox starts afresh.
+            self.remove_container(id).await?;
+        }
+        let bytes = match fs::read(&paths.record) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::NotFound { id: id.clone() })
+            }
+            Err(e) => return Err(io_err("read", &paths.record)(e)),
+        };
+        let record: SandboxRecord =
+            serde_json::from_slice(&bytes).map_err(|e| io_err("parse", &paths.record)(e.into()))?;
+        let lowers = record
+            .layers
+            .iter()
+            .map(|l| self.cached_layer(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = async {
+            bundle::unmount(&paths.rootfs).map_err(about(id, SandboxError::Bundle))?;
+            bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+                .map_err(about(id, SandboxError::Bundle))?;
+            self.runc
+                .run_detached(id, &paths.bundle, &paths.init_log)
+                .await
+                .map_err(about(id, SandboxError::Runc))
+        };
+        if let Err(e) = started.await {
+            let _ = self.remove_container(id).await;
+            let _ = bundle::unmount(&paths.rootfs);
+            return Err(e);
+        }
+        match fs::remove_file(&paths.stopped) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &paths.stopped)(e)),
+        }
+        self.state(id)
+            .await?
+            .ok_or_else(|| SandboxError::NotFound { id: id.clone() })
+    }
+
+    /// The unpacked layer `digest` of the image cache, as an overlay lower dir.
+    fn cached_layer(&self, digest: &Digest) -> Result<PathBuf, SandboxError> {
+        let dir = self.images.layer_dir(digest);
+        dir.is_dir()
+            .then_some(dir)
+            .ok_or_else(|| SandboxError::LayerMissing {
+                layer: digest.clone(),
+            })
+    }
+
+    /// `runc delete --force` of the sandbox's container, if it has one.
+    async fn remove_container(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        if !self.runc_knows(id) {
+            return Ok(());
+        }
+        match self.runc.delete(id).await {
+            Ok(()) => Ok(()),
+            // Gone between the check and the delete.
+            Err(RuncError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(()),
+            Err(source) => Err(about(id, SandboxError::Runc)(source)),
+        }
+    }
+
     /// Removes the sandbox: its container (killed if running), its overlay mount and its dir.
     /// Idempotent: whatever is already gone is skipped.
     pub async fn delete(&self, id: &SandboxId) -> Result<(), SandboxError> {
-        if self.runc_knows(id) {
-            match self.runc.delete(id).await {
-                Ok(()) => {}
-                // Gone between the check and the delete.
-                Err(RuncError::Failed { stderr, .. }) if stderr.contains("does not exist") => {}
-                Err(source) => return Err(about(id, SandboxError::Runc)(source)),
-            }
-        }
+        self.remove_container(id).await?;
         bundle::unmount(&self.home.sandbox(id).rootfs).map_err(about(id, SandboxError::Bundle))?;
         let dir = self.home.sandbox(id).dir;
         match fs::remove_dir_all(&dir) {
@@ -482,7 +593,12 @@ impl Driver {
             else {
                 continue;
             };
-            if !adoption.sandboxes.iter().any(|s| s.id == id) {
+            if adoption.sandboxes.iter().any(|s| s.id == id) {
+                continue;
+            }
+            if self.is_stopped(&id) {
+                adoption.stopped.push(id);
+            } else {
                 adoption.stale.push(id);
             }
         }

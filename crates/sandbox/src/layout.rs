@@ -16,6 +16,7 @@ use crate::id::SandboxId;
 ///     bundle/config.json         the OCI runtime config
 ///     bundle/rootfs/             the overlay's mount point
 ///     init.log                   the init process's stdout and stderr
+///     stopped                    present while the sandbox is stopped (kept, not running)
 /// ```
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -59,6 +60,7 @@ impl Home {
             config: bundle.join("config.json"),
             rootfs: bundle.join("rootfs"),
             init_log: dir.join("init.log"),
+            stopped: dir.join("stopped"),
             bundle,
             dir,
         }
@@ -84,4 +86,6 @@ pub struct SandboxPaths {
     pub rootfs: PathBuf,
     /// The init's stdout and stderr.
     pub init_log: PathBuf,
+    /// A marker present while the sandbox is stopped: its dir is kept on purpose, not a leftover.
+    pub stopped: PathBuf,
 }

@@ -1,14 +1,11 @@
 //! Timings a runner cares about, run on demand (`-- --ignored bench --nocapture`): sandbox
 //! create to exec-ready with the image cached, and an exec's round trip.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use testbed::Samples;
 
 use crate::support::{exec_opts, Fixture};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 #[tokio::test]
 #[ignore = "a measurement, not a check: run with --ignored"]
@@ -17,7 +14,7 @@ async fn bench_create_to_exec_ready_and_exec_round_trip() {
         return;
     };
     let opts = exec_opts();
-    let mut ready = Vec::new();
+    let mut ready = Samples::default();
     let mut ids = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
@@ -31,7 +28,7 @@ async fn bench_create_to_exec_ready_and_exec_round_trip() {
         assert_eq!(out.exit_code, 0);
         ids.push(id);
     }
-    let mut round_trips = Vec::new();
+    let mut round_trips = Samples::default();
     for _ in 0..50 {
         let start = Instant::now();
         fx.driver.exec(&ids[0], "true", &opts).await.expect("exec");
@@ -42,15 +39,7 @@ async fn bench_create_to_exec_ready_and_exec_round_trip() {
         fx.driver.delete(id).await.expect("delete");
     }
     let delete_each = start.elapsed() / ids.len() as u32;
-    ready.sort();
-    round_trips.sort();
     println!(
-        "create -> exec-ready over {}: p50 {:?}, p95 {:?}; exec round trip over {}: p50 {:?}; delete: {:?} each",
-        ready.len(),
-        percentile(&ready, 0.5),
-        percentile(&ready, 0.95),
-        round_trips.len(),
-        percentile(&round_trips, 0.5),
-        delete_each,
+        "create -> exec-ready {ready}; exec round trip {round_trips}; delete: {delete_each:?} each"
     );
 }

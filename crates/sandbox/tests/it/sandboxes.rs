@@ -6,7 +6,7 @@ use sandbox::{
     CreateOptions, Driver, ExecOptions, Home, Resources, RuncError, SandboxError, Status,
 };
 
-use crate::support::{self, assert_no_trace, exec_opts, sh, unique_id, wait_for, Fixture};
+use crate::support::{self, assert_no_trace, exec_opts, sh, sh_ok, unique_id, wait_for, Fixture};
 
 #[tokio::test]
 async fn a_sandbox_runs_isolated_and_delete_leaves_nothing() {
@@ -307,4 +307,82 @@ async fn the_image_user_runs_the_sandbox() {
         "65534\n65534\n"
     );
     fx.driver.delete(&id).await.expect("delete");
+}
+
+#[tokio::test]
+async fn stop_keeps_the_files_and_start_runs_them_again() {
+    let Some(fx) = Fixture::for_root("stop_keeps_the_files_and_start_runs_them_again").await else {
+        return;
+    };
+    let id = fx.sandbox("stop").await;
+    let first = fx.driver.state(&id).await.expect("state").expect("exists");
+    fx.driver
+        .write_file(&id, "/srv/kept.txt", b"kept".to_vec(), 0o644)
+        .await
+        .expect("write");
+
+    fx.driver
+        .stop(&id, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    // Nothing runs or is mounted, no runc state; the dir, record and writable layer stay.
+    let home = fx.home.path();
+    let dir = home.join("sandboxes").join(id.as_str());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(dir.to_str().expect("utf-8")),
+        "mount left"
+    );
+    assert!(
+        !home.join("runc").join(id.as_str()).exists(),
+        "runc state left"
+    );
+    assert!(
+        dir.join("upper/srv/kept.txt").is_file(),
+        "writable layer kept"
+    );
+    let stopped = fx.driver.state(&id).await.expect("state").expect("kept");
+    assert_eq!((stopped.status, stopped.pid), (Status::Stopped, 0));
+    assert!(matches!(
+        fx.driver.exec(&id, "true", &exec_opts()).await,
+        Err(SandboxError::NotRunning { .. })
+    ));
+    assert!(matches!(
+        fx.driver.read_file(&id, "/srv/kept.txt", 100).await,
+        Err(SandboxError::NotRunning { .. })
+    ));
+    fx.driver
+        .stop(&id, Duration::from_secs(5))
+        .await
+        .expect("a second stop does nothing");
+
+    // A new driver finds it stopped, not stale.
+    let driver = Driver::open(Home::new(home), support::driver_config()).expect("reopen");
+    let adoption = driver.adopt().await.expect("adopt");
+    assert_eq!(adoption.stopped, std::slice::from_ref(&id));
+    assert!(adoption.stale.is_empty() && adoption.sandboxes.is_empty());
+
+    let started = driver.start(&id).await.expect("start");
+    assert_eq!(started.status, Status::Running);
+    assert_ne!(started.pid, first.pid);
+    assert_eq!(
+        sh_ok(&driver, &id, "cat /srv/kept.txt; uname -n").await,
+        format!("kept{id}\n")
+    );
+    let again = driver.start(&id).await.expect("start a running sandbox");
+    assert_eq!(again.pid, started.pid, "left as it was");
+
+    // A stopped sandbox deletes like any other, and is then gone for good.
+    driver
+        .stop(&id, Duration::from_millis(10))
+        .await
+        .expect("stop again");
+    driver.delete(&id).await.expect("delete");
+    assert_no_trace(home, &id, started.pid);
+    assert_no_trace(home, &id, first.pid);
+    assert!(driver.state(&id).await.expect("state").is_none());
+    assert!(matches!(
+        driver.start(&id).await,
+        Err(SandboxError::NotFound { .. })
+    ));
 }

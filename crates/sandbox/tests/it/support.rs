@@ -5,10 +5,9 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use sandbox::Digest;
 use serde_json::json;
@@ -18,91 +17,24 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Prints why a test skips and returns true when it must.
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("{test}: skipped: needs root (overlayfs mounts, device nodes, runc)");
-    true
-}
-
-/// Polls `cond` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr().expect("local addr").port()
-}
+pub use testbed::{skip_unless_root, wait_for};
 
 /// A `docker-registry` serving from a temp dir; killed and reaped on drop.
 pub struct Registry {
-    pub dir: tempfile::TempDir,
+    inner: testbed::Registry,
     pub host: String,
-    child: Child,
     http: reqwest::Client,
 }
 
 impl Registry {
     /// Starts the registry as `services/registry.yaml` does, on a free port, and waits for `/v2/`.
     pub async fn start() -> Registry {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        let storage = dir.path().join("storage");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: \"{}\" }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: \"127.0.0.1:{port}\"\n",
-                storage.display()
-            ),
-        )
-        .expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        let http = reqwest::Client::new();
-        let reg = Registry {
-            dir,
-            host: format!("127.0.0.1:{port}"),
-            child,
-            http,
-        };
-        let url = format!("http://{}/v2/", reg.host);
-        wait_for("the registry's /v2/", Duration::from_secs(15), || {
-            let req = reg.http.get(&url);
-            async move {
-                req.send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
-        })
-        .await;
-        reg
+        let inner = testbed::Registry::start().await;
+        Registry {
+            host: inner.host().to_string(),
+            inner,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// `host:port/repository:tag` for this registry.
@@ -236,19 +168,12 @@ impl Registry {
     /// The file a blob is stored in on the registry's disk.
     pub fn blob_file(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.dir
-            .path()
+        self.inner
+            .dir()
             .join("storage/docker/registry/v2/blobs/sha256")
             .join(&hex[..2])
             .join(hex)
             .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

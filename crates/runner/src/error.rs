@@ -1,0 +1,158 @@
+//! Every way a runner call fails, and the one place each becomes an HTTP status with a
+//! `{"error": "..."}` body. Bad input is always a 4xx; a 5xx means the runner or its host failed.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sandbox::{FileError, PullError, SandboxError};
+
+use crate::wire::ErrorBody;
+
+/// Why a runner call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `Authorization: Bearer` with the runner token.
+    #[error("missing or wrong bearer token: send `Authorization: Bearer $RUNNER_TOKEN`")]
+    Unauthorized,
+    /// A request the runner cannot read (body, query, path, field values).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A body past the limit of its route.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// A body that should be JSON and is not labelled so.
+    #[error("send the body as JSON, with `Content-Type: application/json`")]
+    NotJson,
+    /// No such route.
+    #[error("no such route: see docs/platform.md, \"Runner HTTP API\"")]
+    NoRoute,
+    /// The image is not in the stack's registry.
+    #[error("image `{image}` is not in the registry at {registry}: push it first (the stack's `images` task)")]
+    ImageNotFound {
+        /// The image as asked for.
+        image: String,
+        /// The registry's `host:port`.
+        registry: String,
+    },
+    /// The registry failed or could not be reached.
+    #[error("cannot pull image `{image}`: {source}")]
+    Pull {
+        /// The image as asked for.
+        image: String,
+        /// Why.
+        #[source]
+        source: PullError,
+    },
+    /// The runner holds as many sandboxes as it takes.
+    #[error("runner is full: it holds {capacity} sandboxes, its capacity")]
+    Full {
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// Another create, start, stop or delete of the same sandbox is under way.
+    #[error("sandbox {0} is busy with another call: retry")]
+    Busy(String),
+    /// The sandbox's port did not answer.
+    #[error("port {port} of sandbox {id}: {reason}")]
+    Forward {
+        /// The sandbox.
+        id: String,
+        /// Its port.
+        port: u16,
+        /// What failed.
+        reason: String,
+    },
+    /// The box driver failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NoRoute | Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Pull { .. } | Self::Forward { .. } => StatusCode::BAD_GATEWAY,
+            Self::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) => StatusCode::CONFLICT,
+            Self::Sandbox(e) => sandbox_status(e),
+        }
+    }
+}
+
+fn sandbox_status(e: &SandboxError) -> StatusCode {
+    match e {
+        SandboxError::AlreadyExists { .. } | SandboxError::NotRunning { .. } => {
+            StatusCode::CONFLICT
+        }
+        SandboxError::NotFound { .. } => StatusCode::NOT_FOUND,
+        SandboxError::File(_, f) => match f {
+            FileError::NotAbsolute(_) | FileError::Escape(_) | FileError::NotAFile(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            FileError::NotFound(_) => StatusCode::NOT_FOUND,
+            FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FileError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        SandboxError::Net(..) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The error with its causes, `: `-joined (a driver error's own text names only the step).
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            eprintln!("runner: {}", describe(&self));
+        }
+        let body = ErrorBody {
+            error: describe(&self),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_is_a_4xx() {
+        let id = sandbox::SandboxId::parse("sb-1").expect("id");
+        let escape = SandboxError::File(id.clone(), FileError::Escape("/../etc".into()));
+        assert_eq!(ApiError::from(escape).status(), StatusCode::BAD_REQUEST);
+        let stopped = SandboxError::NotRunning { id: id.clone() };
+        assert_eq!(ApiError::from(stopped).status(), StatusCode::CONFLICT);
+        assert_eq!(
+            ApiError::from(SandboxError::NotFound { id }).status(),
+            StatusCode::NOT_FOUND
+        );
+        let missing = ApiError::ImageNotFound {
+            image: "boxlite/nope:1".into(),
+            registry: "127.0.0.1:25000".into(),
+        };
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert!(missing.to_string().contains("boxlite/nope:1"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The runner's settings, read once from its environment (set by its service file) and checked
+//! all together: a runner with one missing or malformed variable refuses to start and says which.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Sandboxes a runner takes when `RUNNER_CAPACITY` is not set.
+pub const DEFAULT_CAPACITY: usize = 20;
+
+/// Everything the runner reads from its environment.
+#[derive(Clone)]
+pub struct Settings {
+    /// `RUNNER_NAME`: its name at the control plane (a DNS label).
+    pub name: String,
+    /// `RUNNER_PORT`: where it listens, on 127.0.0.1 only.
+    pub port: u16,
+    /// `RUNNER_HOME`: its image cache, sandboxes and runc state.
+    pub home: PathBuf,
+    /// `RUNNER_TOKEN`: the shared secret, both ways.
+    pub token: String,
+    /// `CONTROL_PLANE_URL`: where it registers and heartbeats, without a trailing `/`.
+    pub control_plane: String,
+    /// `REGISTRY_URL`'s `host:port`: where images come from.
+    pub registry: String,
+    /// `RUNNER_CAPACITY`: most sandboxes at once (default [`DEFAULT_CAPACITY`]).
+    pub capacity: usize,
+}
+
+impl fmt::Debug for Settings {
+    /// Everything but the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .field("home", &self.home)
+            .field("control_plane", &self.control_plane)
+            .field("registry", &self.registry)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found in the environment, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start: {}\nhelp: the runner's service file (services/runner-a.yaml) sets these in `environment:`", .0.join("; "))]
+pub struct SettingsError(pub Vec<String>);
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// Reads the settings from `vars`, reporting every problem at once.
+    pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<Self, SettingsError> {
+        let mut problems = Vec::new();
+        let mut get = |key: &str, check: &dyn Fn(&str) -> Result<(), String>| -> String {
+            match vars.get(key).map(|v| v.trim()) {
+                None | Some("") => {
+                    problems.push(format!("`{key}` is not set"));
+                    String::new()
+                }
+                Some(v) => match check(v) {
+                    Ok(()) => v.to_string(),
+                    Err(why) => {
+                        problems.push(format!("`{key}` {why}"));
+                        String::new()
+                    }
+                },
+            }
+        };
+        let name = get("RUNNER_NAME", &|v| {
+            sandbox::SandboxId::parse(v)
+                .map(drop)
+                .map_err(|_| format!("is `{v}`: use 1 to 63 of `a-z`, `0-9` and `-`"))
+        });
+        let port = get("RUNNER_PORT", &|v| match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(()),
+            _ => Err(format!("is `{v}`: not a port number (1-65535)")),
+        });
+        let home = get("RUNNER_HOME", &|v| {
+            if v.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!("is `{v}`: must be an absolute path"))
+            }
+        });
+        let token = get("RUNNER_TOKEN", &|v| {
+            if v.len() >= 16 {
+                Ok(())
+            } else {
+                Err("is shorter than 16 characters".into())
+            }
+        });
+        let control_plane = get("CONTROL_PLANE_URL", &|v| http_base(v).map(drop));
+        let registry = get("REGISTRY_URL", &|v| {
+            let base = http_base(v)?;
+            if base.path() == "/" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "is `{v}`: a registry is served at its root, give no path"
+                ))
+            }
+        });
+        let capacity = match vars.get("RUNNER_CAPACITY").map(|v| v.trim()) {
+            None | Some("") => DEFAULT_CAPACITY,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    problems.push(format!(
+                        "`RUNNER_CAPACITY` is `{v}`: give a number of sandboxes from 1 to 1000"
+                    ));
+                    0
+                }
+            },
+        };
+        if !problems.is_empty() {
+            return Err(SettingsError(problems));
+        }
+        let registry = http_base(&registry)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_string();
+                Some(match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            name,
+            port: port.parse().unwrap_or_default(),
+            home: PathBuf::from(home),
+            token,
+            control_plane: control_plane.trim_end_matches('/').to_string(),
+            registry,
+            capacity,
+        })
+    }
+}
+
+/// An `http://` URL with a host.
+fn http_base(v: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(v) {
+        Ok(u) if u.scheme() == "http" && u.host_str().is_some() => Ok(u),
+        Ok(_) => Err(format!("is `{v}`: give an `http://host:port` URL")),
+        Err(e) => Err(format!("is `{v}`: not a URL ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn good() -> BTreeMap<String, String> {
+        vars(&[
+            ("RUNNER_NAME", "runner-a"),
+            ("RUNNER_PORT", "23003"),
+            ("RUNNER_HOME", "/var/lib/runner-a"),
+            ("RUNNER_TOKEN", "0123456789abcdef0123"),
+            ("CONTROL_PLANE_URL", "http://127.0.0.1:23001/"),
+            ("REGISTRY_URL", "http://127.0.0.1:25000"),
+        ])
+    }
+
+    #[test]
+    fn reads_a_complete_environment() {
+        let s = Settings::from_vars(&good()).expect("valid");
+        assert_eq!(
+            (s.name.as_str(), s.port, s.capacity),
+            ("runner-a", 23003, DEFAULT_CAPACITY)
+        );
+        assert_eq!(s.control_plane, "http://127.0.0.1:23001");
+        assert_eq!(s.registry, "127.0.0.1:25000");
+        assert!(
+            !format!("{s:?}").contains("0123456789abcdef"),
+            "token hidden"
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut v = good();
+        v.remove("RUNNER_TOKEN");
+        v.insert("RUNNER_PORT".into(), "70000".into());
+        v.insert(
+            "REGISTRY_URL".into(),
+            "http://127.0.0.1:25000/registry/".into(),
+        );
+        v.insert("RUNNER_HOME".into(), "relative".into());
+        v.insert("RUNNER_CAPACITY".into(), "0".into());
+        v.insert("CONTROL_PLANE_URL".into(), "https://x".into());
+        v.insert("RUNNER_NAME".into(), "Runner A".into());
+        let e = Settings::from_vars(&v).expect_err("invalid").0;
+        let text = e.join("\n");
+        for key in [
+            "`RUNNER_TOKEN` is not set",
+            "`RUNNER_PORT` is `70000`",
+            "`REGISTRY_URL`",
+            "`RUNNER_HOME`",
+            "`RUNNER_CAPACITY`",
+            "`CONTROL_PLANE_URL`",
+            "`RUNNER_NAME`",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+        assert_eq!(e.len(), 7);
+    }
+}

@@ -1,0 +1,10 @@
+//! The runner's integration tests: the real `runner` binary as a process, a real registry with
+//! the real busybox image, real runc sandboxes (as root), and a stand-in control plane.
+
+mod support;
+
+mod api;
+mod bench;
+mod life;
+mod registration;
+mod restarts;
