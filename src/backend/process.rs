@@ -486,6 +486,7 @@ impl Backend for ProcessBackend {
             stop_grace: p.stop_grace_period,
             restart: svc.restart,
             is_task: svc.is_task(),
+            orphans: p.orphans,
             startup_nice: startup_nice(priority),
             ports: svc.ports.clone(),
             log_path: self.layout.log_file(&svc.name),

@@ -40,7 +40,7 @@ pub use health::{Healthcheck, ProbeSpec};
 pub use init::{InitPhase, InitStep};
 pub use interp::{InterpError, Vars};
 pub use load::LoadOptions;
-pub use process::ProcessSpec;
+pub use process::{Orphans, ProcessSpec};
 
 /// A whole, validated stack definition.
 #[derive(Debug, Clone)]

@@ -25,7 +25,25 @@ pub struct ProcessSpec {
     pub install_hint: Option<String>,
     /// A command printing the program's version, for `status` (e.g. `[garage, --version]`).
     pub version: Option<Vec<String>>,
+    /// What happens to the processes it leaves behind when it exits on its own.
+    pub orphans: Orphans,
 }
+
+/// What the supervisor does with the processes a service leaves behind (`process.orphans`)
+/// when it exits on its own. On a stop, whatever it left is killed either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Orphans {
+    /// Kill them: a restarted server must find its ports and files free (PostgreSQL's
+    /// backends, which leave its process group, are the case in point).
+    #[default]
+    Kill,
+    /// Keep them for the next instance to take back: a runner's sandboxes outlive its crash.
+    Keep,
+}
+
+/// The values of `process.orphans`.
+const ORPHANS: &[(&str, Orphans)] = &[("kill", Orphans::Kill), ("keep", Orphans::Keep)];
 
 /// `process:` while its keys are read; `command` is required, so it starts out missing.
 struct Draft {
@@ -65,6 +83,11 @@ const PROCESS_KEYS: &[Key<Draft>] = &[
     }),
     key("install", |c, at, d| d.spec.install_hint = c.string_at(at)),
     key("version", |c, at, d| d.spec.version = c.argv_at(at)),
+    key("orphans", |c, Field { node, path, scope }, d| {
+        if let Some(o) = c.choice(node, path, scope.vars, "orphans policy", ORPHANS) {
+            d.spec.orphans = o;
+        }
+    }),
 ];
 
 /// Parses `process:` at `path`; `None` (with a problem reported) without a valid command.
@@ -80,6 +103,7 @@ pub(super) fn read(c: &mut Checker<'_>, at: Field<'_>) -> Option<ProcessSpec> {
             working_dir: scope.root.to_path_buf(),
             install_hint: None,
             version: None,
+            orphans: Orphans::Kill,
         },
     };
     c.fields(at, PROCESS_KEYS, &mut d);

@@ -77,6 +77,9 @@ pub struct SupervisorSpec {
     pub restart: RestartPolicy,
     /// One-shot task?
     pub is_task: bool,
+    /// Keep or kill what the service leaves behind when it exits on its own.
+    #[serde(default)]
+    pub orphans: crate::spec::Orphans,
     /// Nice value of the first spawn (restored by `up` once ready); restarts use 0.
     #[serde(default)]
     pub startup_nice: i32,

@@ -250,7 +250,13 @@ impl Supervisor {
                 return 0;
             };
             // The leader is gone; stragglers of its group must not keep ports or files busy.
-            self.drain(pid, Duration::from_secs(2));
+            // What left the group is killed too, unless the service keeps it for its next
+            // instance (a runner's sandboxes).
+            self.drain(
+                pid,
+                Duration::from_secs(2),
+                self.spec.orphans == crate::spec::Orphans::Keep,
+            );
             let clean = info.is_clean();
             self.note(&format!("exited: {}", info.describe()));
             self.record.last_exit = Some(info);
@@ -423,7 +429,7 @@ impl Supervisor {
             identity::signal_group(pid, Signal::SIGKILL);
             exit = self.wait_exit(pid, Instant::now() + super::KILL_REAP_WAIT);
         }
-        self.drain(pid, super::KILL_REAP_WAIT);
+        self.drain(pid, super::KILL_REAP_WAIT, false);
         let info = exit.unwrap_or(ExitInfo {
             code: None,
             signal: Some(libc::SIGKILL),
@@ -454,8 +460,9 @@ impl Supervisor {
 
     /// After the leader exited (and was reaped): kills what is left of its group, then reaps
     /// every descendant that was re-parented to us. Processes that left the group (PostgreSQL's
-    /// backends call setsid) get a moment to notice their parent's death, then SIGKILL.
-    fn drain(&self, pgid: u32, timeout: Duration) {
+    /// backends call setsid) get a moment to notice their parent's death, then SIGKILL, unless
+    /// `keep_orphans`: then they stay (still reaped here when they exit).
+    fn drain(&self, pgid: u32, timeout: Duration, keep_orphans: bool) {
         let t0 = Instant::now();
         let me = std::process::id();
         if identity::group_alive(pgid) {
@@ -471,6 +478,13 @@ impl Supervisor {
             }
             let orphans = identity::children_of(me);
             if orphans.is_empty() && !identity::group_alive(pgid) {
+                return;
+            }
+            if keep_orphans && !identity::group_alive(pgid) {
+                self.note(&format!(
+                    "keeping {} processes it left for its next instance (process.orphans: keep)",
+                    orphans.len()
+                ));
                 return;
             }
             if t0.elapsed() >= timeout {

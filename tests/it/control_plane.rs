@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
-use crate::harness::{block_on, free_port, Project, Run};
+use crate::harness::{block_on, free_port, Project};
 
 /// One request a fake runner received.
 #[derive(Debug, Clone)]
@@ -364,7 +364,8 @@ fn refused_saying(answer: &(u16, Value), status: u16, what: &str, says: &str) {
     assert!(msg.contains(says), "{what}: `{says}` not in {msg:?}");
 }
 
-async fn password_grant(issuer: &str, user: &str) -> String {
+/// An access token for `user` (password `password`) from dex's password grant.
+pub(crate) async fn password_grant(issuer: &str, user: &str) -> String {
     let resp = reqwest::Client::new()
         .post(format!("{issuer}/token"))
         .form(&[
@@ -428,32 +429,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The repository (the build runs here) and its target dir.
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `stack ARGS` with the repository's target dir, so the component's build reuses what
-/// `cargo build` already compiled there and `${CARGO_TARGET_DIR:-target}` finds the binaries.
-fn run(p: &Project, args: &[&str]) -> Run {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target"));
-    let mut cmd = p.cmd(args);
-    // What `cargo test` sets for this test is not the environment a user's `stack up` has, and
-    // the build would see it: ring's build script reruns when CARGO_MANIFEST_DIR changes, and
-    // with it half the build. The nested build gets the user's environment back.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("CARGO_TARGET_DIR", target)
-        .output()
-        .expect("run stack")
-        .into()
-}
-
 struct Ports {
     api: u16,
     proxy: u16,
@@ -493,14 +468,7 @@ fn project() -> (Project, Ports) {
         ),
     );
     for svc in ["api", "proxy"] {
-        let file = p.dir.join(format!("services/{svc}.yaml"));
-        let text = std::fs::read_to_string(&file).expect("service file");
-        let text = text.replacen(
-            "build:\n",
-            &format!("build:\n  working_dir: {}\n", repo().display()),
-            1,
-        );
-        std::fs::write(file, text).expect("write service file");
+        p.build_in_repository(svc);
     }
     (p, ports)
 }
@@ -508,7 +476,7 @@ fn project() -> (Project, Ports) {
 #[test]
 fn the_control_plane_authenticates_schedules_forwards_and_audits() {
     let (p, ports) = project();
-    let up = run(&p, &["up"]);
+    let up = p.run_building(&["up"]);
     assert_eq!(up.code, 0, "{}", up.text());
     let status = p.status();
     for svc in ["api", "proxy"] {
@@ -520,7 +488,7 @@ fn the_control_plane_authenticates_schedules_forwards_and_audits() {
         "the build step ran"
     );
     let env: BTreeMap<String, String> =
-        serde_json::from_value(run(&p, &["env", "--json"]).json()).expect("env object");
+        serde_json::from_value(p.run_building(&["env", "--json"]).json()).expect("env object");
     assert_eq!(
         env["CONTROL_PLANE_URL"],
         format!("http://127.0.0.1:{}", ports.api)

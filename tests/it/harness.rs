@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The repository: where components' builds run and the default services come from.
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stack"))
@@ -190,6 +195,43 @@ impl Project {
             self.write(&rel, &std::fs::read_to_string(e.path()).expect("read"));
         }
         self
+    }
+
+    /// Makes the `build:` of `svc` (a copied default component) run in the repository rather
+    /// than in this temporary project, which has no Cargo workspace of its own: building there
+    /// would build every dependency a second time. See [`Project::run_building`].
+    pub fn build_in_repository(&self, svc: &str) -> &Project {
+        let file = self.dir.join(format!("services/{svc}.yaml"));
+        let text = std::fs::read_to_string(&file).expect("service file");
+        assert!(text.contains("build:\n"), "{svc} has a build");
+        let text = text.replacen(
+            "build:\n",
+            &format!("build:\n  working_dir: {}\n", repository().display()),
+            1,
+        );
+        std::fs::write(file, text).expect("write service file");
+        self
+    }
+
+    /// Runs `stack ARGS` as a user would for components built from the repository: with the
+    /// repository's target dir, so a build reuses what `cargo build` compiled there and
+    /// `${CARGO_TARGET_DIR:-target}` finds the binaries, and without what `cargo test` sets for
+    /// this test (ring's build script reruns when CARGO_MANIFEST_DIR changes, and with it half
+    /// the build).
+    pub fn run_building(&self, args: &[&str]) -> Run {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repository().join("target"));
+        let mut cmd = self.cmd(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("CARGO_TARGET_DIR", target)
+            .output()
+            .expect("run stack")
+            .into()
     }
 
     pub fn state_dir(&self) -> PathBuf {

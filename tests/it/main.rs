@@ -12,6 +12,7 @@ mod lifecycle;
 #[cfg(feature = "microvm")]
 mod microvm;
 mod platform;
+mod sandboxes;
 mod services;
 mod spec;
 mod surfaces;

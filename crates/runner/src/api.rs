@@ -1,6 +1,7 @@
 //! The runner's HTTP API (docs/platform.md, "Runner HTTP API"): the routes, their body limits and
-//! the token check in front of all of them but `/healthz`.
+//! the token check in front of all of them but `/healthz` and `/readyz`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -29,9 +30,11 @@ pub struct App {
     pub name: String,
     /// Its sandboxes.
     pub sandboxes: Arc<Sandboxes>,
+    /// Has the control plane taken its registration since it started? (`/readyz`)
+    pub registered: Arc<AtomicBool>,
 }
 
-/// The router: every route behind the token, and the unauthenticated `/healthz`.
+/// The router: every route behind the token, and the unauthenticated `/healthz` and `/readyz`.
 pub fn router(app: App, token: Token) -> Router {
     let ports = any(port_root);
     Router::new()
@@ -56,6 +59,7 @@ pub fn router(app: App, token: Token) -> Router {
         .layer(axum::middleware::from_fn_with_state(token, auth::require))
         // Added after the token layer, so outside it: a liveness probe that reveals nothing.
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(app)
 }
 
@@ -72,6 +76,20 @@ async fn wrong_method() -> Response {
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready once the control plane has taken its registration: from then on it can be given
+/// sandboxes. Before that 503, saying so (the readiness probe of the runners' service files, so
+/// that `stack up` returns once sandboxes can be created).
+async fn readyz(State(app): State<App>) -> Response {
+    if app.registered.load(Ordering::Acquire) {
+        axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+    } else {
+        let body = wire::ErrorBody {
+            error: "not registered with the control plane yet: see this runner's log".into(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
 }
 
 async fn health(State(app): State<App>) -> axum::Json<wire::Health> {

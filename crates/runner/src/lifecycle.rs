@@ -80,11 +80,13 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         eprintln!("runner: sandbox {id} could not be taken back (kept, stopped): {why}");
     }
     let sandboxes = Arc::new(sandboxes);
-    registration::spawn(&settings, Arc::clone(&sandboxes));
+    let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    registration::spawn(&settings, Arc::clone(&sandboxes), Arc::clone(&registered));
 
     let app = App {
         name: settings.name.clone(),
         sandboxes: Arc::clone(&sandboxes),
+        registered,
     };
     let router = api::router(app, Token::new(&settings.token));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -3,6 +3,7 @@
 //! that answers a heartbeat with 404 or 401 (restarted and lost the runner, or a new token) gets
 //! the registration again. None of this blocks the sandbox API: the runner serves it throughout.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +28,9 @@ enum Outcome {
     Failed(String),
 }
 
-/// Registers and heartbeats for as long as the runner runs.
-pub fn spawn(settings: &Settings, sandboxes: Arc<Sandboxes>) {
+/// Registers and heartbeats for as long as the runner runs; `registered` is set once the control
+/// plane has taken the first registration.
+pub fn spawn(settings: &Settings, sandboxes: Arc<Sandboxes>, registered: Arc<AtomicBool>) {
     let client = match reqwest::Client::builder().timeout(CALL_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
@@ -57,6 +59,7 @@ pub fn spawn(settings: &Settings, sandboxes: Arc<Sandboxes>) {
             match caller.post("/api/runners/register", &register).await {
                 Outcome::Ok => {
                     eprintln!("runner: registered with {}", caller.base);
+                    registered.store(true, Ordering::Release);
                     backoff = BACKOFF_START;
                     last_error = None;
                 }

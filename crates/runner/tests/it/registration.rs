@@ -78,3 +78,32 @@ async fn registers_heartbeats_and_registers_again_after_a_control_plane_restart(
     );
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn ready_only_once_the_control_plane_took_its_registration() {
+    // No control plane yet: the runner lives (`/healthz`) but is not ready (`/readyz`).
+    let cp_port = free_port();
+    let Some((_registry, runner)) = for_root(cp_port).await else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let (http, url) = (http.clone(), runner.url(path));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(status("/healthz").await, 200);
+    assert_eq!(status("/readyz").await, 503, "not registered anywhere yet");
+
+    let _cp = ControlPlane::start(cp_port).await;
+    wait_for("readiness once registered", Duration::from_secs(15), || {
+        let s = status("/readyz");
+        async move { (s.await == 200).then_some(()) }
+    })
+    .await;
+}

@@ -1,0 +1,269 @@
+//! The whole platform end to end, as the README's worked example: the default stack with the
+//! control plane, the preview proxy and both runners built from this repository, driven through
+//! Caddy with real clients. A dex password grant, a sandbox on a real runner (runc, the stack's
+//! own registry), exec, files, a web server in the sandbox reached through a signed preview URL,
+//! a runner SIGKILLed and re-adopting its sandbox, and no trace left after a delete and a down.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{block_on, free_port, is_root, wait_until, Project};
+
+/// The default stack on free ports, its components built in the repository.
+fn platform() -> (Project, u16) {
+    let f: Vec<u16> = (0..14).map(|_| free_port()).collect();
+    let p = Project::new("sandboxes");
+    p.default_service("postgres", 25432, f[0])
+        .default_service("redis", 26379, f[1])
+        .default_service_ports("minio", &[(29000, f[2]), (29001, f[3]), (29002, f[4])])
+        .default_service("dex", 25556, f[5])
+        .default_service("registry", 25000, f[6])
+        .default_service_ports("caddy", &[(28080, f[7]), (12019, f[8])])
+        .default_service_ports("schema", &[])
+        .default_service_ports("seed", &[])
+        .default_service_ports("images", &[])
+        .default_service("api", 23001, f[9])
+        .default_service("proxy", 24000, f[10])
+        .default_service("runner-a", 23003, f[11])
+        .default_service("runner-b", 23004, f[12])
+        .migrations();
+    let shared = std::fs::read_to_string(p.dir.join("stack.env")).expect("stack.env");
+    p.write(
+        "stack.env",
+        &format!(
+            "{shared}CONTROL_PLANE_PORT={}\nPREVIEW_PROXY_PORT={}\n",
+            f[9], f[10]
+        ),
+    );
+    for svc in ["api", "proxy", "runner-a", "runner-b"] {
+        p.build_in_repository(svc);
+    }
+    (p, f[7])
+}
+
+/// A call to the control plane through Caddy: its status and its JSON (or text) answer.
+async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request through caddy");
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.expect("body");
+    (
+        status,
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())),
+    )
+}
+
+/// Mount points whose path names the sandbox.
+fn mounts_of(id: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(id))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
+    if !is_root() {
+        eprintln!("skipped: runners run sandboxes with runc, which needs root here");
+        return;
+    }
+    let (p, caddy) = platform();
+    let up = p.run_building(&["up"]);
+    assert_eq!(up.code, 0, "{}", up.text());
+    let env = p.run_building(&["env", "--json"]).json();
+    let issuer = env["OIDC_ISSUER"].as_str().expect("issuer").to_string();
+    let base = format!("http://127.0.0.1:{caddy}/api");
+    let state = p.state_dir();
+
+    block_on(async {
+        let client = reqwest::Client::new();
+        let token = crate::control_plane::password_grant(&issuer, "test01@boxlite.dev").await;
+        let auth = format!("Bearer {token}");
+
+        let (status, sandbox) = call(
+            client
+                .post(format!("{base}/sandbox"))
+                .header("authorization", &auth)
+                .json(&json!({"name": "demo"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{sandbox}");
+        let id = sandbox["id"].as_str().expect("id").to_string();
+        assert_eq!(sandbox["state"], "started");
+        assert_eq!(sandbox["image"], "boxlite/base:bookworm");
+
+        let exec = |command: &str| {
+            client
+                .post(format!("{base}/toolbox/{id}/toolbox/process/execute"))
+                .header("authorization", &auth)
+                .json(&json!({ "command": command }))
+        };
+        let (status, out) = call(exec("uname -n")).await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["result"], format!("{id}\n"), "the hostname is the id");
+
+        let (status, written) = call(
+            client
+                .post(format!(
+                    "{base}/toolbox/{id}/toolbox/files/upload?path=/srv/index.html"
+                ))
+                .header("authorization", &auth)
+                .body("hello from the sandbox\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{written}");
+        let (status, read) = call(
+            client
+                .get(format!(
+                    "{base}/toolbox/{id}/toolbox/files/download?path=/srv/index.html"
+                ))
+                .header("authorization", &auth),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(read, Value::String("hello from the sandbox\n".into()));
+
+        let (status, out) = call(exec("busybox httpd -p 8080 -h /srv")).await;
+        assert_eq!(status, 200, "{out}");
+        let (status, preview) = call(
+            client
+                .get(format!("{base}/sandbox/{id}/ports/8080/signed-preview-url"))
+                .header("authorization", &auth),
+        )
+        .await;
+        assert_eq!(status, 200, "{preview}");
+        let token = preview["token"].as_str().expect("token");
+        // Caddy routes on the Host header; *.localhost is loopback.
+        let page = |host: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("http://127.0.0.1:{caddy}/"))
+                    .header("host", host)
+                    .send()
+                    .await
+                    .expect("preview request")
+            }
+        };
+        let resp = page(format!("8080-{token}.localhost:{caddy}")).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.text().await.expect("page"), "hello from the sandbox\n");
+        let resp = page(format!("8080-{}.localhost:{caddy}", "0".repeat(32))).await;
+        assert_eq!(
+            resp.status().as_u16(),
+            404,
+            "an unknown token is never forwarded"
+        );
+
+        // The runner holding it is SIGKILLed: its supervisor starts it again, and the new one
+        // takes the running sandbox back.
+        let runner = sandbox["runnerId"].as_str().expect("runner id").to_string();
+        let runners = p.status();
+        let holder = ["runner-a", "runner-b"]
+            .into_iter()
+            .find(|r| {
+                std::fs::read_dir(state.join("data").join(r).join("sandboxes"))
+                    .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() == id.as_str())))
+                    .unwrap_or(false)
+            })
+            .expect("one runner holds the sandbox");
+        let pid = runners[holder]["pid"].as_u64().expect("runner pid") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL the runner");
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                p.status()[holder]["pid"]
+                    .as_u64()
+                    .is_some_and(|p| p as i32 != pid)
+                    && p.status()[holder]["healthy"] == true
+            }),
+            "{holder} is restarted"
+        );
+        let mut last = (0, Value::Null);
+        for _ in 0..100 {
+            last = call(exec("cat /srv/index.html")).await;
+            if last.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(state.join("logs").join(format!("{holder}.log")))
+            .unwrap_or_default();
+        assert_eq!(
+            last.0, 200,
+            "the re-adopted sandbox answers exec: {}; {holder}'s log:\n{log}",
+            last.1
+        );
+        assert_eq!(
+            last.1["result"], "hello from the sandbox\n",
+            "re-adopted: {runner}"
+        );
+
+        let (status, deleted) = call(
+            client
+                .delete(format!("{base}/sandbox/{id}"))
+                .header("authorization", &auth),
+        )
+        .await;
+        assert_eq!(status, 200, "{deleted}");
+        assert_eq!(deleted["state"], "destroyed");
+        assert!(
+            mounts_of(&id).is_empty(),
+            "no mount left: {:?}",
+            mounts_of(&id)
+        );
+        assert!(
+            !state
+                .join("data")
+                .join(holder)
+                .join("sandboxes")
+                .join(&id)
+                .exists(),
+            "its directory is gone"
+        );
+        let runc_root = state.join("data").join(holder).join("runc");
+        let containers: Vec<_> = std::fs::read_dir(&runc_root)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !containers.iter().any(|c| c == id.as_str()),
+            "runc forgot it: {containers:?}"
+        );
+    });
+
+    // A second sandbox is left running: `down` stops it before its runner, leaving no mount.
+    block_on(async {
+        let client = reqwest::Client::new();
+        let token = crate::control_plane::password_grant(&issuer, "test01@boxlite.dev").await;
+        let (status, s) = call(
+            client
+                .post(format!("{base}/sandbox"))
+                .header("authorization", format!("Bearer {token}"))
+                .json(&json!({"image": "boxlite/busybox:latest"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{s}");
+    });
+    let down = p.run_building(&["down"]);
+    assert_eq!(down.code, 0, "{}", down.text());
+    let state_text = state.display().to_string();
+    let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&state_text))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "mounts left after down: {left:?}");
+    let running = p.processes("");
+    assert!(
+        running.is_empty(),
+        "processes left after down:\n{}",
+        crate::harness::describe(&running)
+    );
+}
