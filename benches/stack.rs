@@ -226,6 +226,71 @@ fn tempdir() -> PathBuf {
     dir
 }
 
+/// The project as the bench measures it: the infrastructure tier alone. Components built from
+/// source (`build:`) and what depends on them are left out: their builds and their own start
+/// (a runner registers with the control plane) are not what this bench compares with its
+/// standalone limits. A scratch dir links every file of the project but the left-out services.
+fn infrastructure_of(project: &Path) -> PathBuf {
+    let probe = tempdir();
+    let full = load(project, &probe);
+    let mut out: std::collections::BTreeSet<String> = full
+        .services
+        .values()
+        .filter(|s| s.build.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    // Whatever depends on a left-out service goes too.
+    loop {
+        let more: Vec<String> = full
+            .services
+            .values()
+            .filter(|s| !out.contains(&s.name) && s.depends_on.keys().any(|d| out.contains(d)))
+            .map(|s| s.name.clone())
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        out.extend(more);
+    }
+    let view = scratch_root().join("infrastructure");
+    let _ = std::fs::remove_dir_all(&view);
+    std::fs::create_dir_all(view.join("services")).expect("scratch project");
+    let link = |from: PathBuf, to: PathBuf| {
+        std::os::unix::fs::symlink(from, to).expect("link into the scratch project")
+    };
+    for e in std::fs::read_dir(project).expect("project dir").flatten() {
+        let name = e.file_name();
+        if name != "services" && name != ".stack" {
+            link(e.path(), view.join(&name));
+        }
+    }
+    for e in std::fs::read_dir(project.join("services"))
+        .expect("services")
+        .flatten()
+    {
+        let path = e.path();
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string());
+        let is_file = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
+        let left_out = is_file
+            && stem.is_some_and(|stem| {
+                full.services
+                    .values()
+                    .any(|s| out.contains(&s.name) && s.file == path)
+                    || out.contains(&stem)
+            });
+        if !left_out {
+            link(path, view.join("services").join(e.file_name()));
+        }
+    }
+    if !out.is_empty() {
+        println!(
+            "(the platform tier is left out: {})",
+            out.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    view
+}
+
 fn stack_cmd(root: &Path, state: &Path, args: &[&str]) -> Duration {
     let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_stack"))
@@ -399,9 +464,10 @@ fn main() {
         println!("benchmarks run with `cargo bench --bench stack` (or scripts/bench.sh): 0 passed, 0 failed");
         return;
     }
-    let root = std::env::var_os("STACK_BENCH_DIR")
+    let project = std::env::var_os("STACK_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = infrastructure_of(&project);
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
