@@ -5,6 +5,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::engine::{Engine, EngineError};
 use crate::layout::Layout;
 use crate::schema::{self, Migration, SchemaError};
@@ -63,9 +67,29 @@ pub enum ResetError {
     /// The state dir holds the project.
     #[error("the state dir {} contains the project itself: refusing to delete it", .0.display())]
     HoldsTheProject(PathBuf),
-    /// Stopping the services failed.
+    /// Stopping or starting the services failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A component's data dir still has something mounted in it (a sandbox its runner did not
+    /// unmount): deleting through it could reach what the mount shows.
+    #[error("cannot delete the data of `{service}`: {} is still mounted\n  stop it (`stack down {service}`), check `grep {} /proc/self/mountinfo`, then run this reset again", .mount.display(), .dir.display())]
+    StillMounted {
+        /// The component.
+        service: String,
+        /// Its data dir.
+        dir: PathBuf,
+        /// A mount point under it.
+        mount: PathBuf,
+    },
+    /// A component's data could not be deleted.
+    #[error("cannot delete {}: {source}\n  check its permissions, then run this reset again", .path.display())]
+    DeleteData {
+        /// The data dir.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The state dir could not be deleted.
     #[error("cannot delete {}: {source}\n  check its permissions, then run `stack reset --nuke --yes` again", .path.display())]
     Delete {
@@ -96,12 +120,28 @@ pub fn split_tables(files: &[Migration]) -> (Vec<String>, Vec<String>) {
     (runtime, kept)
 }
 
-/// The services a tier leaves running: every long-running service of the stack.
-fn running_services(stack: &Stack) -> Vec<&str> {
+/// The platform's components (services built from source, `build:`) and what depends on them:
+/// a hard reset starts them again on an empty state, as their state goes with the schema (a
+/// runner's sandboxes belong to the sandboxes table it drops).
+pub fn components(stack: &Stack) -> BTreeSet<String> {
+    let built: Vec<String> = stack
+        .services
+        .values()
+        .filter(|s| s.build.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    if built.is_empty() {
+        return BTreeSet::new();
+    }
+    crate::graph::dependents_closure(stack, &built)
+}
+
+/// The services a tier leaves running: every long-running service of the stack but `except`.
+fn running_services<'a>(stack: &'a Stack, except: &BTreeSet<String>) -> Vec<&'a str> {
     stack
         .services
         .values()
-        .filter(|s| !s.is_task())
+        .filter(|s| !s.is_task() && !except.contains(&s.name))
         .map(|s| s.name.as_str())
         .collect()
 }
@@ -116,7 +156,11 @@ fn has_buckets(stack: &Stack) -> bool {
 
 /// What `tier` will do to `stack`, whose migrations are `files`.
 pub fn plan(tier: Tier, stack: &Stack, layout: &Layout, files: &[Migration]) -> Plan {
-    let running = running_services(stack);
+    let restarted = match tier {
+        Tier::Hard => components(stack),
+        Tier::Soft | Tier::Nuke => BTreeSet::new(),
+    };
+    let running = running_services(stack, &restarted);
     let still_running = if running.is_empty() {
         "nothing is running to stop".to_string()
     } else {
@@ -148,6 +192,17 @@ pub fn plan(tier: Tier, stack: &Stack, layout: &Layout, files: &[Migration]) -> 
                     "delete every object in the buckets {}",
                     seed::BUCKETS.join(", ")
                 ));
+            }
+            if !restarted.is_empty() {
+                let names: Vec<&str> = restarted.iter().map(String::as_str).collect();
+                steps.insert(
+                    0,
+                    format!(
+                        "stop {} and delete their data (a runner's sandboxes, caches and records)",
+                        names.join(", ")
+                    ),
+                );
+                steps.push(format!("start {} again", names.join(", ")));
             }
             steps.push(still_running);
             steps
@@ -190,15 +245,26 @@ pub struct HardReport {
     pub seeded: Seeded,
     /// Objects deleted per bucket, in [`seed::BUCKETS`] order.
     pub emptied: Vec<(String, usize)>,
+    /// Components stopped, emptied and started again.
+    pub restarted: Vec<String>,
 }
 
-/// Drops and reloads the schema of the database at `url`, re-seeds it and empties the buckets.
+/// Stops the platform's [`components`] and deletes their data, drops and reloads the schema of
+/// the database at `url`, re-seeds it, empties the buckets, and starts the components again.
 pub async fn hard(
-    stack: &Stack,
-    layout: &Layout,
+    engine: &Engine,
     url: &str,
     files: &[Migration],
+    cancel: CancellationToken,
 ) -> Result<HardReport, ResetError> {
+    let (stack, layout) = (engine.stack(), engine.layout());
+    let restarted: Vec<String> = components(stack).into_iter().collect();
+    if !restarted.is_empty() {
+        engine.down(&restarted).await?;
+        for name in &restarted {
+            delete_data(layout, name)?;
+        }
+    }
     let mut c = schema::connect(url, schema::CONNECT_TIMEOUT).await?;
     schema::drop_all(&mut c).await?;
     let loaded = schema::load(&mut c, files).await?;
@@ -216,11 +282,34 @@ pub async fn hard(
             emptied.push((bucket.to_string(), n));
         }
     }
+    if !restarted.is_empty() {
+        engine.up(&restarted, cancel).await?;
+    }
     Ok(HardReport {
         migrations: loaded.applied.len(),
         seeded,
         emptied,
+        restarted,
     })
+}
+
+/// Deletes `service`'s data dir, refusing while anything is mounted under it.
+fn delete_data(layout: &Layout, service: &str) -> Result<(), ResetError> {
+    let dir = layout.data_dir(service);
+    if let Some(mount) = crate::sys::mounts_under(&dir).into_iter().next() {
+        return Err(ResetError::StillMounted {
+            service: service.to_string(),
+            dir,
+            mount,
+        });
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ResetError::DeleteData {
+            path: dir,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses to delete `state_dir` unless it is a stack state dir (or empty) that does not hold

@@ -82,7 +82,7 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         Tier::Soft => reset::soft(&ctx.exports().database_url(None)?, &files).await?,
         Tier::Hard => {
             let url = ctx.exports().database_url(None)?;
-            let r = reset::hard(&ctx.stack, &ctx.layout, &url, &files).await?;
+            let r = reset::hard(&ctx.engine(), &url, &files, super::interrupt_token()).await?;
             eprintln!("schema: reloaded {} migrations", r.migrations);
             eprintln!("{}", super::seed::render(&r.seeded));
             for (bucket, n) in &r.emptied {

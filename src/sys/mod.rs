@@ -60,6 +60,11 @@ pub fn listeners_of(port: u16) -> Vec<u32> {
     imp::listeners_of(port)
 }
 
+/// The mount points of this process's mount namespace that lie under `dir` (itself included).
+pub fn mounts_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    imp::mounts_under(dir)
+}
+
 /// Sets the CPU weight of the scheduler group the session of `pid` forms (`None` is this
 /// process). Where the kernel groups tasks by session (Linux's `sched_autogroup_enabled`, the
 /// default on desktop distributions) a task's own nice value only ranks it within its session:

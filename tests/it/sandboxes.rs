@@ -237,7 +237,58 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
         );
     });
 
-    // A second sandbox is left running: `down` stops it before its runner, leaving no mount.
+    // A hard reset takes the sandboxes with the schema: their runners are stopped, emptied and
+    // started again, and the platform takes new sandboxes right after.
+    let token = block_on(crate::control_plane::password_grant(
+        &issuer,
+        "test01@boxlite.dev",
+    ));
+    let auth = format!("Bearer {token}");
+    let doomed = block_on(async {
+        let (status, s) = call(
+            reqwest::Client::new()
+                .post(format!("{base}/sandbox"))
+                .header("authorization", &auth)
+                .json(&json!({"image": "boxlite/busybox:latest"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{s}");
+        s["id"].as_str().expect("id").to_string()
+    });
+    let reset = p.run_building(&["reset", "--hard", "--yes"]);
+    assert_eq!(reset.code, 0, "{}", reset.text());
+    assert!(
+        reset
+            .stderr
+            .contains("stop api, proxy, runner-a, runner-b and delete their data"),
+        "the plan names the components: {}",
+        reset.stderr
+    );
+    assert!(mounts_of(&doomed).is_empty(), "{:?}", mounts_of(&doomed));
+    block_on(async {
+        let client = reqwest::Client::new();
+        let (status, list) = call(
+            client
+                .get(format!("{base}/sandbox"))
+                .header("authorization", &auth),
+        )
+        .await;
+        assert_eq!(
+            (status, list),
+            (200, json!([])),
+            "no sandbox survives a hard reset"
+        );
+        let (status, s) = call(
+            client
+                .post(format!("{base}/sandbox"))
+                .header("authorization", &auth)
+                .json(&json!({"image": "boxlite/busybox:latest"})),
+        )
+        .await;
+        assert_eq!(status, 201, "runners take sandboxes again: {s}");
+    });
+
+    // A sandbox is left running: `down` stops it before its runner, leaving no mount.
     block_on(async {
         let client = reqwest::Client::new();
         let token = crate::control_plane::password_grant(&issuer, "test01@boxlite.dev").await;
