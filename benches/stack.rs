@@ -260,7 +260,10 @@ fn infrastructure_of(project: &Path) -> PathBuf {
     };
     for e in std::fs::read_dir(project).expect("project dir").flatten() {
         let name = e.file_name();
-        if name != "services" && name != ".stack" {
+        if name == "stack.yaml" {
+            // Copied: a link would be resolved, and the project found where the link points.
+            std::fs::copy(e.path(), view.join(&name)).expect("copy stack.yaml");
+        } else if name != "services" && name != ".stack" {
             link(e.path(), view.join(&name));
         }
     }
