@@ -28,7 +28,7 @@ SUDO=""
 $SUDO mkdir -p "$IMAGES"
 
 # The recipes: a layout is rebuilt when its recipe line changes.
-BASE_RECIPE="bookworm minbase ca-certificates,busybox cmd=/bin/sh"
+BASE_RECIPE="bookworm minbase ca-certificates,busybox nodocs cmd=/bin/sh"
 BUSYBOX_RECIPE="busybox-static $(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown) cmd=/bin/sh"
 
 # A layout is current when it exists and was built from this recipe.
@@ -60,7 +60,13 @@ if current "$IMAGES/base" "$BASE_RECIPE"; then
   say "sandbox image base:bookworm already built"
 else
   say "building the sandbox image base:bookworm with mmdebstrap (once; about 15 s)"
-  $SUDO mmdebstrap --quiet --variant=minbase --include=ca-certificates,busybox bookworm "$work/base.tar"
+  # No manual pages, documentation (but the copyright files) or translations: a sandbox image
+  # is pushed on every cold start and unpacked by every runner.
+  $SUDO mmdebstrap --quiet --variant=minbase --include=ca-certificates,busybox \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    bookworm "$work/base.tar"
   pack "$work/base.tar" "$IMAGES/base" bookworm "$BASE_RECIPE"
 fi
 
