@@ -433,6 +433,9 @@ pub(crate) async fn supervised_stop(layout: &Layout, svc: &str) -> Result<bool, 
         })
 }
 
+/// A process's environment variables, by name.
+pub type Environment = BTreeMap<String, String>;
+
 /// `env` (a service's `environment:`, with `box.environment` over it for a box) as its
 /// processes see it: `${secret.NAME}` filled from the state dir and `${backend.*}` with `vars`.
 /// Both are kept unexpanded when the definition is read (`spec::checker`).
@@ -440,7 +443,7 @@ pub(crate) fn environment(
     layout: &Layout,
     env: &BTreeMap<String, String>,
     vars: crate::spec::interp::BackendVars,
-) -> Result<BTreeMap<String, String>, PrepareError> {
+) -> Result<Environment, PrepareError> {
     env.iter()
         .map(|(k, v)| {
             let v = crate::secrets::fill(layout, v).map_err(|source| {
