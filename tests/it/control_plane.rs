@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
-use crate::harness::{block_on, free_port, Project};
+use crate::harness::{block_on, Project};
 
 /// One request a fake runner received.
 #[derive(Debug, Clone)]
@@ -435,41 +435,15 @@ struct Ports {
     caddy: u16,
 }
 
-/// The project: the default services on free ports, `api` and `proxy` from their files. Their
-/// `build:` runs in the repository (a `working_dir` added here), not in the temporary project:
-/// the project has no Cargo workspace of its own, and building there would build every
-/// dependency a second time. `CARGO_TARGET_DIR` (see [`run`]) points at the repository's.
+/// The project: the default services on free ports, `api` and `proxy` from their files, built
+/// in the repository (see `harness::default_platform`).
 fn project() -> (Project, Ports) {
-    let pick = |n| (0..n).map(|_| free_port()).collect::<Vec<_>>();
-    let f = pick(11);
+    let (p, ports) = crate::harness::default_platform("cp", &["api", "proxy"]);
     let ports = Ports {
-        api: f[8],
-        proxy: f[9],
-        caddy: f[7],
+        api: ports["api"],
+        proxy: ports["proxy"],
+        caddy: ports["caddy"],
     };
-    let p = Project::new("cp");
-    p.default_service("postgres", 25432, f[0])
-        .default_service("redis", 26379, f[1])
-        .default_service_ports("minio", &[(29000, f[2]), (29001, f[3]), (29002, f[4])])
-        .default_service("dex", 25556, f[5])
-        .default_service("registry", 25000, f[6])
-        .default_service_ports("caddy", &[(28080, f[7]), (12019, f[10])])
-        .default_service_ports("schema", &[])
-        .default_service_ports("seed", &[])
-        .default_service("api", 23001, ports.api)
-        .default_service("proxy", 24000, ports.proxy)
-        .migrations();
-    let shared = std::fs::read_to_string(p.dir.join("stack.env")).expect("stack.env");
-    p.write(
-        "stack.env",
-        &format!(
-            "{shared}CONTROL_PLANE_PORT={}\nPREVIEW_PROXY_PORT={}\n",
-            ports.api, ports.proxy
-        ),
-    );
-    for svc in ["api", "proxy"] {
-        p.build_in_repository(svc);
-    }
     (p, ports)
 }
 

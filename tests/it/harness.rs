@@ -11,6 +11,79 @@ pub fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The default stack's services on free ports, the platform's `components` among them (their
+/// `build:` run in the repository, see [`Project::build_in_repository`]). Returns the project
+/// and the host port given to each of: postgres, redis, s3, s3admin, s3rpc, dex, registry,
+/// caddy, caddyadmin, and each component.
+pub fn default_platform(
+    name: &str,
+    components: &[&'static str],
+) -> (Project, std::collections::BTreeMap<&'static str, u16>) {
+    let mut ports = std::collections::BTreeMap::new();
+    let roles = [
+        "postgres",
+        "redis",
+        "s3",
+        "s3admin",
+        "s3rpc",
+        "dex",
+        "registry",
+        "caddy",
+        "caddyadmin",
+    ];
+    for role in roles.iter().chain(components) {
+        ports.insert(*role, free_port());
+    }
+    let p = Project::new(name);
+    p.default_service("postgres", 25432, ports["postgres"])
+        .default_service("redis", 26379, ports["redis"])
+        .default_service_ports(
+            "minio",
+            &[
+                (29000, ports["s3"]),
+                (29001, ports["s3admin"]),
+                (29002, ports["s3rpc"]),
+            ],
+        )
+        .default_service("dex", 25556, ports["dex"])
+        .default_service("registry", 25000, ports["registry"])
+        .default_service_ports(
+            "caddy",
+            &[(28080, ports["caddy"]), (12019, ports["caddyadmin"])],
+        )
+        .default_service_ports("schema", &[])
+        .default_service_ports("seed", &[])
+        .migrations();
+    // Each component's default port, as its service file writes it.
+    let defaults = [
+        ("api", 23001),
+        ("proxy", 24000),
+        ("runner-a", 23003),
+        ("runner-b", 23004),
+    ];
+    for c in components {
+        let default = defaults
+            .iter()
+            .find(|(n, _)| n == c)
+            .map(|(_, port)| *port)
+            .unwrap_or_else(|| panic!("no default port known for {c}"));
+        p.default_service(c, default, ports[c])
+            .build_in_repository(c);
+    }
+    if components.iter().any(|c| c.starts_with("runner")) {
+        p.default_service_ports("images", &[]);
+    }
+    // Caddy's routes and the components read the same two variables.
+    let shared = std::fs::read_to_string(p.dir.join("stack.env")).expect("stack.env");
+    let api = ports.get("api").copied().unwrap_or(23001);
+    let proxy = ports.get("proxy").copied().unwrap_or(24000);
+    p.write(
+        "stack.env",
+        &format!("{shared}CONTROL_PLANE_PORT={api}\nPREVIEW_PROXY_PORT={proxy}\n"),
+    );
+    (p, ports)
+}
+
 /// The binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stack"))

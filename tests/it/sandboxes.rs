@@ -8,38 +8,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{block_on, free_port, is_root, wait_until, Project};
+use crate::harness::{block_on, default_platform, is_root, wait_until, Project};
 
 /// The default stack on free ports, its components built in the repository.
 fn platform() -> (Project, u16) {
-    let f: Vec<u16> = (0..14).map(|_| free_port()).collect();
-    let p = Project::new("sandboxes");
-    p.default_service("postgres", 25432, f[0])
-        .default_service("redis", 26379, f[1])
-        .default_service_ports("minio", &[(29000, f[2]), (29001, f[3]), (29002, f[4])])
-        .default_service("dex", 25556, f[5])
-        .default_service("registry", 25000, f[6])
-        .default_service_ports("caddy", &[(28080, f[7]), (12019, f[8])])
-        .default_service_ports("schema", &[])
-        .default_service_ports("seed", &[])
-        .default_service_ports("images", &[])
-        .default_service("api", 23001, f[9])
-        .default_service("proxy", 24000, f[10])
-        .default_service("runner-a", 23003, f[11])
-        .default_service("runner-b", 23004, f[12])
-        .migrations();
-    let shared = std::fs::read_to_string(p.dir.join("stack.env")).expect("stack.env");
-    p.write(
-        "stack.env",
-        &format!(
-            "{shared}CONTROL_PLANE_PORT={}\nPREVIEW_PROXY_PORT={}\n",
-            f[9], f[10]
-        ),
-    );
-    for svc in ["api", "proxy", "runner-a", "runner-b"] {
-        p.build_in_repository(svc);
-    }
-    (p, f[7])
+    let (p, ports) = default_platform("sandboxes", &["api", "proxy", "runner-a", "runner-b"]);
+    (p, ports["caddy"])
 }
 
 /// A call to the control plane through Caddy: its status and its JSON (or text) answer.
