@@ -51,10 +51,12 @@ fn platform() -> Platform {
         "registry",
         "caddy",
         "caddyadmin",
-        "preview",
     ] {
         ports.insert(k, free_port());
     }
+    // Bound at once, not picked free then bound: another test may take a port in between.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a preview port");
+    ports.insert("preview", listener.local_addr().expect("its port").port());
     let p = Project::new("platform");
     p.default_service("postgres", 25432, ports["postgres"])
         .default_service("redis", 26379, ports["redis"])
@@ -84,7 +86,6 @@ fn platform() -> Platform {
     );
     // A stand-in for the control plane's preview proxy: records the headers Caddy forwards.
     let preview_headers = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind(("127.0.0.1", ports["preview"])).expect("preview port");
     let seen = Arc::clone(&preview_headers);
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {

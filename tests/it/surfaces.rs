@@ -172,8 +172,9 @@ fn status_table_and_json_before_and_after_up() {
 
 #[test]
 fn preflight_refusal_names_the_port_holder() {
-    let port = free_port();
-    let holder = TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
+    // Bound at once, not picked free then bound: another test may take a port in between.
+    let holder = TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let port = holder.local_addr().expect("its port").port();
     let p = Project::new("preflight");
     p.http_service("web", port, &[]);
     let r = p.run(&["up"]);
