@@ -137,6 +137,11 @@ pub fn literal_base(glob: &str) -> PathBuf {
 /// The hash of what decides whether a build is still good: its command, and each input file's
 /// path and content.
 pub fn input_hash(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
+    content_hash(root, spec, &input_files(root, &spec.inputs)?)
+}
+
+/// [`input_hash`] of the input `files` already found.
+fn content_hash(root: &Path, spec: &BuildSpec, files: &[PathBuf]) -> Result<String, BuildError> {
     let mut h = Sha256::new();
     for arg in &spec.command {
         h.update(arg.as_bytes());
@@ -144,8 +149,8 @@ pub fn input_hash(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
     }
     h.update([1]);
     let mut buf = vec![0u8; 64 * 1024];
-    for rel in input_files(root, &spec.inputs)? {
-        let path = root.join(&rel);
+    for rel in files {
+        let path = root.join(rel);
         let read_err = |source| BuildError::Input {
             path: path.clone(),
             source,
@@ -179,14 +184,19 @@ pub fn input_hash(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
 /// and the command. Equal stamps mean unchanged inputs; different stamps say nothing (a file
 /// touched without a change), and the content decides.
 pub fn input_stamp(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> {
+    stamp(root, spec, &input_files(root, &spec.inputs)?)
+}
+
+/// [`input_stamp`] of the input `files` already found.
+fn stamp(root: &Path, spec: &BuildSpec, files: &[PathBuf]) -> Result<String, BuildError> {
     use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
     for arg in &spec.command {
         h.update(arg.as_bytes());
         h.update([0]);
     }
-    for rel in input_files(root, &spec.inputs)? {
-        let path = root.join(&rel);
+    for rel in files {
+        let path = root.join(rel);
         let m = std::fs::symlink_metadata(&path).map_err(|source| BuildError::Input {
             path: path.clone(),
             source,
@@ -204,11 +214,8 @@ pub fn input_stamp(root: &Path, spec: &BuildSpec) -> Result<String, BuildError> 
 pub enum Freshness {
     /// Its last successful build had these very inputs.
     UpToDate,
-    /// Its inputs (or command) changed, or it was never built: build it, expecting this hash.
-    Stale {
-        /// The inputs' hash now.
-        hash: String,
-    },
+    /// Its inputs (or command) changed, or it was never built: build it.
+    Stale,
 }
 
 /// Compares `svc`'s inputs now with its last successful build.
@@ -218,17 +225,16 @@ pub fn freshness(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Fres
     };
     let path = layout.build_record(&svc.name);
     let Some(mut last) = read_json::<BuildRecord>(&path).ok().flatten() else {
-        return Ok(Freshness::Stale {
-            hash: input_hash(root, spec)?,
-        });
+        return Ok(Freshness::Stale);
     };
-    let stamp = input_stamp(root, spec)?;
+    // One walk of the inputs; their content is read only when the stamp differs.
+    let files = input_files(root, &spec.inputs)?;
+    let stamp = stamp(root, spec, &files)?;
     if stamp == last.stamp {
         return Ok(Freshness::UpToDate);
     }
-    let hash = input_hash(root, spec)?;
-    if hash != last.hash {
-        return Ok(Freshness::Stale { hash });
+    if content_hash(root, spec, &files)? != last.hash {
+        return Ok(Freshness::Stale);
     }
     // Touched, not changed: remember the new stamp, so the next `up` reads no content again.
     // Unrecorded, it only reads the content again.
@@ -237,14 +243,18 @@ pub fn freshness(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Fres
     Ok(Freshness::UpToDate)
 }
 
-/// Runs `svc`'s build, its output appended to its build log. On success the inputs' hash is
+/// Runs `svc`'s build, its output replacing its build log's. On success the inputs' hash is
 /// recorded (computed before the build ran, so an input edited during the build makes the next
 /// `up` build again). Returns how long it took.
 pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Duration, BuildError> {
     let Some(spec) = &svc.build else {
         return Ok(Duration::ZERO);
     };
-    let (hash, stamp) = (input_hash(root, spec)?, input_stamp(root, spec)?);
+    let files = input_files(root, &spec.inputs)?;
+    let (hash, stamp) = (
+        content_hash(root, spec, &files)?,
+        stamp(root, spec, &files)?,
+    );
     let log = layout.build_log(&svc.name);
     let log_err = |source| BuildError::Log {
         path: log.clone(),
