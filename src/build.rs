@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -78,16 +78,8 @@ pub struct BuildRecord {
 /// The files a build reads: every file under the project `root` matching one of `globs`,
 /// sorted, relative to the root.
 pub fn input_files(root: &Path, globs: &[String]) -> Result<Vec<PathBuf>, BuildError> {
-    let mut set = globset::GlobSetBuilder::new();
-    let mut bases = BTreeSet::new();
-    for g in globs {
-        // The spec loader checked every glob; one that still fails to compile matches nothing.
-        if let Ok(compiled) = glob(g) {
-            set.add(compiled);
-            bases.insert(literal_base(g));
-        }
-    }
-    let set = set.build().unwrap_or_else(|_| globset::GlobSet::empty());
+    let set = glob_set(globs);
+    let bases: BTreeSet<PathBuf> = globs.iter().map(|g| literal_base(g)).collect();
     let mut files = BTreeSet::new();
     for base in bases {
         let dir = root.join(&base);
@@ -324,15 +316,14 @@ pub fn tail(log: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Is `path` (relative to the project root) one of `globs`?
-pub fn matches(globs: &[String], path: &Path) -> bool {
-    if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return false;
+/// `globs` compiled once into one matcher of paths relative to the project root. The spec
+/// loader checked every glob; one that still fails to compile matches nothing.
+pub fn glob_set(globs: &[String]) -> globset::GlobSet {
+    let mut set = globset::GlobSetBuilder::new();
+    for compiled in globs.iter().filter_map(|g| glob(g).ok()) {
+        set.add(compiled);
     }
-    globs
-        .iter()
-        .filter_map(|g| glob(g).ok())
-        .any(|g| g.compile_matcher().is_match(path))
+    set.build().unwrap_or_else(|_| globset::GlobSet::empty())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use globset::GlobSet;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -91,10 +92,10 @@ fn watch_roots(root: &Path, globs: &[String]) -> BTreeMap<PathBuf, RecursiveMode
 }
 
 /// The services whose `watch:` globs match one of `changed` (paths relative to the root).
-pub fn affected(watches: &BTreeMap<String, Vec<String>>, changed: &[PathBuf]) -> Vec<String> {
+pub fn affected(watches: &BTreeMap<String, GlobSet>, changed: &[PathBuf]) -> Vec<String> {
     watches
         .iter()
-        .filter(|(_, globs)| changed.iter().any(|p| build::matches(globs, p)))
+        .filter(|(_, globs)| changed.iter().any(|p| globs.is_match(p)))
         .map(|(name, _)| name.clone())
         .collect()
 }
@@ -106,18 +107,26 @@ pub async fn run(
     mut report: impl FnMut(&Reaction),
 ) -> Result<(), WatchError> {
     let stack = engine.stack();
-    let watches: BTreeMap<String, Vec<String>> = stack
+    let watched: Vec<&crate::spec::ServiceSpec> = stack
         .services
         .values()
         .filter(|s| !s.watch.is_empty())
-        .map(|s| (s.name.clone(), s.watch.clone()))
         .collect();
-    if watches.is_empty() {
+    if watched.is_empty() {
         return Err(WatchError::NothingToWatch);
     }
-    let all: Vec<String> = watches.values().flatten().cloned().collect();
+    // Compiled once: the watcher's callback matches every path of every event.
+    let watches: BTreeMap<String, GlobSet> = watched
+        .iter()
+        .map(|s| (s.name.clone(), build::glob_set(&s.watch)))
+        .collect();
+    let all: Vec<String> = watched.iter().flat_map(|s| s.watch.clone()).collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
-    let (root, state_dir, globs) = (stack.root.clone(), stack.state_dir.clone(), all.clone());
+    let (root, state_dir, globs) = (
+        stack.root.clone(),
+        stack.state_dir.clone(),
+        build::glob_set(&all),
+    );
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(e) = event else { return };
         // Only a watched file wakes the loop: logs written under the state dir, or a build's
@@ -127,7 +136,7 @@ pub async fn run(
                 continue;
             }
             if let Ok(rel) = p.strip_prefix(&root) {
-                if build::matches(&globs, rel) {
+                if globs.is_match(rel) {
                     // The receiver is gone only when watching ends.
                     let _ = tx.send(rel.to_path_buf());
                 }
@@ -211,10 +220,13 @@ mod tests {
     #[test]
     fn a_change_reaches_only_the_services_whose_globs_match_it() {
         let watches = BTreeMap::from([
-            ("api".to_string(), vec!["crates/api/**".to_string()]),
+            (
+                "api".to_string(),
+                build::glob_set(&["crates/api/**".into()]),
+            ),
             (
                 "proxy".to_string(),
-                vec!["crates/proxy/**".to_string(), "Cargo.lock".to_string()],
+                build::glob_set(&["crates/proxy/**".into(), "Cargo.lock".into()]),
             ),
         ]);
         let changed = |p: &[&str]| p.iter().map(PathBuf::from).collect::<Vec<_>>();
