@@ -3,9 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use tokio::task::JoinSet;
-
 use super::error::{EngineError, StartError, Unhealthy};
+use super::tasks::ServiceTasks;
 use super::Engine;
 
 impl Engine {
@@ -20,35 +19,32 @@ impl Engine {
             .filter(|s| s.build.is_some() && (names.is_empty() || names.contains(&s.name)))
             .map(|s| &s.name)
             .collect();
-        let mut builds = JoinSet::new();
+        let mut builds = ServiceTasks::new();
         for name in wanted {
             let svc = self.stack.services[name].clone();
             let (layout, root) = (self.layout.clone(), self.stack.root.clone());
             self.progress.phase(name, "building");
-            builds.spawn(async move {
-                let result = crate::build::run(&layout, &root, &svc).await;
-                (svc.name, result)
+            builds.spawn(name, async move {
+                crate::build::run(&layout, &root, &svc).await
             });
         }
         let mut slowest = 0f64;
         let mut failures = Vec::new();
-        while let Some(joined) = builds.join_next().await {
+        while let Some((name, joined)) = builds.join_next().await {
             match joined {
-                Ok((name, Ok(took))) => {
+                Ok(Ok(took)) => {
                     slowest = slowest.max(took.as_secs_f64());
                     self.progress
                         .done(&name, &format!("built in {:.2}s", took.as_secs_f64()));
                 }
-                Ok((name, Err(e))) => {
+                Ok(Err(e)) => {
                     self.progress.failed(&name, "build failed");
                     failures.push(Unhealthy::new(&self.layout, &name, StartError::Build(e)));
                 }
-                // A build task does not panic; if one ever did, say so rather than lose it.
-                Err(e) => failures.push(Unhealthy::new(
-                    &self.layout,
-                    "build",
-                    StartError::Internal(e),
-                )),
+                // A build task does not panic; if one ever did, say so under its service.
+                Err(e) => {
+                    failures.push(Unhealthy::new(&self.layout, &name, StartError::Internal(e)))
+                }
             }
         }
         if failures.is_empty() {
