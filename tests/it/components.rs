@@ -97,6 +97,9 @@ fn a_component_is_built_once_rebuilt_on_change_and_a_failed_build_keeps_the_old_
         before + 1,
         "restart --build builds even unchanged"
     );
+    let r = p.run(&["up", "--build"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(builds(&p), before + 2, "up --build builds even unchanged");
 
     p.write("src/page.html", "BROKEN\n");
     let pid = p.pid("web");
