@@ -22,7 +22,7 @@ const NEVER_INPUTS: &[&str] = &[".git", ".stack"];
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// An input could not be read.
-    #[error("cannot read the build input {}: {source}", .path.display())]
+    #[error("cannot read the build input {}: {source}\n  check its permissions, or leave it out of `build.inputs`", .path.display())]
     Input {
         /// The file or directory.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum BuildError {
         log: PathBuf,
     },
     /// Its log could not be written.
-    #[error("cannot write the build log {}: {source}", .path.display())]
+    #[error("cannot write the build log {}: {source}\n  check the state dir's permissions and free space (`stack doctor`)", .path.display())]
     Log {
         /// The log.
         path: PathBuf,

@@ -25,7 +25,7 @@ pub enum WatchError {
     #[error("nothing to watch: no service of this stack has `watch:`; add globs of its sources, e.g. `watch: [\"src/**\"]`")]
     NothingToWatch,
     /// The operating system's file watcher failed.
-    #[error("cannot watch {}: {source}", .path.display())]
+    #[error("cannot watch {}: {source}\n  if the system's limit of watches is reached, raise it (`sysctl fs.inotify.max_user_watches=524288`) or narrow the `watch:` globs", .path.display())]
     Notify {
         /// What was to be watched.
         path: PathBuf,
