@@ -11,15 +11,12 @@ pub fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The default stack's services on free ports, the platform's `components` among them (their
-/// `build:` run in the repository, see [`Project::build_in_repository`]). Returns the project
-/// and the host port given to each of: postgres, redis, s3, s3admin, s3rpc, dex, registry,
-/// caddy, caddyadmin, and each component.
-pub fn default_platform(
+/// The default stack's infrastructure (postgres, redis, minio, dex, registry, caddy) on free
+/// ports. Returns the project and the host port given to each of: postgres, redis, s3,
+/// s3admin, s3rpc, dex, registry, caddy, caddyadmin.
+pub fn default_infrastructure(
     name: &str,
-    components: &[&'static str],
 ) -> (Project, std::collections::BTreeMap<&'static str, u16>) {
-    let mut ports = std::collections::BTreeMap::new();
     let roles = [
         "postgres",
         "redis",
@@ -31,9 +28,8 @@ pub fn default_platform(
         "caddy",
         "caddyadmin",
     ];
-    for role in roles.iter().chain(components) {
-        ports.insert(*role, free_port());
-    }
+    let ports: std::collections::BTreeMap<&'static str, u16> =
+        roles.iter().map(|r| (*r, free_port())).collect();
     let p = Project::new(name);
     p.default_service("postgres", 25432, ports["postgres"])
         .default_service("redis", 26379, ports["redis"])
@@ -50,8 +46,22 @@ pub fn default_platform(
         .default_service_ports(
             "caddy",
             &[(28080, ports["caddy"]), (12019, ports["caddyadmin"])],
-        )
-        .default_service_ports("schema", &[])
+        );
+    (p, ports)
+}
+
+/// [`default_infrastructure`] with the schema, the seed and the platform's `components` (their
+/// `build:` run in the repository, see [`Project::build_in_repository`]); each component's port
+/// is in the map too.
+pub fn default_platform(
+    name: &str,
+    components: &[&'static str],
+) -> (Project, std::collections::BTreeMap<&'static str, u16>) {
+    let (p, mut ports) = default_infrastructure(name);
+    for c in components {
+        ports.insert(*c, free_port());
+    }
+    p.default_service_ports("schema", &[])
         .default_service_ports("seed", &[])
         .migrations();
     // Each component's default port, as its service file writes it.

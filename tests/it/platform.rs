@@ -40,40 +40,10 @@ fn platform() -> Platform {
         missing.is_empty(),
         "run scripts/install-deps.sh first; missing: {missing:?}"
     );
-    let mut ports = BTreeMap::new();
-    for k in [
-        "postgres",
-        "redis",
-        "s3",
-        "s3admin",
-        "s3rpc",
-        "dex",
-        "registry",
-        "caddy",
-        "caddyadmin",
-    ] {
-        ports.insert(k, free_port());
-    }
+    let (p, mut ports) = crate::harness::default_infrastructure("platform");
     // Bound at once, not picked free then bound: another test may take a port in between.
     let listener = TcpListener::bind("127.0.0.1:0").expect("a preview port");
     ports.insert("preview", listener.local_addr().expect("its port").port());
-    let p = Project::new("platform");
-    p.default_service("postgres", 25432, ports["postgres"])
-        .default_service("redis", 26379, ports["redis"])
-        .default_service_ports(
-            "minio",
-            &[
-                (29000, ports["s3"]),
-                (29001, ports["s3admin"]),
-                (29002, ports["s3rpc"]),
-            ],
-        )
-        .default_service("dex", 25556, ports["dex"])
-        .default_service("registry", 25000, ports["registry"])
-        .default_service_ports(
-            "caddy",
-            &[(28080, ports["caddy"]), (12019, ports["caddyadmin"])],
-        );
     // The default services' shared values (stack.env, copied with them), plus the preview port.
     let shared = std::fs::read_to_string(p.dir.join("stack.env")).expect("stack.env");
     p.write(
