@@ -13,7 +13,8 @@ pushed=0
 for layout in "$images"/*/; do
   layout=${layout%/}
   name=$(basename "$layout")
-  case "$name" in *.tmp) continue ;; esac
+  # Not images: a layout being built, and the registry storage built from them.
+  case "$name" in *.tmp | registry-seed) continue ;; esac
   # The layout's one tag (umoci names it in index.json).
   tag=$(sed -n 's/.*"org.opencontainers.image.ref.name":"\([^"]*\)".*/\1/p' "$layout/index.json")
   [ -n "$tag" ] || { echo "no tagged image in $layout: run scripts/build-images.sh --force" >&2; exit 78; }
