@@ -54,6 +54,32 @@ pub struct ServiceStatus {
     /// Probe error, when unhealthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the service says about itself at its `info:` URL (a runner: its sandboxes), while
+    /// it runs and answers.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, serde_json::Value>,
+}
+
+/// How long `status` waits for a service's `info:` URL.
+const INFO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The scalar fields of the JSON object at `url`; nothing when it does not answer one.
+async fn fetch_info(http: &reqwest::Client, url: &str) -> BTreeMap<String, serde_json::Value> {
+    let Ok(response) = http
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+    else {
+        return BTreeMap::new();
+    };
+    let Ok(serde_json::Value::Object(fields)) = response.json().await else {
+        return BTreeMap::new();
+    };
+    fields
+        .into_iter()
+        .filter(|(_, v)| !(v.is_object() || v.is_array() || v.is_null()))
+        .collect()
 }
 
 /// Collects the status of every service, probing the running ones in parallel.
@@ -64,6 +90,13 @@ pub async fn collect(
 ) -> Vec<ServiceStatus> {
     let mut rows = Vec::new();
     let mut probes = tokio::task::JoinSet::new();
+    let mut infos = tokio::task::JoinSet::new();
+    // No proxy: every `info:` URL is the stack's own, on loopback.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(INFO_TIMEOUT)
+        .build()
+        .ok();
     for (i, svc) in stack.services.values().enumerate() {
         let inst = backend.inspect(svc);
         let ready: Option<Readiness> = read_json(&layout.readiness(&svc.name)).ok().flatten();
@@ -83,6 +116,9 @@ pub async fn collect(
                 ..Timings::default()
             });
         let up = inst.is_up();
+        if let (true, Some(url), Some(http)) = (up, svc.info.clone(), http.clone()) {
+            infos.spawn(async move { (i, fetch_info(&http, &url).await) });
+        }
         if up {
             if let Some(hc) = svc.healthcheck.clone() {
                 let (backend, spec) = (Arc::clone(backend), svc.clone());
@@ -121,6 +157,7 @@ pub async fn collect(
             last_exit: inst.last_exit.as_ref().map(|e| e.describe()),
             timings,
             error: None,
+            info: BTreeMap::new(),
         });
     }
     while let Some(Ok((i, r))) = probes.join_next().await {
@@ -133,6 +170,9 @@ pub async fn collect(
                 rows[i].error = Some(e.to_string());
             }
         }
+    }
+    while let Some(Ok((i, info))) = infos.join_next().await {
+        rows[i].info = info;
     }
     rows
 }

@@ -15,10 +15,12 @@ pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         super::print_json(&doc, true)?;
         return Ok(ExitStatus::Ok);
     }
-    let table: Vec<[String; 7]> = rows
+    // An INFO column only when a service tells something about itself (`info:`).
+    let with_info = rows.iter().any(|r| !r.info.is_empty());
+    let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut row = vec![
                 r.name.clone(),
                 r.state.to_string(),
                 if r.healthy { "yes".into() } else { "no".into() },
@@ -37,10 +39,23 @@ pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
                     .map(|m| format!("{:.2}s", m as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
                 format!("{} {}", r.backend, r.program),
-            ]
+            ];
+            if with_info {
+                row.push(
+                    r.info
+                        .iter()
+                        .map(|(k, v)| match v {
+                            serde_json::Value::String(s) => format!("{k}={s}"),
+                            other => format!("{k}={other}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+            row
         })
         .collect();
-    let header = [
+    let mut header = vec![
         "NAME",
         "STATE",
         "HEALTHY",
@@ -49,7 +64,10 @@ pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         "READY IN",
         "BACKEND PROGRAM",
     ];
-    let mut widths = header.map(str::len);
+    if with_info {
+        header.push("INFO");
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &table {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.len());
@@ -58,14 +76,15 @@ pub async fn run(_args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let line = |cells: &[String]| {
         cells
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
             .to_string()
     };
-    println!("{}", line(&header.map(String::from)));
+    let header: Vec<String> = header.into_iter().map(String::from).collect();
+    println!("{}", line(&header));
     for row in &table {
         println!("{}", line(row));
     }

@@ -342,7 +342,8 @@ fn oidc(c: &mut Checker<'_>, at: Field<'_>) -> Option<ProbeSpec> {
     }
 }
 
-fn is_http_url(url: &str) -> bool {
+/// An `http://` or `https://` URL.
+pub(super) fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 

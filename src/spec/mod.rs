@@ -129,6 +129,9 @@ pub struct ServiceSpec {
     pub build: Option<BuildSpec>,
     /// Globs `stack up --watch` follows: on a change it is rebuilt and restarted.
     pub watch: Vec<String>,
+    /// An HTTP endpoint answering a flat JSON object (`{"sandboxes": 2}`) that `status` shows
+    /// beside the service while it runs.
+    pub info: Option<String>,
 }
 
 impl ServiceSpec {

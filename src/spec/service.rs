@@ -65,6 +65,7 @@ struct Draft<'a> {
     build: Option<BuildSpec>,
     build_line: usize,
     watch: Vec<String>,
+    info: Option<String>,
 }
 
 impl<'a> Draft<'a> {
@@ -96,6 +97,7 @@ impl<'a> Draft<'a> {
             build: None,
             build_line: 0,
             watch: Vec::new(),
+            info: None,
         };
         draft.set_identity();
         draft
@@ -198,6 +200,19 @@ const SERVICE_KEYS: &[(&str, ReadService)] = &[
     ("watch", |c, node, path, d| {
         d.watch = build::globs(c, Field::new(node, path, &d.scope())).unwrap_or_default();
     }),
+    ("info", |c, node, path, d| {
+        d.info = match c.string(node, path, &d.vars) {
+            Some(url) if health::is_http_url(&url) => Some(url),
+            Some(url) => {
+                let message = format!(
+                    "`{url}` must start with `http://` or `https://`: the URL `status` reads the service's JSON details from"
+                );
+                c.err(node.line, path, message);
+                None
+            }
+            None => None,
+        }
+    }),
 ];
 
 /// The values of `restart:`; `unless-stopped` is compose's name for `always`.
@@ -296,6 +311,7 @@ pub(super) fn read(
             data_dir: d.data_dir,
             build: d.build,
             watch: d.watch,
+            info: d.info,
         },
         rel: c.file.clone(),
         name_line: d.name_line,

@@ -359,3 +359,19 @@ fn sleeper(deps: &[&str], condition: &str) -> String {
     }
     y
 }
+
+#[test]
+fn an_info_url_must_be_http() {
+    let p = Project::new("info-url");
+    p.service(
+        "web",
+        "process:\n  command: [sleep, \"60\"]\ninfo: ftp://127.0.0.1/info\n",
+    );
+    let err = plan_error(&p);
+    assert!(
+        err.contains(
+            "services/web.yaml:3: `info`: `ftp://127.0.0.1/info` must start with `http://` or `https://`"
+        ),
+        "{err}"
+    );
+}

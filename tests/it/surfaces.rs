@@ -250,3 +250,76 @@ fn the_plan_of_each_reset_tier() {
     ));
     with_filters(&p, Vec::new(), || insta::assert_snapshot!(text));
 }
+
+#[test]
+fn status_shows_what_a_running_service_answers_at_its_info_url() {
+    let p = Project::new("info");
+    let (a, b) = (free_port(), free_port());
+    p.http_service("plain", a, &[]);
+    // What a runner answers at /info, served as a file; nested values are left out.
+    p.service(
+        "runner",
+        &format!(
+            "ports: {{ http: {b} }}\nprocess:\n  command: [python3, -m, http.server, \"${{port.http}}\", --bind, 127.0.0.1, --directory, services/www]\nhealthcheck:\n  http: {{ url: \"http://127.0.0.1:${{port.http}}/\" }}\n  interval: 100ms\ninfo: \"http://127.0.0.1:${{port.http}}/info.json\"\n"
+        ),
+    );
+    p.write(
+        "services/www/info.json",
+        r#"{"sandboxes": 2, "capacity": 20, "driver": "runc", "detail": {"a": 1}}"#,
+    );
+    let stopped = p.run(&["status", "--json"]).json();
+    assert!(
+        stopped["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .all(|s| s.get("info").is_none()),
+        "nothing to ask a stopped service: {stopped}"
+    );
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let json = p.run(&["status", "--json"]).json();
+    let of = |name: &str| of_json(&json, name);
+    assert_eq!(
+        of("runner")["info"],
+        serde_json::json!({"sandboxes": 2, "capacity": 20, "driver": "runc"})
+    );
+    assert!(of("plain").get("info").is_none(), "{json}");
+    let table = p.run(&["status"]);
+    let header = table.stdout.lines().next().expect("header");
+    assert!(header.ends_with("INFO"), "{}", table.stdout);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("runner"))
+        .expect("runner row");
+    assert!(
+        row.ends_with("capacity=20 driver=runc sandboxes=2"),
+        "{}",
+        table.stdout
+    );
+
+    // An endpoint that stops answering JSON leaves the row as it is, never an error.
+    p.write("services/www/info.json", "not json");
+    let json = p.run(&["status", "--json"]).json();
+    assert!(of_json(&json, "runner").get("info").is_none(), "{json}");
+    assert_eq!(of_json(&json, "runner")["healthy"], true);
+    let table = p.run(&["status"]);
+    assert!(
+        !table.stdout.contains("INFO"),
+        "no INFO column when nothing answers: {}",
+        table.stdout
+    );
+    assert_eq!(p.run(&["down"]).code, 0);
+}
+
+/// The row of service `name` in `status --json`.
+fn of_json(json: &serde_json::Value, name: &str) -> serde_json::Value {
+    json["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .expect("row")
+}

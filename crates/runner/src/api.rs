@@ -1,5 +1,5 @@
 //! The runner's HTTP API (docs/platform.md, "Runner HTTP API"): the routes, their body limits and
-//! the token check in front of all of them but `/healthz` and `/readyz`.
+//! the token check in front of all of them but `/healthz`, `/readyz` and `/info`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,7 +34,8 @@ pub struct App {
     pub registered: Arc<AtomicBool>,
 }
 
-/// The router: every route behind the token, and the unauthenticated `/healthz` and `/readyz`.
+/// The router: every route behind the token, and the unauthenticated `/healthz`, `/readyz` and
+/// `/info`.
 pub fn router(app: App, token: Token) -> Router {
     let ports = any(port_root);
     Router::new()
@@ -60,6 +61,7 @@ pub fn router(app: App, token: Token) -> Router {
         // Added after the token layer, so outside it: a liveness probe that reveals nothing.
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/info", get(info))
         .with_state(app)
 }
 
@@ -90,6 +92,15 @@ async fn readyz(State(app): State<App>) -> Response {
         };
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
+}
+
+/// Counts only, for `stack status` (the `info:` of the runners' service files): how many
+/// sandboxes it holds, and how many it takes.
+async fn info(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "sandboxes": app.sandboxes.count(),
+        "capacity": app.sandboxes.capacity(),
+    }))
 }
 
 async fn health(State(app): State<App>) -> axum::Json<wire::Health> {

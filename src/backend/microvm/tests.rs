@@ -27,6 +27,7 @@ fn service(image: &str, boxed: Option<BoxSpec>) -> ServiceSpec {
         data_dir: PathBuf::from("/state/data/redis"),
         build: None,
         watch: Vec::new(),
+        info: None,
     }
 }
 
