@@ -75,7 +75,7 @@ async fn an_unprivileged_runner_runs_a_sandboxs_whole_life() {
     // Create, then exec: root inside (the runner's uid mapped), the sandbox's own hostname.
     let id = unique("rootless");
     let took = create_to_exec(&runner, &id).await;
-    eprintln!("unprivileged runner: create to exec-ready took {took:?}");
+    eprintln!("unprivileged runner: create (image pulled) to exec-ready took {took:?}");
     assert_eq!(
         runner.exec(&id, "id -u; uname -n").await,
         (0, format!("0\n{id}\n"), String::new())
@@ -193,7 +193,8 @@ async fn an_unprivileged_runner_runs_a_sandboxs_whole_life() {
     // A stop of the runner stops its sandboxes and ends the holder: no process is left at all;
     // the next start resumes the sandbox in a new holder.
     let kept = unique("rootless-kept");
-    runner.create(&kept).await;
+    let took = create_to_exec(&runner, &kept).await;
+    eprintln!("unprivileged runner: create (image cached) to exec-ready took {took:?}");
     runner.exec(&kept, "echo kept > /root/mark").await;
     let status = runner
         .signal(Signal::SIGTERM, Duration::from_secs(30))
@@ -232,7 +233,9 @@ async fn an_unprivileged_runner_runs_a_sandboxs_whole_life() {
     // The same measure on a root runner, for comparison.
     let root_runner = Runner::start(&registry, cp.port).await;
     let took = create_to_exec(&root_runner, &unique("rooted")).await;
-    eprintln!("root runner: create to exec-ready took {took:?}");
+    eprintln!("root runner: create (image pulled) to exec-ready took {took:?}");
+    let took = create_to_exec(&root_runner, &unique("rooted")).await;
+    eprintln!("root runner: create (image cached) to exec-ready took {took:?}");
     cp.stop().await;
 }
 
