@@ -21,7 +21,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -151,18 +151,21 @@ impl Holder {
         let log_path = home.join("holder.log");
         let log = File::create(&log_path).map_err(record_err("create", &log_path))?;
         let mut cmd = std::process::Command::new("unshare");
+        // `ready` once unshare has set the namespaces and maps up and exec'd the shell; then the
+        // shell becomes the pause.
         cmd.args([
             "--user",
             "--map-root-user",
             "--mount",
             "--propagation",
             "private",
-            "sleep",
-            "infinity",
+            "/bin/sh",
+            "-c",
+            "echo ready && exec sleep infinity",
         ])
         .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(log);
         // SAFETY: setsid(2) is async-signal-safe and touches no memory of ours. A session of its
         // own: the holder outlives the runner and no signal to the runner's group reaches it.
@@ -176,27 +179,10 @@ impl Holder {
         }
         let mut child = cmd.spawn().map_err(UsernsError::Spawn)?;
         let pid = child.id();
-        let deadline = Instant::now() + HOLDER_START;
-        // Ready once it has exec'd `sleep`: by then its namespaces and maps are in place.
-        loop {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let exited = match child.try_wait() {
-                Ok(Some(status)) => Some(status.to_string()),
-                Ok(None) => None,
-                // Reaped by someone else (a subreaper's reaper): it exited.
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(status) = exited {
-                let stderr = fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(UsernsError::Exited {
-                    status,
-                    stderr: stderr.trim().to_string(),
-                });
-            }
-            if comm.trim() == "sleep" {
-                break;
-            }
-            if Instant::now() > deadline {
+        let ready = child.stdout.take().map(|out| wait_ready(out, HOLDER_START));
+        match ready {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(UsernsError::Slow {
@@ -204,7 +190,18 @@ impl Holder {
                     timeout: HOLDER_START,
                 });
             }
-            std::thread::sleep(Duration::from_millis(2));
+            // It exited (or its pipe failed): say why, from its stderr.
+            _ => {
+                let _ = child.kill();
+                let status = child
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                let stderr = fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(UsernsError::Exited {
+                    status,
+                    stderr: stderr.trim().to_string(),
+                });
+            }
         }
         let pid = pid as i32;
         let start = read_stat(pid)
@@ -328,6 +325,40 @@ impl Holder {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(record_err("remove", &self.record)(e)),
         }
+    }
+}
+
+/// Waits up to `timeout` for the holder's `ready` line: `Ok(false)` when it did not come in time,
+/// an error when the holder exited first (its pipe closed) or the wait failed.
+fn wait_ready(out: std::process::ChildStdout, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: out.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one pollfd on the stack, for one valid descriptor.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match n {
+            0 => return Ok(false),
+            n if n > 0 => break,
+            // A signal to the runner interrupted the wait: wait on.
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+    let mut line = [0u8; 6];
+    let mut out = out;
+    out.read_exact(&mut line)?;
+    if &line == b"ready\n" {
+        Ok(true)
+    } else {
+        Err(io::Error::other(
+            "the holder wrote something else than `ready`",
+        ))
     }
 }
 
