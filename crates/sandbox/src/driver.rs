@@ -71,6 +71,15 @@ pub enum SandboxError {
     /// The user namespace of a runner that is not root could not be set up or entered.
     #[error("the sandboxes' user namespace (the runner is not root) failed")]
     Userns(#[source] UsernsError),
+    /// A container left in a namespace holder that is gone could not be removed.
+    #[error("cannot remove container {container}, left by a namespace holder that is gone: remove it with `runc --root <home>/runc delete --force {container}`")]
+    Unreachable {
+        /// The container's name.
+        container: String,
+        /// Why.
+        #[source]
+        source: RuncError,
+    },
     /// `runc list` failed.
     #[error("cannot list the runner's containers")]
     List(#[source] RuncError),
@@ -242,7 +251,8 @@ impl Driver {
 
     /// Ends the namespace holder of a driver that is not root when no container is left in it
     /// (every sandbox stopped or deleted): a runner's clean stop leaves no process behind. The
-    /// next driver on the home starts a new one. `true` when it was ended.
+    /// next driver on the home starts a new one. `true` when it was ended. Call it when no
+    /// create or start is under way (a runner once it has stopped serving).
     pub async fn release(&self) -> Result<bool, SandboxError> {
         let Some(holder) = &self.holder else {
             return Ok(false);
@@ -771,7 +781,11 @@ fn clear_unreachable(home: &Home, runc: &Runc) -> Result<(), SandboxError> {
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        runc.delete_blocking(&name).map_err(SandboxError::List)?;
+        runc.delete_blocking(&name)
+            .map_err(|source| SandboxError::Unreachable {
+                container: name.clone(),
+                source,
+            })?;
         if let Ok(id) = SandboxId::parse(&name) {
             let paths = home.sandbox(&id);
             if paths.record.is_file() {

@@ -29,6 +29,8 @@ use crate::runc::read_stat;
 
 /// How long the holder may take to set up its namespaces (it only unshares and writes two maps).
 const HOLDER_START: Duration = Duration::from_secs(10);
+/// How long a SIGKILLed holder may take to be gone.
+const HOLDER_END: Duration = Duration::from_secs(5);
 
 /// Why the user namespace of a runner that is not root could not be set up or entered.
 #[derive(Debug, thiserror::Error)]
@@ -309,13 +311,35 @@ impl Holder {
         Ok(())
     }
 
-    /// Ends the holder (SIGKILL, after checking it is still the same process) and forgets it.
+    /// Ends the holder (SIGKILL, after checking it is still the same process), waits until it
+    /// has exited, and forgets it.
     pub fn end(&self) -> Result<(), UsernsError> {
-        if self.is_alive() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        // A pidfd names one process for good: checked once open, then signalled and waited on
+        // through it, so a reused pid can never be hit.
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd >= 0 {
+            // SAFETY: a descriptor just returned, owned by nothing else.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            if self.is_alive() {
+                // SAFETY: pidfd_send_signal(2) on a valid pidfd, no siginfo.
+                let sent = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                if sent != 0 {
+                    let e = io::Error::last_os_error();
+                    return Err(child_err("end the namespace holder")(e));
+                }
+                // Readable once the process has exited.
+                wait_readable(pidfd.as_raw_fd(), HOLDER_END)
+                    .map_err(child_err("wait for the namespace holder to end"))?;
+            }
         }
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = child.wait();
@@ -331,8 +355,25 @@ impl Holder {
 /// Waits up to `timeout` for the holder's `ready` line: `Ok(false)` when it did not come in time,
 /// an error when the holder exited first (its pipe closed) or the wait failed.
 fn wait_ready(out: std::process::ChildStdout, timeout: Duration) -> io::Result<bool> {
+    if !wait_readable(out.as_raw_fd(), timeout)? {
+        return Ok(false);
+    }
+    let mut line = [0u8; 6];
+    let mut out = out;
+    out.read_exact(&mut line)?;
+    if &line == b"ready\n" {
+        Ok(true)
+    } else {
+        Err(io::Error::other(
+            "the holder wrote something else than `ready`",
+        ))
+    }
+}
+
+/// Waits up to `timeout` for `fd` to be readable (or closed): `false` when the time ran out.
+fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
-        fd: out.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
@@ -344,21 +385,11 @@ fn wait_ready(out: std::process::ChildStdout, timeout: Duration) -> io::Result<b
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         match n {
             0 => return Ok(false),
-            n if n > 0 => break,
+            n if n > 0 => return Ok(true),
             // A signal to the runner interrupted the wait: wait on.
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
             _ => return Err(io::Error::last_os_error()),
         }
-    }
-    let mut line = [0u8; 6];
-    let mut out = out;
-    out.read_exact(&mut line)?;
-    if &line == b"ready\n" {
-        Ok(true)
-    } else {
-        Err(io::Error::other(
-            "the holder wrote something else than `ready`",
-        ))
     }
 }
 

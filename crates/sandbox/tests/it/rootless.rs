@@ -293,6 +293,12 @@ async fn as_nobody(registry: &str, home: &Path) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill the holder");
+    wait_for(
+        "the killed holder to exit",
+        Duration::from_secs(5),
+        || async { is_gone(holder).then_some(()) },
+    )
+    .await;
     let driver = Driver::open(Home::new(home), driver_config()).expect("a driver");
     assert_ne!(driver.holder_pid(), Some(holder), "a new holder");
     assert!(is_gone(init as i32), "the unreachable sandbox is killed");
