@@ -82,6 +82,7 @@ async fn an_unprivileged_driver_runs_a_sandboxs_whole_life() {
         .await;
     let home = tempfile::tempdir().expect("home");
     std::os::unix::fs::chown(home.path(), Some(NOBODY), Some(NOBODY)).expect("chown home");
+    let _cleanup = Cleanup(home.path().to_path_buf());
     let exe = std::env::current_exe().expect("the test binary");
     let out = Command::new(exe)
         .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
@@ -128,6 +129,49 @@ async fn an_unprivileged_driver_runs_a_sandboxs_whole_life() {
         Vec::<PathBuf>::new(),
         "files not owned by the driver's user"
     );
+}
+
+/// Kills, when the test ends, whatever a failed child left running under the home: each init
+/// runc recorded and the holder, each checked by its start time (the mounts go with the holder's
+/// mount namespace).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut records: Vec<PathBuf> = vec![self.0.join("holder.json")];
+        for id in crate::support::entries(&self.0.join("runc")) {
+            records.push(self.0.join("runc").join(id).join("state.json"));
+        }
+        for record in records {
+            let Ok(json) = std::fs::read(&record) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) else {
+                continue;
+            };
+            let pid = v["pid"].as_i64().or(v["init_process_pid"].as_i64());
+            let start = v["start"].as_u64().or(v["init_process_start"].as_u64());
+            if let (Some(pid), Some(start)) = (pid, start) {
+                if started_at(pid as i32) == Some(start) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat: the process's start time.
+fn started_at(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn owned_by_others(dir: &Path, out: &mut Vec<PathBuf>) {
