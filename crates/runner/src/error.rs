@@ -101,6 +101,8 @@ fn sandbox_status(e: &SandboxError) -> StatusCode {
             FileError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         },
         SandboxError::Net(..) => StatusCode::BAD_GATEWAY,
+        // An image whose `User` a runner that is not root cannot map: the caller's choice.
+        SandboxError::Bundle(_, sandbox::BundleError::Unmapped { .. }) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

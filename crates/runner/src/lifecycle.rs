@@ -66,6 +66,13 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         settings.capacity,
     )
     .map_err(RunError::Home)?;
+    if let Some(holder) = sandboxes.holder_pid() {
+        eprintln!(
+            "runner: running as uid {} (not root): sandboxes run in a user namespace held by pid {holder}; \
+             their cpu, memory and pids limits are not applied (no cgroup delegation), and every file in them is owned by root",
+            nix::unistd::geteuid()
+        );
+    }
     let boot = sandboxes.boot().await.map_err(RunError::Boot)?;
     eprintln!(
         "runner: {} on 127.0.0.1:{}: {} adopted, {} resumed, {} kept stopped, {} leftovers cleaned",
@@ -114,6 +121,12 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
             stopped.len()
         ),
         Err(e) => eprintln!("runner: cannot stop the sandboxes: {e}"),
+    }
+    // Not root: the user namespace's holder goes too once nothing runs in it.
+    match sandboxes.release().await {
+        Ok(true) => eprintln!("runner: the sandboxes' user namespace holder ended"),
+        Ok(false) => {}
+        Err(e) => eprintln!("runner: cannot end the sandboxes' user namespace holder: {e}"),
     }
     Ok(())
 }

@@ -88,6 +88,16 @@ impl Sandboxes {
         })
     }
 
+    /// The pid of the sandboxes' user namespace holder, when the runner is not root.
+    pub fn holder_pid(&self) -> Option<i32> {
+        self.driver.holder_pid()
+    }
+
+    /// Ends the user namespace holder of a runner that is not root if no sandbox runs in it.
+    pub async fn release(&self) -> Result<bool, SandboxError> {
+        self.driver.release().await
+    }
+
     /// Most sandboxes this runner takes.
     pub fn capacity(&self) -> usize {
         self.capacity

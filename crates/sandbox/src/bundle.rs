@@ -91,6 +91,9 @@ pub(crate) struct Spec<'a> {
     pub cgroup_parent: &'a str,
     /// The init's uid and gid (see [`resolve_user`]).
     pub user: (u32, u32),
+    /// Run by a runner that is not root, in its user namespace: no cgroup (no limits) and only
+    /// root mapped (see [`crate::userns`]).
+    pub rootless: bool,
 }
 
 /// Why a bundle could not be made.
@@ -108,6 +111,28 @@ pub enum BundleError {
     /// The layers' paths do not fit the one page overlayfs accepts for its options.
     #[error("the overlay's options are {0} bytes, more than the 4096 the kernel accepts: too many layers or a too long home path")]
     TooManyLayers(usize),
+    /// An image `User` other than root in a runner that is not root: its user namespace maps the
+    /// runner's own uid only, as root.
+    #[error("image user `{user}` (uid {uid}, gid {gid}) cannot run here: this runner is not root, and its sandboxes' user namespace maps root only; use an image without a `User`, or run the runner as root")]
+    Unmapped {
+        /// The image's `User`.
+        user: String,
+        /// Its uid.
+        uid: u32,
+        /// Its gid.
+        gid: u32,
+    },
+    /// Mounting or unmounting the overlay in the runner's user namespace failed.
+    #[error("cannot {op} the overlay at {target} in the sandboxes' user namespace")]
+    Userns {
+        /// `mount` or `unmount`.
+        op: &'static str,
+        /// The mount point.
+        target: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::userns::UsernsError,
+    },
     /// Mounting or unmounting the overlay failed.
     #[error("cannot {op} the overlay at {target}")]
     Mount {
@@ -205,6 +230,31 @@ fn database(rootfs: &Path, path: &str) -> Vec<Vec<String>> {
 /// sandbox inherits the runner's, since raising a hard limit needs CAP_SYS_RESOURCE, which these
 /// machines' root lacks.
 pub(crate) fn config_json(spec: &Spec<'_>) -> serde_json::Value {
+    let mut config = root_config_json(spec);
+    if spec.rootless {
+        rootless(&mut config);
+    }
+    config
+}
+
+/// What rootless runc (root in a user namespace that maps one uid, no cgroup delegation) needs:
+/// no cgroup path and no limits (runc skips the cgroups it may not create only when neither is
+/// asked for; the device rules are ignored), and no `gid=5` for devpts (an unmapped group).
+fn rootless(config: &mut serde_json::Value) {
+    if let Some(linux) = config["linux"].as_object_mut() {
+        linux.remove("cgroupsPath");
+        linux.insert("resources".into(), json!({}));
+    }
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        for m in mounts.iter_mut().filter(|m| m["type"] == "devpts") {
+            if let Some(options) = m["options"].as_array_mut() {
+                options.retain(|o| o != "gid=5");
+            }
+        }
+    }
+}
+
+fn root_config_json(spec: &Spec<'_>) -> serde_json::Value {
     let (uid, gid) = spec.user;
     let caps = CAPABILITIES;
     json!({
@@ -248,13 +298,14 @@ pub(crate) fn config_json(spec: &Spec<'_>) -> serde_json::Value {
     })
 }
 
-/// Mounts an overlay of `lowers` (bottom first) under `upper` at `target`.
-pub(crate) fn mount_overlay(
+/// The overlayfs options of `lowers` (bottom first) under `upper`: with `userxattr` for a mount in
+/// a user namespace, whose opaque dirs carry `user.overlay.opaque` (trusted.* needs real root).
+pub(crate) fn overlay_options(
     lowers: &[PathBuf],
     upper: &Path,
     work: &Path,
-    target: &Path,
-) -> Result<(), BundleError> {
+    userxattr: bool,
+) -> Result<String, BundleError> {
     for p in lowers.iter().map(PathBuf::as_path).chain([upper, work]) {
         let s = p.as_os_str().as_encoded_bytes();
         if s.contains(&b',') || s.contains(&b':') {
@@ -268,7 +319,8 @@ pub(crate) fn mount_overlay(
         .map(|p| p.display().to_string())
         .collect();
     let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "{}lowerdir={},upperdir={},workdir={}",
+        if userxattr { "userxattr," } else { "" },
         lowerdir.join(":"),
         upper.display(),
         work.display()
@@ -276,6 +328,17 @@ pub(crate) fn mount_overlay(
     if options.len() >= 4096 {
         return Err(BundleError::TooManyLayers(options.len()));
     }
+    Ok(options)
+}
+
+/// Mounts an overlay of `lowers` (bottom first) under `upper` at `target`.
+pub(crate) fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), BundleError> {
+    let options = overlay_options(lowers, upper, work, false)?;
     nix::mount::mount(
         Some("overlay"),
         target,
@@ -317,7 +380,12 @@ pub(crate) fn unmount(target: &Path) -> Result<(), BundleError> {
 
 /// Is `path` a mount point in this process's mount namespace (per /proc/self/mountinfo)?
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    is_mount_point_in(Path::new("/proc/self/mountinfo"), path)
+}
+
+/// Is `path` a mount point per the mountinfo file `mountinfo` (`/proc/<pid>/mountinfo`)?
+pub fn is_mount_point_in(mountinfo: &Path, path: &Path) -> io::Result<bool> {
+    let info = fs::read_to_string(mountinfo)?;
     let wanted = path.display().to_string();
     // Field 5 is the mount point, with spaces and the like escaped as octal.
     Ok(info

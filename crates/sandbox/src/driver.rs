@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::layout::Home;
 use crate::net::{self, NetError};
 use crate::oci::{Image, ImageStore, PullError};
 use crate::runc::{ExecOptions, ExecOutput, InitProcess, Runc, RuncError};
+use crate::userns::{self, Holder, UsernsError};
 
 /// Why a driver call failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,18 @@ pub enum SandboxError {
     /// A blocking task panicked or was cancelled.
     #[error("a file task of the driver did not finish")]
     Task(#[source] tokio::task::JoinError),
+    /// The user namespace of a runner that is not root could not be set up or entered.
+    #[error("the sandboxes' user namespace (the runner is not root) failed")]
+    Userns(#[source] UsernsError),
+    /// A container left in a namespace holder that is gone could not be removed.
+    #[error("cannot remove container {container}, left by a namespace holder that is gone: remove it with `runc --root <home>/runc delete --force {container}`")]
+    Unreachable {
+        /// The container's name.
+        container: String,
+        /// Why.
+        #[source]
+        source: RuncError,
+    },
     /// `runc list` failed.
     #[error("cannot list the runner's containers")]
     List(#[source] RuncError),
@@ -184,6 +198,8 @@ pub struct Driver {
     images: ImageStore,
     cgroup_parent: String,
     exec_seq: AtomicU64,
+    /// The namespace holder when the runner is not root (see [`crate::userns`]); `None` as root.
+    holder: Option<Arc<Holder>>,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -192,20 +208,125 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Sandb
 }
 
 impl Driver {
-    /// A driver on `home`, opening its image cache.
+    /// A driver on `home`, opening its image cache. When this process is not root, its sandboxes
+    /// run in the home's user namespace: the namespace holder a previous driver left is taken
+    /// back, or a new one started (and then whatever ran in the old one, out of reach now, is
+    /// killed and its sandboxes kept stopped).
     pub fn open(home: Home, config: DriverConfig) -> Result<Self, SandboxError> {
         let images = ImageStore::open(home.images()).map_err(SandboxError::Images)?;
         for dir in [home.runc_root(), home.sandboxes()] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
-        let runc = Runc::new(config.runc, home.runc_root());
+        let mut runc = Runc::new(config.runc, home.runc_root());
+        let mut holder = None;
+        if !nix::unistd::geteuid().is_root() {
+            let (h, fresh) = Holder::open(home.root()).map_err(SandboxError::Userns)?;
+            let h = Arc::new(h);
+            runc = runc.in_holder(Arc::clone(&h));
+            holder = Some(h);
+            if fresh {
+                clear_unreachable(&home, &runc)?;
+            }
+        }
         Ok(Self {
             home,
             runc,
             images,
             cgroup_parent: config.cgroup_parent,
             exec_seq: AtomicU64::new(0),
+            holder,
         })
+    }
+
+    /// Does this driver run its sandboxes as an ordinary user, in a user namespace? Then no cgroup
+    /// limit (cpu, memory, pids) is applied: there is no cgroup delegation to apply them in.
+    pub fn is_rootless(&self) -> bool {
+        self.holder.is_some()
+    }
+
+    /// The pid of the namespace holder of a driver that is not root.
+    pub fn holder_pid(&self) -> Option<i32> {
+        self.holder.as_ref().map(|h| h.pid())
+    }
+
+    /// Ends the namespace holder of a driver that is not root when no container is left in it
+    /// (every sandbox stopped or deleted): a runner's clean stop leaves no process behind. The
+    /// next driver on the home starts a new one. `true` when it was ended. Call it when no
+    /// create or start is under way (a runner once it has stopped serving).
+    pub async fn release(&self) -> Result<bool, SandboxError> {
+        let Some(holder) = &self.holder else {
+            return Ok(false);
+        };
+        if !self
+            .runc
+            .list()
+            .await
+            .map_err(SandboxError::List)?
+            .is_empty()
+        {
+            return Ok(false);
+        }
+        holder.end().map_err(SandboxError::Userns)?;
+        Ok(true)
+    }
+
+    /// Mounts the sandbox's overlay: in this process's mount namespace as root, in the holder's
+    /// otherwise.
+    async fn mount(
+        &self,
+        id: &SandboxId,
+        lowers: &[PathBuf],
+        paths: &crate::layout::SandboxPaths,
+    ) -> Result<(), SandboxError> {
+        let Some(holder) = &self.holder else {
+            return bundle::mount_overlay(lowers, &paths.upper, &paths.work, &paths.rootfs)
+                .map_err(about(id, SandboxError::Bundle));
+        };
+        let options = bundle::overlay_options(lowers, &paths.upper, &paths.work, true)
+            .map_err(about(id, SandboxError::Bundle))?;
+        let (holder, target) = (Arc::clone(holder), paths.rootfs.clone());
+        tokio::task::spawn_blocking(move || {
+            holder
+                .mount_overlay(&target, &options)
+                .map_err(|source| BundleError::Userns {
+                    op: "mount",
+                    target,
+                    source,
+                })
+        })
+        .await
+        .map_err(SandboxError::Task)?
+        .map_err(about(id, SandboxError::Bundle))
+    }
+
+    /// Unmounts the sandbox's overlay if it is mounted.
+    async fn unmount(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        let target = self.home.sandbox(id).rootfs;
+        let Some(holder) = &self.holder else {
+            return bundle::unmount(&target).map_err(about(id, SandboxError::Bundle));
+        };
+        let holder = Arc::clone(holder);
+        tokio::task::spawn_blocking(move || {
+            holder
+                .unmount(&target)
+                .map_err(|source| BundleError::Userns {
+                    op: "unmount",
+                    target,
+                    source,
+                })
+        })
+        .await
+        .map_err(SandboxError::Task)?
+        .map_err(about(id, SandboxError::Bundle))
+    }
+
+    /// `path` as this process reaches it: itself as root, through the holder's mount namespace
+    /// (where the overlays are mounted) otherwise.
+    fn view(&self, path: &Path) -> PathBuf {
+        match &self.holder {
+            Some(holder) => holder.view(path),
+            None => path.to_path_buf(),
+        }
     }
 
     /// The runner home.
@@ -273,10 +394,16 @@ impl Driver {
         };
         write_json(&paths.record, &record)?;
         // Mounted first: the image's user names are looked up in its own /etc/passwd.
-        bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
+        self.mount(id, &lowers, &paths).await?;
+        let image_user = image.config.user.as_deref();
+        let user = bundle::resolve_user(image_user, &self.view(&paths.rootfs))
             .map_err(about(id, SandboxError::Bundle))?;
-        let user = bundle::resolve_user(image.config.user.as_deref(), &paths.rootfs)
-            .map_err(about(id, SandboxError::Bundle))?;
+        if self.is_rootless() && user != (0, 0) {
+            let (uid, gid) = user;
+            let user = image_user.unwrap_or_default().to_string();
+            let e = BundleError::Unmapped { user, uid, gid };
+            return Err(SandboxError::Bundle(id.clone(), e));
+        }
         let spec = Spec {
             id,
             image: &image.config,
@@ -288,6 +415,7 @@ impl Driver {
             resources: &options.resources,
             cgroup_parent: &self.cgroup_parent,
             user,
+            rootless: self.is_rootless(),
         };
         write_json(&paths.config, &bundle::config_json(&spec))?;
         self.runc
@@ -385,10 +513,14 @@ impl Driver {
     /// mount point would be hidden by the overlay and lost).
     fn mounted_rootfs(&self, id: &SandboxId) -> Result<PathBuf, SandboxError> {
         let rootfs = self.home.sandbox(id).rootfs;
-        match bundle::is_mount_point(&rootfs) {
-            Ok(true) => Ok(rootfs),
+        let mountinfo = match &self.holder {
+            Some(holder) => holder.mountinfo(),
+            None => PathBuf::from("/proc/self/mountinfo"),
+        };
+        match bundle::is_mount_point_in(&mountinfo, &rootfs) {
+            Ok(true) => Ok(self.view(&rootfs)),
             Ok(false) => Err(self.absent(id)),
-            Err(e) => Err(io_err("read /proc/self/mountinfo for", &rootfs)(e)),
+            Err(e) => Err(io_err("read the mountinfo for", &rootfs)(e)),
         }
     }
 
@@ -438,6 +570,9 @@ impl Driver {
         timeout: Duration,
     ) -> Result<tokio::net::TcpStream, SandboxError> {
         let init = self.running_init(id)?;
+        if self.is_rootless() {
+            return self.connect_rootless(id, init, port, timeout).await;
+        }
         let netns = net::open_namespace(init.pid).map_err(about(id, SandboxError::Net))?;
         // Checked again once the namespace is open: had the init exited in between and its pid
         // been reused, the namespace would be another process's.
@@ -447,6 +582,38 @@ impl Driver {
         net::connect(netns, port, timeout)
             .await
             .map_err(about(id, SandboxError::Net))
+    }
+
+    /// [`Driver::connect`] for a runner that is not root: it may not enter the sandbox's network
+    /// namespace itself (it is multithreaded, and the namespace belongs to the sandboxes' user
+    /// namespace), so a forked child enters both, connects and passes the socket back.
+    async fn connect_rootless(
+        &self,
+        id: &SandboxId,
+        init: InitProcess,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, SandboxError> {
+        let ns = userns::open_namespaces(
+            init.pid,
+            &[("user", libc::CLONE_NEWUSER), ("net", libc::CLONE_NEWNET)],
+        )
+        .map_err(SandboxError::Userns)?;
+        if !init.is_alive() {
+            return Err(SandboxError::NotRunning { id: id.clone() });
+        }
+        let connected = tokio::task::spawn_blocking(move || userns::connect_in(&ns, port, timeout))
+            .await
+            .map_err(SandboxError::Task)?
+            .map_err(SandboxError::Userns)?;
+        let stream = connected
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(s)
+            })
+            .map_err(|source| NetError::Connect { port, source })
+            .map_err(about(id, SandboxError::Net))?;
+        Ok(stream)
     }
 
     /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init.
@@ -483,7 +650,7 @@ impl Driver {
             }
         }
         self.remove_container(id).await?;
-        bundle::unmount(&paths.rootfs).map_err(about(id, SandboxError::Bundle))
+        self.unmount(id).await
     }
 
     /// Runs a stopped sandbox again: mounts its overlay (its own writable layer, as it was) and
@@ -516,9 +683,8 @@ impl Driver {
             .map(|l| self.cached_layer(l))
             .collect::<Result<Vec<_>, _>>()?;
         let started = async {
-            bundle::unmount(&paths.rootfs).map_err(about(id, SandboxError::Bundle))?;
-            bundle::mount_overlay(&lowers, &paths.upper, &paths.work, &paths.rootfs)
-                .map_err(about(id, SandboxError::Bundle))?;
+            self.unmount(id).await?;
+            self.mount(id, &lowers, &paths).await?;
             self.runc
                 .run_detached(id, &paths.bundle, &paths.init_log)
                 .await
@@ -526,7 +692,7 @@ impl Driver {
         };
         if let Err(e) = started.await {
             let _ = self.remove_container(id).await;
-            let _ = bundle::unmount(&paths.rootfs);
+            let _ = self.unmount(id).await;
             return Err(e);
         }
         match fs::remove_file(&paths.stopped) {
@@ -566,13 +732,9 @@ impl Driver {
     /// Idempotent: whatever is already gone is skipped.
     pub async fn delete(&self, id: &SandboxId) -> Result<(), SandboxError> {
         self.remove_container(id).await?;
-        bundle::unmount(&self.home.sandbox(id).rootfs).map_err(about(id, SandboxError::Bundle))?;
+        self.unmount(id).await?;
         let dir = self.home.sandbox(id).dir;
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &dir)(e)),
-        }
+        crate::layout::remove_all(&dir).map_err(io_err("remove", &dir))
     }
 
     /// Finds what a previous driver on this home left running, to take it back.
@@ -604,6 +766,34 @@ impl Driver {
         }
         Ok(adoption)
     }
+}
+
+/// With a new namespace holder, the containers runc still lists ran in the old one's user
+/// namespace (the holder was killed, or the host rebooted): no runc command can enter them now.
+/// Each is killed and removed (signals need no namespace), and its sandbox kept stopped, as a
+/// sandbox whose init died while the runner was away is.
+fn clear_unreachable(home: &Home, runc: &Runc) -> Result<(), SandboxError> {
+    let root = home.runc_root();
+    for entry in fs::read_dir(&root)
+        .map_err(io_err("read", &root))?
+        .flatten()
+    {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        runc.delete_blocking(&name)
+            .map_err(|source| SandboxError::Unreachable {
+                container: name.clone(),
+                source,
+            })?;
+        if let Ok(id) = SandboxId::parse(&name) {
+            let paths = home.sandbox(&id);
+            if paths.record.is_file() {
+                fs::write(&paths.stopped, b"").map_err(io_err("write", &paths.stopped))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SandboxError> {

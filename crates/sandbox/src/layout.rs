@@ -10,6 +10,7 @@ use crate::id::SandboxId;
 /// ```text
 /// <home>/images/                 the image cache (ImageStore)
 /// <home>/runc/                   runc's --root: one state dir per running container
+/// <home>/holder.json, .lock, .log  a runner that is not root: its namespace holder (crate::userns)
 /// <home>/sandboxes/<id>/
 ///     sandbox.json               what the sandbox was created from
 ///     upper/ work/               its overlayfs writable layer and work dir
@@ -88,4 +89,40 @@ pub struct SandboxPaths {
     pub init_log: PathBuf,
     /// A marker present while the sandbox is stopped: its dir is kept on purpose, not a leftover.
     pub stopped: PathBuf,
+}
+
+/// Removes `path` and everything under it, like `fs::remove_dir_all`; a directory the owner may
+/// not list or write (an overlay's `work/work` is mode 0, an image may hold 0555 dirs) is made
+/// owner-accessible first, which root never needs but a runner that is not root does. Symlinks
+/// are removed, never followed. Missing: not an error.
+pub(crate) fn remove_all(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            open_up(path)?;
+            std::fs::remove_dir_all(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the owner rwx on every directory under `path` (itself included), not following links.
+fn open_up(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o700))?;
+    }
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            open_up(&entry.path())?;
+        }
+    }
+    Ok(())
 }

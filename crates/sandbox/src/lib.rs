@@ -4,6 +4,12 @@
 //!
 //! Everything lives under one runner home ([`Home`]); a [`Driver`] holds no state of its own, so
 //! a restarted runner's new driver takes its running sandboxes back with [`Driver::adopt`].
+//!
+//! As root the overlays are mounted in the runner's own mount namespace and runc runs as it is.
+//! Run by an ordinary user, the driver keeps a namespace holder per home ([`userns`]): the
+//! overlays and every runc command live in its user and mount namespaces (rootless runc, no
+//! cgroup limits), files are reached through `/proc/<holder>/root`, and connections are opened by
+//! a forked child that enters the sandbox's namespaces.
 
 pub mod bundle;
 pub mod digest;
@@ -14,6 +20,7 @@ pub mod layout;
 pub mod net;
 pub mod oci;
 pub mod runc;
+pub mod userns;
 
 pub use bundle::{BundleError, Init, Resources};
 pub use digest::{Digest, DigestError};
@@ -26,3 +33,4 @@ pub use layout::{Home, SandboxPaths};
 pub use net::NetError;
 pub use oci::{Image, ImageConfig, ImageRef, ImageStore, Layer, PullError, Pulled, UnpackError};
 pub use runc::{ContainerState, ExecOptions, ExecOutput, InitProcess, Runc, RuncError};
+pub use userns::{Holder, UsernsError};

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::id::SandboxId;
+use crate::userns::Holder;
 
 /// Why a runc command failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub enum RuncError {
         #[source]
         source: std::io::Error,
     },
+    /// runc could not be started inside the runner's user namespace (a runner that is not root).
+    #[error("cannot run runc inside the sandboxes' user namespace")]
+    Userns(#[source] crate::userns::UsernsError),
     /// runc ran and failed.
     #[error("`runc {command}` for sandbox {id} exited with {code}: {stderr}")]
     Failed {
@@ -143,6 +148,9 @@ impl Default for ExecOptions {
 pub struct Runc {
     binary: PathBuf,
     root: PathBuf,
+    /// For a runner that is not root: every runc command runs in this holder's namespaces, as
+    /// rootless runc.
+    holder: Option<Arc<Holder>>,
 }
 
 /// After the command exits, how long its output pipes may take to drain: the bytes are already
@@ -155,14 +163,56 @@ impl Runc {
         Self {
             binary: binary.into(),
             root: root.into(),
+            holder: None,
         }
     }
 
-    fn command(&self) -> Command {
+    /// The same runc run inside `holder`'s user and mount namespaces (a runner that is not root).
+    pub fn in_holder(self, holder: Arc<Holder>) -> Self {
+        Self {
+            holder: Some(holder),
+            ..self
+        }
+    }
+
+    fn command(&self) -> Result<Command, RuncError> {
         let mut c = Command::new(&self.binary);
+        if let Some(holder) = &self.holder {
+            holder.enter(&mut c).map_err(RuncError::Userns)?;
+            // Root in a user namespace: rootless cgroup handling, said rather than guessed.
+            c.args(["--rootless", "true"]);
+        }
         c.arg("--root").arg(&self.root);
         c.stdin(Stdio::null()).kill_on_drop(true);
-        c
+        Ok(c)
+    }
+
+    /// `runc delete --force`, blocking: for a driver clearing, as it opens, the containers of a
+    /// holder that is gone.
+    pub(crate) fn delete_blocking(&self, id: &str) -> Result<(), RuncError> {
+        let mut c = std::process::Command::new(&self.binary);
+        if let Some(holder) = &self.holder {
+            holder.enter(&mut c).map_err(RuncError::Userns)?;
+            c.args(["--rootless", "true"]);
+        }
+        c.arg("--root").arg(&self.root);
+        let out = c
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| RuncError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(RuncError::Failed {
+            command: "delete",
+            id: id.to_string(),
+            code: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 
     async fn output(
@@ -171,7 +221,7 @@ impl Runc {
         id: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<Vec<u8>, RuncError> {
-        let mut c = self.command();
+        let mut c = self.command()?;
         c.arg(command).args(args);
         let out = c.output().await.map_err(|source| RuncError::Spawn {
             binary: self.binary.clone(),
@@ -207,7 +257,7 @@ impl Runc {
             .append(true)
             .open(log)
             .map_err(spawn)?;
-        let mut c = self.command();
+        let mut c = self.command()?;
         c.args(["run", "--detach", "--bundle"])
             .arg(bundle)
             .arg(id.as_str());
@@ -302,7 +352,7 @@ impl Runc {
             source,
         };
         let _ = fs::remove_file(pid_file);
-        let mut c = self.command();
+        let mut c = self.command()?;
         c.arg("exec").arg("--pid-file").arg(pid_file);
         for (k, v) in &opts.env {
             let mut kv = OsString::from(k);
@@ -410,10 +460,10 @@ fn kill_tree(pid: i32, deadline: Instant) {
 }
 
 /// One process's state letter, parent and start time, from /proc/<pid>/stat.
-struct Stat {
-    state: char,
+pub(crate) struct Stat {
+    pub(crate) state: char,
     ppid: i32,
-    start: u64,
+    pub(crate) start: u64,
 }
 
 /// Every process of the host, by pid.
@@ -428,7 +478,7 @@ fn processes() -> HashMap<i32, Stat> {
         .collect()
 }
 
-fn read_stat(pid: i32) -> Option<Stat> {
+pub(crate) fn read_stat(pid: i32) -> Option<Stat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parens: the fields after the last `)` are fixed.
     let (_, rest) = stat.rsplit_once(')')?;

@@ -8,3 +8,4 @@ mod bench;
 mod life;
 mod registration;
 mod restarts;
+mod rootless;

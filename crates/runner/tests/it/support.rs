@@ -204,6 +204,8 @@ pub struct Runner {
     pub port: u16,
     pub home: tempfile::TempDir,
     env: BTreeMap<String, String>,
+    /// The uid (and gid) the runner runs as; `None`: as the test, root.
+    uid: Option<u32>,
     child: Option<Child>,
     log: PathBuf,
     http: reqwest::Client,
@@ -212,7 +214,16 @@ pub struct Runner {
 impl Runner {
     /// Starts a runner pulling from `registry` and calling the control plane on `cp_port`.
     pub async fn start(registry: &Registry, cp_port: u16) -> Runner {
+        Self::start_as(registry, cp_port, None).await
+    }
+
+    /// Starts a runner as `uid` (its gid the same number, no supplementary groups), its home
+    /// owned by that user; as the test's own user (root) for `None`.
+    pub async fn start_as(registry: &Registry, cp_port: u16, uid: Option<u32>) -> Runner {
         let home = tempfile::tempdir().expect("runner home");
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(home.path(), Some(uid), Some(uid)).expect("chown the home");
+        }
         let name = unique("rt");
         let port = free_port();
         let env: BTreeMap<String, String> = [
@@ -234,6 +245,7 @@ impl Runner {
             port,
             home,
             env,
+            uid,
             child: None,
             log,
             http: reqwest::Client::new(),
@@ -250,7 +262,13 @@ impl Runner {
             .append(true)
             .open(&self.log)
             .expect("runner log");
-        let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
+        if let Some(uid) = self.uid {
+            // std drops the supplementary groups (setgroups) before setuid when run by root.
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let child = command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
@@ -443,11 +461,65 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The pid of the namespace holder a runner that is not root recorded in `home`, if any.
+pub fn holder_pid(home: &Path) -> Option<i32> {
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(home.join("holder.json")).ok()?).ok()?;
+    record["pid"].as_i64().map(|p| p as i32)
+}
+
+/// The user namespace of process `pid` (`user:[inode]`), if it is alive.
+pub fn user_namespace(pid: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/user"))
+        .ok()
+        .map(|l| l.display().to_string())
+}
+
+/// Live processes in user namespace `ns` (as [`user_namespace`] names it).
+pub fn processes_in(ns: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .is_none_or(|s| s == "Z");
+            !zombie && user_namespace(pid).as_deref() == Some(ns)
+        })
+        .collect()
+}
+
+/// Mount points under `prefix` in the mount namespace of process `pid` (`self` for the test's).
+pub fn mounts_of(pid: &str, prefix: &Path) -> Vec<String> {
+    let prefix = prefix.display().to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
 impl Drop for Runner {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A runner that is not root: everything in its user namespace goes with its holder
+        // (its sandboxes' mounts live only in the holder's mount namespace).
+        if let Some(ns) = holder_pid(self.home.path()).and_then(user_namespace) {
+            for pid in processes_in(&ns) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         let runc_root = self.home.path().join("runc");
         for id in entries(&runc_root) {

@@ -112,7 +112,7 @@ impl ImageStore {
         }
         let tmp = root.join("tmp");
         if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(PullError::io("clear", &tmp))?;
+            crate::layout::remove_all(&tmp).map_err(PullError::io("clear", &tmp))?;
         }
         fs::create_dir_all(&tmp).map_err(PullError::io("create", &tmp))?;
         let http = reqwest::Client::builder()
@@ -458,7 +458,7 @@ impl ImageStore {
             .await;
         let _ = fs::remove_file(&blob);
         if result.is_err() {
-            let _ = fs::remove_dir_all(&staging);
+            let _ = crate::layout::remove_all(&staging);
         }
         result
     }
@@ -520,7 +520,7 @@ impl ImageStore {
             Ok(()) => Ok(()),
             // Another pull of the same layer won the race: its copy is as good as ours.
             Err(_) if dest.is_dir() => {
-                let _ = fs::remove_dir_all(staging);
+                let _ = crate::layout::remove_all(staging);
                 Ok(())
             }
             Err(e) => Err(PullError::io("rename", &dest)(e)),

@@ -5,7 +5,12 @@
 //! file re-added by layer N+1, which only overlayfs itself can express (a whiteout in a sandbox's
 //! upper dir would hide the upper layers' files too). So `.wh.<name>` becomes a character device
 //! 0/0 named `<name>`, and `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
-//! Both need root (CAP_MKNOD, CAP_SYS_ADMIN), as does mounting the overlay.
+//! As root the opaque xattr is `trusted.overlay.opaque`. A runner that is not root (see
+//! [`crate::userns`]) unpacks as `umoci --rootless` does: `user.overlay.opaque` instead (its
+//! overlays are mounted with `userxattr`); whiteouts as they are (a 0/0 character device needs no
+//! privilege since Linux 5.8); no ownership (every file is the runner's, root in the sandbox);
+//! other device nodes skipped; every directory owner-writable, so that the cache and the
+//! sandboxes' dirs can be removed later.
 //!
 //! Every entry is checked before it is written: no absolute path, no `..`, never written through
 //! a symlink (each ancestor must be a real directory of this layer), hard links only to paths
@@ -83,7 +88,7 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path, diff_id: &Digest) -> Result
     archive.set_overwrite(true);
     for entry in archive.entries().map_err(UnpackError::Read)? {
         let entry = entry.map_err(UnpackError::Read)?;
-        unpack_entry(entry, dest)?;
+        unpack_entry(entry, dest, root)?;
     }
     let actual = archive.into_inner().finish().map_err(UnpackError::Read)?;
     if &actual != diff_id {
@@ -95,7 +100,20 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path, diff_id: &Digest) -> Result
     Ok(())
 }
 
-fn unpack_entry<R: Read>(mut entry: tar::Entry<'_, R>, dest: &Path) -> Result<(), UnpackError> {
+/// A directory's mode as unpacked: as it is for root, owner-writable otherwise.
+fn dir_mode(mode: u32, root: bool) -> u32 {
+    if root {
+        mode & 0o7777
+    } else {
+        (mode & 0o7777) | 0o700
+    }
+}
+
+fn unpack_entry<R: Read>(
+    mut entry: tar::Entry<'_, R>,
+    dest: &Path,
+    root: bool,
+) -> Result<(), UnpackError> {
     let raw = entry.path_bytes().into_owned();
     let shown = String::from_utf8_lossy(&raw).into_owned();
     let rel = relative(&raw).ok_or_else(|| UnpackError::Escape {
@@ -109,7 +127,7 @@ fn unpack_entry<R: Read>(mut entry: tar::Entry<'_, R>, dest: &Path) -> Result<()
         // The layer's own root (`./`): only its mode matters.
         if entry.header().entry_type().is_dir() {
             let mode = entry.header().mode().map_err(UnpackError::Read)?;
-            fs::set_permissions(dest, fs::Permissions::from_mode(mode & 0o7777))
+            fs::set_permissions(dest, fs::Permissions::from_mode(dir_mode(mode, root)))
                 .map_err(write_err(dest))?;
         }
         return Ok(());
@@ -117,7 +135,7 @@ fn unpack_entry<R: Read>(mut entry: tar::Entry<'_, R>, dest: &Path) -> Result<()
     let parent = real_dirs(dest, rel.parent().unwrap_or(Path::new("")), &shown)?;
     let name_bytes = name.as_bytes();
     if name_bytes == OPAQUE.as_bytes() {
-        return set_opaque(&parent).map_err(write_err(&parent));
+        return set_opaque(&parent, root).map_err(write_err(&parent));
     }
     if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
         let path = parent.join(OsStr::from_bytes(hidden));
@@ -135,6 +153,10 @@ fn unpack_entry<R: Read>(mut entry: tar::Entry<'_, R>, dest: &Path) -> Result<()
     }
     let path = parent.join(&name);
     let kind = entry.header().entry_type();
+    if !root && (kind.is_character_special() || kind.is_block_special()) {
+        // Only root may make device nodes; runc gives the sandbox its /dev anyway.
+        return Ok(());
+    }
     if kind.is_hard_link() {
         let target_raw = entry
             .link_name_bytes()
@@ -160,6 +182,11 @@ fn unpack_entry<R: Read>(mut entry: tar::Entry<'_, R>, dest: &Path) -> Result<()
         Err(_) => {}
     }
     entry.unpack(&path).map_err(write_err(&path))?;
+    if kind.is_dir() && !root {
+        let mode = entry.header().mode().map_err(UnpackError::Read)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(mode, root)))
+            .map_err(write_err(&path))?;
+    }
     Ok(())
 }
 
@@ -206,15 +233,19 @@ fn real_dirs(dest: &Path, rel: &Path, entry: &str) -> Result<PathBuf, UnpackErro
 
 fn remove_existing(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => crate::layout::remove_all(path),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-fn set_opaque(dir: &Path) -> io::Result<()> {
-    xattr::set(dir, "trusted.overlay.opaque", b"y")
+fn set_opaque(dir: &Path, root: bool) -> io::Result<()> {
+    if root {
+        xattr::set(dir, "trusted.overlay.opaque", b"y")
+    } else {
+        xattr::set(dir, "user.overlay.opaque", b"y")
+    }
 }
 
 #[cfg(test)]

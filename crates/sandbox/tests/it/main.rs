@@ -6,4 +6,5 @@ mod bench;
 mod files;
 mod net;
 mod oci;
+mod rootless;
 mod sandboxes;
