@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,16 @@ pub enum BuildError {
         /// How the command ended.
         status: String,
         /// The whole output.
+        log: PathBuf,
+    },
+    /// The same build (command, directory and inputs) ran for another component, and failed.
+    #[error("its build is `{with}`'s, which failed ({status}); the last build still runs, if there is one")]
+    SharedFailed {
+        /// The component whose build ran.
+        with: String,
+        /// How the command ended.
+        status: String,
+        /// Its output.
         log: PathBuf,
     },
     /// Its log could not be written.
@@ -242,12 +253,99 @@ pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Dura
     let Some(spec) = &svc.build else {
         return Ok(Duration::ZERO);
     };
+    let record = run_recorded(layout, root, &svc.name, spec).await?;
+    Ok(Duration::from_millis(record.duration_ms))
+}
+
+/// The builds of one command (`up`, `restart --build`, a change under `watch`): components whose
+/// builds are the same command in the same directory over the same inputs share one run, as
+/// `api` and `proxy` do (`cargo build -p control-plane`). Run side by side, they would only
+/// queue on cargo's lock and each find the other's work done.
+#[derive(Debug, Default)]
+pub struct Batch {
+    runs: std::sync::Mutex<std::collections::HashMap<String, Arc<SharedRun>>>,
+}
+
+/// One shared build, once it ended: the component it ran for, and its record or how it failed
+/// (with its log).
+type SharedRun = tokio::sync::OnceCell<(String, Result<BuildRecord, (String, PathBuf)>)>;
+
+impl Batch {
+    /// Builds `svc`, or waits for the same build already running for another component of this
+    /// batch and records its result as `svc`'s own (its build log says whose run it was).
+    pub async fn run(
+        &self,
+        layout: &Layout,
+        root: &Path,
+        svc: &ServiceSpec,
+    ) -> Result<Duration, BuildError> {
+        let Some(spec) = &svc.build else {
+            return Ok(Duration::ZERO);
+        };
+        let key = serde_json::json!([spec.command, spec.working_dir, spec.inputs]).to_string();
+        let shared = Arc::clone(
+            self.runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key)
+                .or_default(),
+        );
+        // This component's own failure, with its cause, when the run was its own.
+        let mut own: Option<BuildError> = None;
+        let (ran_for, outcome) = shared
+            .get_or_init(|| async {
+                let outcome = match run_recorded(layout, root, &svc.name, spec).await {
+                    Ok(record) => Ok(record),
+                    Err(e) => {
+                        let failed = match &e {
+                            BuildError::Failed { status, log } => (status.clone(), log.clone()),
+                            other => (other.to_string(), layout.build_log(&svc.name)),
+                        };
+                        own = Some(e);
+                        Err(failed)
+                    }
+                };
+                (svc.name.clone(), outcome)
+            })
+            .await;
+        if let Some(e) = own {
+            return Err(e);
+        }
+        match outcome {
+            Err((status, log)) => Err(BuildError::SharedFailed {
+                with: ran_for.clone(),
+                status: status.clone(),
+                log: log.clone(),
+            }),
+            Ok(record) if *ran_for == svc.name => Ok(Duration::from_millis(record.duration_ms)),
+            Ok(record) => {
+                // Unrecorded, the next `up` builds again: slower, never wrong.
+                let _ = std::fs::create_dir_all(layout.logs_dir()).and_then(|()| {
+                    std::fs::write(
+                        layout.build_log(&svc.name),
+                        format!("built by the same run as `{ran_for}`: see {ran_for}.build.log\n"),
+                    )
+                });
+                let _ = write_json(&layout.build_record(&svc.name), record);
+                Ok(Duration::from_millis(record.duration_ms))
+            }
+        }
+    }
+}
+
+/// Runs the build `spec` of component `name` (see [`run`]) and returns its record.
+async fn run_recorded(
+    layout: &Layout,
+    root: &Path,
+    name: &str,
+    spec: &BuildSpec,
+) -> Result<BuildRecord, BuildError> {
     let files = input_files(root, &spec.inputs)?;
     let (hash, stamp) = (
         content_hash(root, spec, &files)?,
         stamp(root, spec, &files)?,
     );
-    let log = layout.build_log(&svc.name);
+    let log = layout.build_log(name);
     let log_err = |source| BuildError::Log {
         path: log.clone(),
         source,
@@ -293,8 +391,8 @@ pub async fn run(layout: &Layout, root: &Path, svc: &ServiceSpec) -> Result<Dura
         duration_ms: took.as_millis() as u64,
     };
     // Unrecorded, the next `up` builds again: slower, never wrong.
-    let _ = write_json(&layout.build_record(&svc.name), &record);
-    Ok(took)
+    let _ = write_json(&layout.build_record(name), &record);
+    Ok(record)
 }
 
 fn describe(status: std::process::ExitStatus) -> String {

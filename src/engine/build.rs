@@ -20,13 +20,14 @@ impl Engine {
             .map(|s| &s.name)
             .collect();
         let mut builds = ServiceTasks::new();
+        // The same build for two components runs once.
+        let batch = std::sync::Arc::new(crate::build::Batch::default());
         for name in wanted {
             let svc = self.stack.services[name].clone();
             let (layout, root) = (self.layout.clone(), self.stack.root.clone());
+            let batch = std::sync::Arc::clone(&batch);
             self.progress.phase(name, "building");
-            builds.spawn(name, async move {
-                crate::build::run(&layout, &root, &svc).await
-            });
+            builds.spawn(name, async move { batch.run(&layout, &root, &svc).await });
         }
         let mut slowest = 0f64;
         let mut failures = Vec::new();

@@ -54,9 +54,9 @@ impl Unhealthy {
     /// build's output when the build failed.
     pub fn new(layout: &Layout, service: &str, reason: StartError) -> Unhealthy {
         let (path, log_tail) = match &reason {
-            StartError::Build(BuildError::Failed { log, .. }) => {
-                (log.clone(), crate::build::tail(log, LOG_TAIL_LINES))
-            }
+            StartError::Build(
+                BuildError::Failed { log, .. } | BuildError::SharedFailed { log, .. },
+            ) => (log.clone(), crate::build::tail(log, LOG_TAIL_LINES)),
             _ => {
                 let path = layout.log_file(service);
                 let tail = supervisor::log::tail(&path, LOG_TAIL_LINES);

@@ -80,6 +80,8 @@ pub(super) struct ServiceRun {
     pub(super) launch: Launch,
     /// Build it before it is launched (its inputs changed, or `restart --build`).
     pub(super) build: bool,
+    /// The builds of this `up`: the same build for two components runs once.
+    pub(super) builds: Arc<crate::build::Batch>,
     /// The project root its build runs in.
     pub(super) root: std::path::PathBuf,
 }
@@ -129,7 +131,7 @@ impl ServiceRun {
             return Ok(());
         }
         self.progress.phase(&svc.name, "building");
-        let took = crate::build::run(&self.layout, &self.root, svc).await?;
+        let took = self.builds.run(&self.layout, &self.root, svc).await?;
         self.progress.note(&format!(
             "built `{}` in {:.2}s",
             svc.name,

@@ -84,6 +84,7 @@ impl Engine {
         let started = Arc::new(Mutex::new(Vec::<String>::new()));
         let launches = TaskTracker::new();
         let mut tasks = ServiceTasks::new();
+        let builds = Arc::new(crate::build::Batch::default());
         for name in &selected {
             let svc = self.stack.services[name].clone();
             let action = actions[name];
@@ -110,6 +111,7 @@ impl Engine {
                 priority: schedule.priority(name),
                 launch: schedule.launch(name),
                 build: to_build.contains(name),
+                builds: Arc::clone(&builds),
                 root: self.stack.root.clone(),
             };
             tasks.spawn(

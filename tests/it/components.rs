@@ -128,6 +128,56 @@ fn a_build_runs_while_its_dependencies_start() {
     assert_eq!(page(port), "version 1\n");
 }
 
+#[test]
+fn two_components_with_the_same_build_share_one_run_and_its_failure() {
+    // `web` and a twin served from the same output, built by the same command over the same
+    // inputs (as `api` and `proxy` are by `cargo build -p control-plane`).
+    let p = Project::new("shared-build");
+    let (port, twin) = (free_port(), free_port());
+    component(&p, port, "");
+    let web = std::fs::read_to_string(p.dir.join("services/web.yaml")).expect("web.yaml");
+    p.service("twin", &web.replace(&port.to_string(), &twin.to_string()));
+
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(builds(&p), 1, "one run for both: {}", r.stderr);
+    assert_eq!(
+        (page(port), page(twin)),
+        ("version 1\n".into(), "version 1\n".into())
+    );
+    let logs = ["web", "twin"].map(|s| {
+        std::fs::read_to_string(p.state_dir().join(format!("logs/{s}.build.log")))
+            .unwrap_or_default()
+    });
+    assert!(
+        logs.iter().any(|l| l.contains("building version 1"))
+            && logs
+                .iter()
+                .any(|l| l.starts_with("built by the same run as `")),
+        "one log has the build, the other says whose it was: {logs:?}"
+    );
+    let r = p.run(&["up"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert_eq!(builds(&p), 1, "both recorded it: a warm up builds nothing");
+
+    // Broken: one run fails, and both components say so, each naming the log with the cause.
+    p.write("src/page.html", "BROKEN\n");
+    let r = p.run(&["restart", "--build"]);
+    assert_eq!(r.code, 5, "{}", r.text());
+    assert_eq!(builds(&p), 2, "still one run: {}", r.stderr);
+    assert!(
+        r.stderr.matches("error: page.html is broken").count() >= 2,
+        "each failure shows the failed run's last lines: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("which failed (exit 1)"), "{}", r.stderr);
+    assert_eq!(
+        (page(port), page(twin)),
+        ("version 1\n".into(), "version 1\n".into())
+    );
+    assert_eq!(p.run(&["down"]).code, 0);
+}
+
 /// `stack watch` running in the background, its stderr lines sent to a channel.
 struct Watching {
     child: Child,
