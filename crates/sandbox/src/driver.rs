@@ -747,7 +747,9 @@ impl Driver {
         Ok(stream)
     }
 
-    /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init.
+    /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init. A slirp4netns of the sandbox
+    /// exits by itself once the init has exited and been reaped (its `--exit-fd` is the init's
+    /// pidfd), and is ended by the next stop, start or delete in any case.
     pub async fn kill(&self, id: &SandboxId, signal: &str) -> Result<(), SandboxError> {
         if !self.runc_knows(id) {
             return Err(SandboxError::NotFound { id: id.clone() });
@@ -858,7 +860,9 @@ impl Driver {
         crate::layout::remove_all(&dir).map_err(io_err("remove", &dir))
     }
 
-    /// Finds what a previous driver on this home left running, to take it back.
+    /// Finds what a previous driver on this home left running, to take it back (then
+    /// [`Driver::reconnect`] each running sandbox: its outbound network). A listing only: it
+    /// changes nothing, and may be called any time.
     pub async fn adopt(&self) -> Result<Adoption, SandboxError> {
         let containers = self.runc.list().await.map_err(SandboxError::List)?;
         let mut adoption = Adoption::default();
