@@ -32,6 +32,9 @@ command -v apt-get >/dev/null || die "this script installs Debian packages; inst
 # skopeo pushes them.
 PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates
   runc mmdebstrap umoci skopeo busybox-static)
+# slirp4netns gives the runners' sandboxes outbound network when RUNNER_OUTBOUND=on
+# (docs/platform.md, "Outbound network"), without touching the host's network configuration.
+PACKAGES+=(slirp4netns)
 if [ "$MICROVM" = 1 ]; then
   # protoc builds the boxlite crate; busybox-static (above) fills the boot probe's image.
   PACKAGES+=(protobuf-compiler python3-pip)
@@ -62,6 +65,14 @@ fi
 if ! id stacksvc >/dev/null 2>&1; then
   say "creating the unprivileged service user stacksvc"
   $SUDO useradd --system --no-create-home --shell /usr/sbin/nologin stacksvc
+fi
+
+# slirp4netns run by an unprivileged runner opens /dev/net/tun itself: udev's default rule makes
+# it 0666 (safe: making a tap device still needs CAP_NET_ADMIN in its namespace); without udev
+# (containers, small VMs) it is root's only. Set now; udev-less hosts need it again after a reboot.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  say "making /dev/net/tun usable by unprivileged runners (mode 0666, as udev does)"
+  $SUDO chmod 0666 /dev/net/tun
 fi
 
 command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"

@@ -64,8 +64,16 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
         &settings.name,
         settings.registry.clone(),
         settings.capacity,
+        settings.outbound,
     )
     .map_err(RunError::Home)?;
+    eprintln!(
+        "runner: outbound network access of new sandboxes: {}",
+        match settings.outbound {
+            sandbox::Outbound::On => "on (slirp4netns; never the host's loopback)",
+            sandbox::Outbound::Off => "off (RUNNER_OUTBOUND=on to give it)",
+        }
+    );
     if let Some(holder) = sandboxes.holder_pid() {
         eprintln!(
             "runner: running as uid {} (not root): sandboxes run in a user namespace held by pid {holder}; \

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandbox::{
-    CreateOptions, Driver, DriverConfig, ExecOptions, Home, ImageRef, PullError, Resources,
-    RuncError, Sandbox, SandboxError, SandboxId, Status,
+    CreateOptions, Driver, DriverConfig, ExecOptions, Home, ImageRef, Outbound, PullError,
+    Resources, RuncError, Sandbox, SandboxError, SandboxId, Status,
 };
 
 use crate::error::ApiError;
@@ -74,10 +74,12 @@ impl Sandboxes {
         name: &str,
         registry: String,
         capacity: usize,
+        outbound: Outbound,
     ) -> Result<Self, SandboxError> {
         let config = DriverConfig {
             // One cgroup subtree per runner: two runners on a host never share a parent.
             cgroup_parent: format!("stack-sandboxes/{name}"),
+            outbound,
             ..DriverConfig::default()
         };
         Ok(Self {
@@ -337,7 +339,15 @@ impl Sandboxes {
         let mut kept = adoption.stopped;
         for s in adoption.sandboxes {
             if s.status == Status::Running {
-                boot.adopted.push(s.id);
+                // Its slirp4netns taken back (or started again, or ended with outbound off). A
+                // sandbox that cannot have the network it was created with is stopped, kept.
+                match self.driver.reconnect(&s.id).await {
+                    Ok(_) => boot.adopted.push(s.id),
+                    Err(e) => {
+                        let _ = self.driver.stop(&s.id, STOP_GRACE).await;
+                        boot.failed.push((s.id, e.to_string()));
+                    }
+                }
                 continue;
             }
             // Its init died with the runner away (or the host rebooted): keep it, stopped.

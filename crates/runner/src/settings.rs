@@ -25,6 +25,9 @@ pub struct Settings {
     pub registry: String,
     /// `RUNNER_CAPACITY`: most sandboxes at once (default [`DEFAULT_CAPACITY`]).
     pub capacity: usize,
+    /// `RUNNER_OUTBOUND`: `on` gives new sandboxes outbound network access (slirp4netns), `off`
+    /// (the default) leaves every sandbox with `lo` only.
+    pub outbound: sandbox::Outbound,
 }
 
 impl fmt::Debug for Settings {
@@ -37,6 +40,7 @@ impl fmt::Debug for Settings {
             .field("control_plane", &self.control_plane)
             .field("registry", &self.registry)
             .field("capacity", &self.capacity)
+            .field("outbound", &self.outbound)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +120,15 @@ impl Settings {
                 }
             },
         };
+        let outbound = match vars.get("RUNNER_OUTBOUND").map(|v| v.trim()) {
+            None | Some("") => sandbox::Outbound::Off,
+            Some(v) => sandbox::Outbound::parse(v).unwrap_or_else(|| {
+                problems.push(format!(
+                    "`RUNNER_OUTBOUND` is `{v}`: give `off` (the default: sandboxes have no network out) or `on` (outbound access through slirp4netns, never to the host's loopback)"
+                ));
+                sandbox::Outbound::Off
+            }),
+        };
         if !problems.is_empty() {
             return Err(SettingsError(problems));
         }
@@ -137,6 +150,7 @@ impl Settings {
             control_plane: control_plane.trim_end_matches('/').to_string(),
             registry,
             capacity,
+            outbound,
         })
     }
 }
@@ -181,6 +195,7 @@ mod tests {
         );
         assert_eq!(s.control_plane, "http://127.0.0.1:23001");
         assert_eq!(s.registry, "127.0.0.1:25000");
+        assert_eq!(s.outbound, sandbox::Outbound::Off, "off by default");
         assert!(
             !format!("{s:?}").contains("0123456789abcdef"),
             "token hidden"
@@ -200,6 +215,7 @@ mod tests {
         v.insert("RUNNER_CAPACITY".into(), "0".into());
         v.insert("CONTROL_PLANE_URL".into(), "https://x".into());
         v.insert("RUNNER_NAME".into(), "Runner A".into());
+        v.insert("RUNNER_OUTBOUND".into(), "yes".into());
         let e = Settings::from_vars(&v).expect_err("invalid").0;
         let text = e.join("\n");
         for key in [
@@ -210,9 +226,24 @@ mod tests {
             "`RUNNER_CAPACITY`",
             "`CONTROL_PLANE_URL`",
             "`RUNNER_NAME`",
+            "`RUNNER_OUTBOUND` is `yes`: give `off`",
         ] {
             assert!(text.contains(key), "{key} in {text}");
         }
-        assert_eq!(e.len(), 7);
+        assert_eq!(e.len(), 8);
+    }
+
+    #[test]
+    fn outbound_is_off_or_on() {
+        for (value, outbound) in [
+            ("on", sandbox::Outbound::On),
+            ("off", sandbox::Outbound::Off),
+            ("", sandbox::Outbound::Off),
+        ] {
+            let mut v = good();
+            v.insert("RUNNER_OUTBOUND".into(), value.into());
+            let s = Settings::from_vars(&v).expect("valid");
+            assert_eq!(s.outbound, outbound, "{value:?}");
+        }
     }
 }

@@ -94,6 +94,9 @@ pub(crate) struct Spec<'a> {
     /// Run by a runner that is not root, in its user namespace: no cgroup (no limits) and only
     /// root mapped (see [`crate::userns`]).
     pub rootless: bool,
+    /// The file bind-mounted on the sandbox's `/etc/resolv.conf` (a sandbox with outbound
+    /// access); `None`: the image's own, as it is.
+    pub resolv_conf: Option<&'a Path>,
 }
 
 /// Why a bundle could not be made.
@@ -231,6 +234,12 @@ fn database(rootfs: &Path, path: &str) -> Vec<Vec<String>> {
 /// machines' root lacks.
 pub(crate) fn config_json(spec: &Spec<'_>) -> serde_json::Value {
     let mut config = root_config_json(spec);
+    if let (Some(path), Some(mounts)) = (spec.resolv_conf, config["mounts"].as_array_mut()) {
+        mounts.push(json!({
+            "destination": "/etc/resolv.conf", "type": "bind", "source": path,
+            "options": ["bind", "nosuid", "nodev", "noexec"]
+        }));
+    }
     if spec.rootless {
         rootless(&mut config);
     }

@@ -18,6 +18,7 @@ use crate::id::SandboxId;
 use crate::layout::Home;
 use crate::net::{self, NetError};
 use crate::oci::{Image, ImageStore, PullError};
+use crate::outbound::{self, Outbound, OutboundError};
 use crate::runc::{ExecOptions, ExecOutput, InitProcess, Runc, RuncError};
 use crate::userns::{self, Holder, UsernsError};
 
@@ -83,6 +84,12 @@ pub enum SandboxError {
     /// `runc list` failed.
     #[error("cannot list the runner's containers")]
     List(#[source] RuncError),
+    /// The driver's sandboxes are to have outbound access and cannot (checked as it opens).
+    #[error("the sandboxes' outbound network (slirp4netns) cannot be set up")]
+    OutboundSetup(#[source] OutboundError),
+    /// The sandbox's outbound network (its slirp4netns) could not be started or ended.
+    #[error("sandbox {0}: its outbound network (slirp4netns) failed")]
+    Outbound(SandboxId, #[source] OutboundError),
     /// A file of the sandbox's dir could not be written, read or removed.
     #[error("cannot {op} {path}")]
     Io {
@@ -131,6 +138,10 @@ pub struct SandboxRecord {
     pub options: CreateOptions,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
+    /// Created with outbound access (its driver's [`Outbound`] then): it keeps it for life, as
+    /// long as the driver running it allows it. Records written before the setting: `false`.
+    #[serde(default)]
+    pub outbound: bool,
 }
 
 /// A runc container's life-cycle state.
@@ -179,6 +190,11 @@ pub struct DriverConfig {
     pub runc: PathBuf,
     /// The cgroup under which each sandbox gets `<parent>/<id>` (default `stack-sandboxes`).
     pub cgroup_parent: String,
+    /// Whether new sandboxes get outbound access, and whether any sandbox keeps it (default
+    /// off: only `lo`). See [`crate::outbound`].
+    pub outbound: Outbound,
+    /// The slirp4netns binary for [`Outbound::On`] (default `slirp4netns`, from PATH).
+    pub slirp4netns: PathBuf,
 }
 
 impl Default for DriverConfig {
@@ -186,6 +202,8 @@ impl Default for DriverConfig {
         Self {
             runc: "runc".into(),
             cgroup_parent: "stack-sandboxes".into(),
+            outbound: Outbound::Off,
+            slirp4netns: "slirp4netns".into(),
         }
     }
 }
@@ -200,6 +218,9 @@ pub struct Driver {
     exec_seq: AtomicU64,
     /// The namespace holder when the runner is not root (see [`crate::userns`]); `None` as root.
     holder: Option<Arc<Holder>>,
+    /// Outbound access, and the slirp4netns that gives it.
+    outbound: Outbound,
+    slirp4netns: PathBuf,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -219,7 +240,13 @@ impl Driver {
         }
         let mut runc = Runc::new(config.runc, home.runc_root());
         let mut holder = None;
-        if !nix::unistd::geteuid().is_root() {
+        let rootless = !nix::unistd::geteuid().is_root();
+        // Checked now, not at the first create: a runner that cannot give what it is set to give
+        // refuses to start, saying why.
+        if config.outbound.is_on() {
+            outbound::check(&config.slirp4netns, rootless).map_err(SandboxError::OutboundSetup)?;
+        }
+        if rootless {
             let (h, fresh) = Holder::open(home.root()).map_err(SandboxError::Userns)?;
             let h = Arc::new(h);
             runc = runc.in_holder(Arc::clone(&h));
@@ -235,7 +262,106 @@ impl Driver {
             cgroup_parent: config.cgroup_parent,
             exec_seq: AtomicU64::new(0),
             holder,
+            outbound: config.outbound,
+            slirp4netns: config.slirp4netns,
         })
+    }
+
+    /// The driver's outbound setting.
+    pub fn outbound(&self) -> Outbound {
+        self.outbound
+    }
+
+    /// Does a sandbox created as `record` says get outbound access from this driver? Only when
+    /// it was created with it and the driver allows it: `off` wins.
+    fn wants_outbound(&self, record: &SandboxRecord) -> bool {
+        self.outbound.is_on() && record.outbound
+    }
+
+    /// Runs the sandbox's init from its bundle. With outbound access, the init is created first,
+    /// its network set up, and only then its command started: it never runs without its network.
+    async fn launch(
+        &self,
+        id: &SandboxId,
+        paths: &crate::layout::SandboxPaths,
+        outbound: bool,
+    ) -> Result<(), SandboxError> {
+        if !outbound {
+            return self
+                .runc
+                .run_detached(id, &paths.bundle, &paths.init_log)
+                .await
+                .map_err(about(id, SandboxError::Runc));
+        }
+        self.runc
+            .create(id, &paths.bundle, &paths.init_log)
+            .await
+            .map_err(about(id, SandboxError::Runc))?;
+        self.connect_outbound(id).await?;
+        self.runc
+            .start(id)
+            .await
+            .map_err(about(id, SandboxError::Runc))
+    }
+
+    /// Starts the sandbox's slirp4netns (see [`crate::outbound`]) and waits until its `tap0` is up.
+    async fn connect_outbound(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        let init = self
+            .runc
+            .init(id)
+            .ok_or_else(|| SandboxError::NotRunning { id: id.clone() })?;
+        let binary = self.slirp4netns.clone();
+        let dir = self.home.sandbox(id).dir;
+        let rootless = self.is_rootless();
+        tokio::task::spawn_blocking(move || outbound::start(&binary, init, &dir, rootless))
+            .await
+            .map_err(SandboxError::Task)?
+            .map(drop)
+            .map_err(about(id, SandboxError::Outbound))
+    }
+
+    /// Ends the sandbox's slirp4netns, if it has one.
+    async fn disconnect_outbound(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        let dir = self.home.sandbox(id).dir;
+        tokio::task::spawn_blocking(move || outbound::end(&dir))
+            .await
+            .map_err(SandboxError::Task)?
+            .map_err(about(id, SandboxError::Outbound))
+    }
+
+    /// The pid of the sandbox's slirp4netns, if it has one running.
+    pub fn outbound_pid(&self, id: &SandboxId) -> Option<i32> {
+        outbound::running(&self.home.sandbox(id).dir).map(|s| s.pid)
+    }
+
+    /// Takes back the outbound network of a running sandbox that a previous driver left (call it
+    /// for each running sandbox [`Driver::adopt`] lists): its slirp4netns if that very process
+    /// still runs, a new one otherwise; one left running is ended when this driver's setting is
+    /// off. `true` when the sandbox has outbound access now.
+    pub async fn reconnect(&self, id: &SandboxId) -> Result<bool, SandboxError> {
+        self.running_init(id)?;
+        let record = self.record(id)?;
+        if !self.wants_outbound(&record) {
+            self.disconnect_outbound(id).await?;
+            return Ok(false);
+        }
+        if outbound::running(&self.home.sandbox(id).dir).is_none() {
+            self.connect_outbound(id).await?;
+        }
+        Ok(true)
+    }
+
+    /// The sandbox's `sandbox.json`.
+    fn record(&self, id: &SandboxId) -> Result<SandboxRecord, SandboxError> {
+        let path = self.home.sandbox(id).record;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SandboxError::NotFound { id: id.clone() })
+            }
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| io_err("parse", &path)(e.into()))
     }
 
     /// Does this driver run its sandboxes as an ordinary user, in a user namespace? Then no cgroup
@@ -391,8 +517,14 @@ impl Driver {
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            outbound: self.outbound.is_on(),
         };
         write_json(&paths.record, &record)?;
+        let resolv_conf = outbound::resolv_conf_path(&paths.dir);
+        if record.outbound {
+            fs::write(&resolv_conf, outbound::RESOLV_CONF)
+                .map_err(io_err("write", &resolv_conf))?;
+        }
         // Mounted first: the image's user names are looked up in its own /etc/passwd.
         self.mount(id, &lowers, &paths).await?;
         let image_user = image.config.user.as_deref();
@@ -416,12 +548,11 @@ impl Driver {
             cgroup_parent: &self.cgroup_parent,
             user,
             rootless: self.is_rootless(),
+            resolv_conf: record.outbound.then_some(resolv_conf.as_path()),
         };
         write_json(&paths.config, &bundle::config_json(&spec))?;
-        self.runc
-            .run_detached(id, &paths.bundle, &paths.init_log)
-            .await
-            .map_err(about(id, SandboxError::Runc))?;
+        self.launch(id, &paths, self.wants_outbound(&record))
+            .await?;
         self.state(id)
             .await?
             .ok_or_else(|| SandboxError::NotFound { id: id.clone() })
@@ -616,7 +747,9 @@ impl Driver {
         Ok(stream)
     }
 
-    /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init.
+    /// Sends `signal` (e.g. `TERM`, `KILL`) to the sandbox's init. A slirp4netns of the sandbox
+    /// exits by itself once the init has exited and been reaped (its `--exit-fd` is the init's
+    /// pidfd), and is ended by the next stop, start or delete in any case.
     pub async fn kill(&self, id: &SandboxId, signal: &str) -> Result<(), SandboxError> {
         if !self.runc_knows(id) {
             return Err(SandboxError::NotFound { id: id.clone() });
@@ -668,15 +801,7 @@ impl Driver {
             // Its init exited on its own: the dead container goes, the sandbox starts afresh.
             self.remove_container(id).await?;
         }
-        let bytes = match fs::read(&paths.record) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::NotFound { id: id.clone() })
-            }
-            Err(e) => return Err(io_err("read", &paths.record)(e)),
-        };
-        let record: SandboxRecord =
-            serde_json::from_slice(&bytes).map_err(|e| io_err("parse", &paths.record)(e.into()))?;
+        let record = self.record(id)?;
         let lowers = record
             .layers
             .iter()
@@ -685,10 +810,7 @@ impl Driver {
         let started = async {
             self.unmount(id).await?;
             self.mount(id, &lowers, &paths).await?;
-            self.runc
-                .run_detached(id, &paths.bundle, &paths.init_log)
-                .await
-                .map_err(about(id, SandboxError::Runc))
+            self.launch(id, &paths, self.wants_outbound(&record)).await
         };
         if let Err(e) = started.await {
             let _ = self.remove_container(id).await;
@@ -715,17 +837,18 @@ impl Driver {
             })
     }
 
-    /// `runc delete --force` of the sandbox's container, if it has one.
+    /// `runc delete --force` of the sandbox's container, if it has one, and the end of its
+    /// slirp4netns, if it has one: the sandbox's network goes with its init.
     async fn remove_container(&self, id: &SandboxId) -> Result<(), SandboxError> {
-        if !self.runc_knows(id) {
-            return Ok(());
+        if self.runc_knows(id) {
+            match self.runc.delete(id).await {
+                Ok(()) => {}
+                // Gone between the check and the delete.
+                Err(RuncError::Failed { stderr, .. }) if stderr.contains("does not exist") => {}
+                Err(source) => return Err(about(id, SandboxError::Runc)(source)),
+            }
         }
-        match self.runc.delete(id).await {
-            Ok(()) => Ok(()),
-            // Gone between the check and the delete.
-            Err(RuncError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(()),
-            Err(source) => Err(about(id, SandboxError::Runc)(source)),
-        }
+        self.disconnect_outbound(id).await
     }
 
     /// Removes the sandbox: its container (killed if running), its overlay mount and its dir.
@@ -737,7 +860,9 @@ impl Driver {
         crate::layout::remove_all(&dir).map_err(io_err("remove", &dir))
     }
 
-    /// Finds what a previous driver on this home left running, to take it back.
+    /// Finds what a previous driver on this home left running, to take it back (then
+    /// [`Driver::reconnect`] each running sandbox: its outbound network). A listing only: it
+    /// changes nothing, and may be called any time.
     pub async fn adopt(&self) -> Result<Adoption, SandboxError> {
         let containers = self.runc.list().await.map_err(SandboxError::List)?;
         let mut adoption = Adoption::default();
@@ -788,6 +913,8 @@ fn clear_unreachable(home: &Home, runc: &Runc) -> Result<(), SandboxError> {
             })?;
         if let Ok(id) = SandboxId::parse(&name) {
             let paths = home.sandbox(&id);
+            // Its slirp4netns served a namespace that is gone with its init.
+            outbound::end(&paths.dir).map_err(about(&id, SandboxError::Outbound))?;
             if paths.record.is_file() {
                 fs::write(&paths.stopped, b"").map_err(io_err("write", &paths.stopped))?;
             }

@@ -18,6 +18,8 @@ use crate::id::SandboxId;
 ///     bundle/rootfs/             the overlay's mount point
 ///     init.log                   the init process's stdout and stderr
 ///     stopped                    present while the sandbox is stopped (kept, not running)
+///     slirp.json, slirp.log      outbound access on: its slirp4netns's pid and start time, log
+///     resolv.conf                outbound access on: bind-mounted on its /etc/resolv.conf
 /// ```
 #[derive(Debug, Clone)]
 pub struct Home {

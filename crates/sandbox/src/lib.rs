@@ -10,6 +10,9 @@
 //! overlays and every runc command live in its user and mount namespaces (rootless runc, no
 //! cgroup limits), files are reached through `/proc/<holder>/root`, and connections are opened by
 //! a forked child that enters the sandbox's namespaces.
+//!
+//! A sandbox has only `lo` unless the driver's [`Outbound`] setting is on: then each sandbox gets
+//! a `tap0` from a slirp4netns process of its own ([`outbound`]), the host's loopback excepted.
 
 pub mod bundle;
 pub mod digest;
@@ -19,6 +22,7 @@ pub mod id;
 pub mod layout;
 pub mod net;
 pub mod oci;
+pub mod outbound;
 pub mod runc;
 pub mod userns;
 
@@ -32,5 +36,6 @@ pub use id::{IdError, SandboxId};
 pub use layout::{Home, SandboxPaths};
 pub use net::NetError;
 pub use oci::{Image, ImageConfig, ImageRef, ImageStore, Layer, PullError, Pulled, UnpackError};
+pub use outbound::{Outbound, OutboundError};
 pub use runc::{ContainerState, ExecOptions, ExecOutput, InitProcess, Runc, RuncError};
 pub use userns::{Holder, UsernsError};

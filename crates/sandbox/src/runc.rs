@@ -247,6 +247,30 @@ impl Runc {
         bundle: &Path,
         log: &Path,
     ) -> Result<(), RuncError> {
+        self.launch("run", id, bundle, log).await
+    }
+
+    /// `runc create`: creates the container of `bundle`, its init waiting (in its namespaces,
+    /// before its command) for [`Runc::start`]. The init's stdout and stderr go to `log`.
+    pub async fn create(&self, id: &SandboxId, bundle: &Path, log: &Path) -> Result<(), RuncError> {
+        self.launch("create", id, bundle, log).await
+    }
+
+    /// `runc start`: runs the command of a container made with [`Runc::create`].
+    pub async fn start(&self, id: &SandboxId) -> Result<(), RuncError> {
+        self.output("start", id.as_str(), &[id.as_str().as_ref()])
+            .await
+            .map(drop)
+    }
+
+    /// `runc run --detach` or `runc create`, the init's stdio going to `log`.
+    async fn launch(
+        &self,
+        command: &'static str,
+        id: &SandboxId,
+        bundle: &Path,
+        log: &Path,
+    ) -> Result<(), RuncError> {
         let spawn = |source| RuncError::Spawn {
             binary: self.binary.clone(),
             source,
@@ -258,9 +282,11 @@ impl Runc {
             .open(log)
             .map_err(spawn)?;
         let mut c = self.command()?;
-        c.args(["run", "--detach", "--bundle"])
-            .arg(bundle)
-            .arg(id.as_str());
+        c.arg(command);
+        if command == "run" {
+            c.arg("--detach");
+        }
+        c.arg("--bundle").arg(bundle).arg(id.as_str());
         c.stdout(file.try_clone().map_err(spawn)?).stderr(file);
         // `status`, not `output`: tokio's `output` would replace the log with pipes.
         let status = c.status().await.map_err(spawn)?;
@@ -271,7 +297,7 @@ impl Runc {
         let text = fs::read(log).unwrap_or_default();
         let tail = &text[text.len().saturating_sub(2048)..];
         Err(RuncError::Failed {
-            command: "run",
+            command,
             id: id.to_string(),
             code: status.code().unwrap_or(-1),
             stderr: String::from_utf8_lossy(tail).trim().to_string(),

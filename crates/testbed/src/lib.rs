@@ -1,7 +1,9 @@
 //! What the integration tests of the platform's crates (`sandbox`, `runner`) share: a real
 //! `docker-registry` on a free loopback port, waits on conditions with deadlines (never bare
-//! sleeps), the root check of tests that run runc, and the benches' percentiles.
+//! sleeps), the root check of tests that run runc, the benches' percentiles, and an "outside"
+//! network namespace for the tests of a sandbox's outbound network ([`outside`]).
 
+pub mod outside;
 mod registry;
 
 use std::net::TcpListener;

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod bench;
 mod life;
+mod outbound;
 mod registration;
 mod restarts;
 mod rootless;

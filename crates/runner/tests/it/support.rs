@@ -220,6 +220,16 @@ impl Runner {
     /// Starts a runner as `uid` (its gid the same number, no supplementary groups), its home
     /// owned by that user; as the test's own user (root) for `None`.
     pub async fn start_as(registry: &Registry, cp_port: u16, uid: Option<u32>) -> Runner {
+        Self::start_with(registry, cp_port, uid, &[]).await
+    }
+
+    /// [`Runner::start_as`] with `extra` settings on top of the test's (`RUNNER_OUTBOUND`, ...).
+    pub async fn start_with(
+        registry: &Registry,
+        cp_port: u16,
+        uid: Option<u32>,
+        extra: &[(&str, &str)],
+    ) -> Runner {
         let home = tempfile::tempdir().expect("runner home");
         if let Some(uid) = uid {
             std::os::unix::fs::chown(home.path(), Some(uid), Some(uid)).expect("chown the home");
@@ -238,6 +248,7 @@ impl Runner {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
         let log = home.path().join("runner.log");
         let mut runner = Runner {
@@ -521,6 +532,9 @@ impl Drop for Runner {
                 );
             }
         }
+        // Sandboxes with outbound access: their slirp4netns (which would end by itself only once
+        // the init is reaped, and nothing reaps it with the runner gone).
+        testbed::outside::kill_slirps(&self.home.path().display().to_string());
         let runc_root = self.home.path().join("runc");
         for id in entries(&runc_root) {
             let _ = Command::new("runc")

@@ -6,5 +6,6 @@ mod bench;
 mod files;
 mod net;
 mod oci;
+mod outbound;
 mod rootless;
 mod sandboxes;

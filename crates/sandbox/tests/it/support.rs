@@ -331,6 +331,7 @@ impl Drop for Fixture {
                 .status();
         }
         let home = self.home.path().display().to_string();
+        testbed::outside::kill_slirps(&home);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for target in mountinfo
             .lines()
@@ -373,11 +374,16 @@ impl Fixture {
     }
 
     pub async fn busybox() -> Fixture {
+        Self::busybox_with(driver_config()).await
+    }
+
+    /// The busybox fixture with a driver opened with `config`.
+    pub async fn busybox_with(config: sandbox::DriverConfig) -> Fixture {
         let registry = Registry::start().await;
         registry.push_busybox("test/busybox", "1").await;
         let home = tempfile::tempdir().expect("runner home");
-        let driver = sandbox::Driver::open(sandbox::Home::new(home.path()), driver_config())
-            .expect("driver");
+        let driver =
+            sandbox::Driver::open(sandbox::Home::new(home.path()), config).expect("driver");
         let reference =
             sandbox::ImageRef::parse(&registry.image("test/busybox:1")).expect("reference");
         let image = driver
