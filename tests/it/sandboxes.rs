@@ -2,7 +2,9 @@
 //! control plane, the preview proxy and both runners built from this repository, driven through
 //! Caddy with real clients. A dex password grant, a sandbox on a real runner (runc, the stack's
 //! own registry), exec, files, a web server in the sandbox reached through a signed preview URL,
-//! a runner SIGKILLed and re-adopting its sandbox, and no trace left after a delete and a down.
+//! a runner SIGKILLed and re-adopting its sandbox, the control plane SIGKILLed and finding its
+//! runners and sandboxes again, a runner stopped and left out of scheduling, and no trace left
+//! after a delete and a down.
 
 use std::time::Duration;
 
@@ -178,6 +180,131 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
             last.1["result"], "hello from the sandbox\n",
             "re-adopted: {runner}"
         );
+        // `status` shows each runner's sandboxes (what it answers at its `info:` URL).
+        let status = p.status();
+        assert_eq!(status[holder]["info"]["sandboxes"], 1, "{status:?}");
+
+        // The control plane is SIGKILLed: its supervisor starts it again, and it finds its
+        // runners (their heartbeats go on) and the sandbox, still answering.
+        let admin = format!(
+            "Bearer {}",
+            env["ADMIN_API_KEY"].as_str().expect("ADMIN_API_KEY")
+        );
+        let api_pid = p.status()["api"]["pid"].as_u64().expect("api pid") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(api_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL the control plane");
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let s = p.status();
+                s["api"]["pid"]
+                    .as_u64()
+                    .is_some_and(|p| p as i32 != api_pid)
+                    && s["api"]["healthy"] == true
+            }),
+            "api is restarted"
+        );
+        let (status, runners) = call(
+            client
+                .get(format!("{base}/runners"))
+                .header("authorization", &admin),
+        )
+        .await;
+        assert_eq!(status, 200, "{runners}");
+        let states: Vec<(&str, &str)> = runners
+            .as_array()
+            .expect("runners")
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or(""),
+                    r["state"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(states, [("runner-a", "ready"), ("runner-b", "ready")]);
+        let (status, kept) = call(
+            client
+                .get(format!("{base}/sandbox/{id}"))
+                .header("authorization", &auth),
+        )
+        .await;
+        assert_eq!(status, 200, "{kept}");
+        assert_eq!(
+            (kept["state"].clone(), kept["runnerId"].clone()),
+            (json!("started"), sandbox["runnerId"].clone())
+        );
+        let (status, out) = call(exec("cat /srv/index.html")).await;
+        assert_eq!(
+            (status, out["result"].clone()),
+            (200, json!("hello from the sandbox\n"))
+        );
+
+        // The other runner is stopped: unresponsive once its heartbeat's TTL (6 s) is out, and
+        // new sandboxes go to the one left.
+        let other = if holder == "runner-a" {
+            "runner-b"
+        } else {
+            "runner-a"
+        };
+        let stopped = p.run_building(&["down", other]);
+        assert_eq!(stopped.code, 0, "{}", stopped.text());
+        let mut seen = String::new();
+        let unresponsive = {
+            let mut found = false;
+            for _ in 0..100 {
+                let (_, runners) = call(
+                    client
+                        .get(format!("{base}/runners"))
+                        .header("authorization", &admin),
+                )
+                .await;
+                seen = runners.to_string();
+                if runners.as_array().is_some_and(|rs| {
+                    rs.iter()
+                        .any(|r| r["name"] == other && r["state"] == "unresponsive")
+                }) {
+                    found = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            found
+        };
+        assert!(unresponsive, "{other} is unresponsive within 10 s: {seen}");
+        for _ in 0..2 {
+            let (status, s) = call(
+                client
+                    .post(format!("{base}/sandbox"))
+                    .header("authorization", &auth)
+                    .json(&json!({"image": "boxlite/busybox:latest"})),
+            )
+            .await;
+            assert_eq!(status, 201, "{s}");
+            let runner_of = |name: &str| {
+                runners
+                    .as_array()
+                    .and_then(|rs| rs.iter().find(|r| r["name"] == name))
+                    .map(|r| r["id"].clone())
+                    .unwrap_or_default()
+            };
+            assert_eq!(
+                s["runnerId"],
+                runner_of(holder),
+                "scheduled on {holder}: {s}"
+            );
+            let (status, gone) = call(
+                client
+                    .delete(format!("{base}/sandbox/{}", s["id"].as_str().unwrap_or("")))
+                    .header("authorization", &auth),
+            )
+            .await;
+            assert_eq!(status, 200, "{gone}");
+        }
+        let back = p.run_building(&["up"]);
+        assert_eq!(back.code, 0, "{other} comes back: {}", back.text());
 
         let (status, deleted) = call(
             client
