@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::choice::DriverSetting;
+
 /// Sandboxes a runner takes when `RUNNER_CAPACITY` is not set.
 pub const DEFAULT_CAPACITY: usize = 20;
 
@@ -25,6 +27,10 @@ pub struct Settings {
     pub registry: String,
     /// `RUNNER_CAPACITY`: most sandboxes at once (default [`DEFAULT_CAPACITY`]).
     pub capacity: usize,
+    /// `RUNNER_DRIVER`: `auto` (default), `runc` or `microvm` (see `choice`).
+    pub driver: DriverSetting,
+    /// `RUNNER_BOOT_PROBE`: the boot probe's verdict file `stack` caches, absolute (optional).
+    pub boot_probe: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -37,6 +43,8 @@ impl fmt::Debug for Settings {
             .field("control_plane", &self.control_plane)
             .field("registry", &self.registry)
             .field("capacity", &self.capacity)
+            .field("driver", &self.driver)
+            .field("boot_probe", &self.boot_probe)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +124,25 @@ impl Settings {
                 }
             },
         };
+        let driver = match vars.get("RUNNER_DRIVER").map(|v| v.trim()) {
+            None | Some("") => DriverSetting::Auto,
+            Some(v) => DriverSetting::parse(v).unwrap_or_else(|| {
+                problems.push(format!(
+                    "`RUNNER_DRIVER` is `{v}`: give `auto`, `runc` or `microvm`"
+                ));
+                DriverSetting::Auto
+            }),
+        };
+        let boot_probe = match vars.get("RUNNER_BOOT_PROBE").map(|v| v.trim()) {
+            None | Some("") => None,
+            Some(v) if v.starts_with('/') => Some(PathBuf::from(v)),
+            Some(v) => {
+                problems.push(format!(
+                    "`RUNNER_BOOT_PROBE` is `{v}`: must be an absolute path"
+                ));
+                None
+            }
+        };
         if !problems.is_empty() {
             return Err(SettingsError(problems));
         }
@@ -137,6 +164,8 @@ impl Settings {
             control_plane: control_plane.trim_end_matches('/').to_string(),
             registry,
             capacity,
+            driver,
+            boot_probe,
         })
     }
 }
@@ -181,6 +210,10 @@ mod tests {
         );
         assert_eq!(s.control_plane, "http://127.0.0.1:23001");
         assert_eq!(s.registry, "127.0.0.1:25000");
+        assert_eq!(
+            (s.driver, s.boot_probe.as_deref()),
+            (DriverSetting::Auto, None)
+        );
         assert!(
             !format!("{s:?}").contains("0123456789abcdef"),
             "token hidden"
@@ -200,6 +233,8 @@ mod tests {
         v.insert("RUNNER_CAPACITY".into(), "0".into());
         v.insert("CONTROL_PLANE_URL".into(), "https://x".into());
         v.insert("RUNNER_NAME".into(), "Runner A".into());
+        v.insert("RUNNER_DRIVER".into(), "boxlite".into());
+        v.insert("RUNNER_BOOT_PROBE".into(), "boot-probe.json".into());
         let e = Settings::from_vars(&v).expect_err("invalid").0;
         let text = e.join("\n");
         for key in [
@@ -210,9 +245,30 @@ mod tests {
             "`RUNNER_CAPACITY`",
             "`CONTROL_PLANE_URL`",
             "`RUNNER_NAME`",
+            "`RUNNER_DRIVER` is `boxlite`: give `auto`, `runc` or `microvm`",
+            "`RUNNER_BOOT_PROBE` is `boot-probe.json`: must be an absolute path",
         ] {
             assert!(text.contains(key), "{key} in {text}");
         }
-        assert_eq!(e.len(), 7);
+        assert_eq!(e.len(), 9);
+    }
+
+    #[test]
+    fn reads_the_driver_and_the_verdict_file() {
+        let mut v = good();
+        v.insert("RUNNER_DRIVER".into(), "microvm".into());
+        v.insert(
+            "RUNNER_BOOT_PROBE".into(),
+            "/p/.stack/boxlite/boot-probe.json".into(),
+        );
+        let s = Settings::from_vars(&v).expect("valid");
+        assert_eq!(s.driver, DriverSetting::Microvm);
+        assert_eq!(
+            s.boot_probe,
+            Some(PathBuf::from("/p/.stack/boxlite/boot-probe.json"))
+        );
+        v.insert("RUNNER_DRIVER".into(), "runc".into());
+        let s = Settings::from_vars(&v).expect("valid");
+        assert_eq!(s.driver, DriverSetting::Runc);
     }
 }

@@ -4,17 +4,25 @@
 //!
 //! Everything lives under one runner home ([`Home`]); a [`Driver`] holds no state of its own, so
 //! a restarted runner's new driver takes its running sandboxes back with [`Driver::adopt`].
+//!
+//! A runner holds a [`BoxDriver`]: runc, or (cargo feature `microvm`) BoxLite microVMs
+//! ([`microvm`]), chosen by the host's boot-probe [`verdict`].
 
+pub mod boxdriver;
 pub mod bundle;
 pub mod digest;
 pub mod driver;
 pub mod files;
 pub mod id;
 pub mod layout;
+#[cfg(feature = "microvm")]
+pub mod microvm;
 pub mod net;
 pub mod oci;
 pub mod runc;
+pub mod verdict;
 
+pub use boxdriver::{BoxDriver, DriverError, SandboxImage};
 pub use bundle::{BundleError, Init, Resources};
 pub use digest::{Digest, DigestError};
 pub use driver::{
