@@ -6,5 +6,7 @@ mod support;
 mod api;
 mod bench;
 mod life;
+#[cfg(feature = "microvm")]
+mod microvm;
 mod registration;
 mod restarts;

@@ -212,6 +212,12 @@ pub struct Runner {
 impl Runner {
     /// Starts a runner pulling from `registry` and calling the control plane on `cp_port`.
     pub async fn start(registry: &Registry, cp_port: u16) -> Runner {
+        Runner::start_with(&registry.host, cp_port, &[]).await
+    }
+
+    /// Starts a runner pulling from the registry at `registry` (`host:port`) with `extra`
+    /// settings on top of the usual ones.
+    pub async fn start_with(registry: &str, cp_port: u16, extra: &[(&str, &str)]) -> Runner {
         let home = tempfile::tempdir().expect("runner home");
         let name = unique("rt");
         let port = free_port();
@@ -221,12 +227,13 @@ impl Runner {
             ("RUNNER_HOME", home.path().display().to_string()),
             ("RUNNER_TOKEN", TOKEN.to_string()),
             ("CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_port}")),
-            ("REGISTRY_URL", format!("http://{}", registry.host)),
+            ("REGISTRY_URL", format!("http://{registry}")),
             // Room for the 21 sandboxes of the bench.
             ("RUNNER_CAPACITY", CAPACITY.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
         let log = home.path().join("runner.log");
         let mut runner = Runner {
