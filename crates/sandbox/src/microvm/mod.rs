@@ -118,6 +118,17 @@ pub enum MicrovmError {
         #[source]
         source: BoxliteError,
     },
+    /// BoxLite could not get the box's image (pull, unpack, disk): not a boot failure.
+    #[error("sandbox {id}: BoxLite cannot get image `{image}` from the stack's registry ready for the box")]
+    Image {
+        /// The sandbox.
+        id: SandboxId,
+        /// The pinned reference.
+        image: String,
+        /// BoxLite's error.
+        #[source]
+        source: BoxliteError,
+    },
     /// The box took longer than allowed to boot.
     #[error("sandbox {id}: the box did not boot within {}s\n  fix: `stack doctor` says whether boxes boot on this host; or run sandboxes with runc (RUNNER_DRIVER=runc)", after.as_secs())]
     BootTimeout {
@@ -397,6 +408,17 @@ impl MicrovmDriver {
     async fn boot(&self, id: &SandboxId, bx: &LiteBox) -> Result<(), DriverError> {
         match tokio::time::timeout(self.boot_timeout, bx.start()).await {
             Ok(Ok(())) => Ok(()),
+            // BoxLite pulls and prepares the image on the first start.
+            Ok(Err(
+                source @ (BoxliteError::Image(_)
+                | BoxliteError::Storage(_)
+                | BoxliteError::Network(_)),
+            )) => Err(MicrovmError::Image {
+                id: id.clone(),
+                image: bx.info().await.map(|i| i.image).unwrap_or_default(),
+                source,
+            }
+            .into()),
             Ok(Err(source)) => Err(MicrovmError::Boot {
                 id: id.clone(),
                 home: boxlite_home(&self.home),
