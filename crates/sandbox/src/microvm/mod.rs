@@ -177,6 +177,18 @@ pub enum MicrovmError {
         /// What it said.
         stderr: String,
     },
+    /// `kill` in the box failed (no such signal, or the main process is gone).
+    #[error("sandbox {id}: `kill -s {signal} 1` in the box exited with {code}: {stderr}")]
+    Kill {
+        /// The sandbox.
+        id: SandboxId,
+        /// The signal asked for.
+        signal: String,
+        /// Its exit code.
+        code: i32,
+        /// What it said.
+        stderr: String,
+    },
     /// BoxLite's copy of a file out of the box gave no regular file.
     #[error("sandbox {id}: the copy of `{path}` out of the box gave no file")]
     CopiedNothing {
@@ -576,9 +588,9 @@ impl MicrovmDriver {
         if out.exit_code == 0 {
             Ok(())
         } else {
-            Err(MicrovmError::Helper {
+            Err(MicrovmError::Kill {
                 id: id.clone(),
-                path: "/".into(),
+                signal: signal.to_string(),
                 code: out.exit_code,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             }
