@@ -57,6 +57,9 @@ pub fn find() -> Result<PathBuf, RuntimeMissing> {
 /// thread starts: the environment is process-wide.
 pub fn export() -> Result<PathBuf, RuntimeMissing> {
     let dir = find()?;
-    std::env::set_var("BOXLITE_RUNTIME_DIR", &dir);
+    // Written only when it changes: another thread may be reading the environment.
+    if std::env::var_os("BOXLITE_RUNTIME_DIR").as_deref() != Some(dir.as_os_str()) {
+        std::env::set_var("BOXLITE_RUNTIME_DIR", &dir);
+    }
     Ok(dir)
 }
