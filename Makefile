@@ -36,15 +36,23 @@ test: deps-microvm build ## the whole suite: unit + integration, microvm feature
 	$(MAKE) test-microvm
 	@if [ -x ../shared/acceptance/run ]; then ../shared/acceptance/run $(STACK); else echo "acceptance: ../shared not present, skipped"; fi
 
-test-microvm:    ## the microvm backend's tests (booting ones skip, with the reason, where KVM cannot boot)
+test-microvm:    ## the microvm backend's and box driver's tests (booting ones skip, with the reason, where KVM cannot boot)
 	cargo test --locked --features microvm --lib backend::microvm
 	cargo test --locked --features microvm --test it microvm:: -- --nocapture
+	cargo test --locked -p sandbox -p runner --features runner/microvm --lib --bins
+	@# The runner's booting test reads this host boot's verdict: doctor probes once and caches it.
+	target/debug/stack --state-dir target/boot-probe doctor >/dev/null || true
+	STACK_BOOT_PROBE=$(CURDIR)/target/boot-probe/boxlite/boot-probe.json \
+	  cargo test --locked -p sandbox --features microvm --test it microvm:: -- --nocapture
+	STACK_BOOT_PROBE=$(CURDIR)/target/boot-probe/boxlite/boot-probe.json \
+	  cargo test --locked -p runner --features microvm --test it microvm:: -- --nocapture
 
 check:           ## formatting and lints, as CI runs them (both builds: default and microvm)
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo clippy --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane --all-targets -- -D warnings
 	cargo clippy --locked --all-targets --features microvm -- -D warnings
+	cargo clippy --locked -p sandbox -p runner --all-targets --features runner/microvm -- -D warnings
 
 bench: build     ## benchmarks: cold/warm up and down against the critical-path limit
 	scripts/bench.sh

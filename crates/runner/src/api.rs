@@ -108,6 +108,7 @@ async fn health(State(app): State<App>) -> axum::Json<wire::Health> {
         name: app.name.clone(),
         sandboxes: app.sandboxes.count(),
         capacity: app.sandboxes.capacity(),
+        driver: app.sandboxes.driver().to_string(),
     })
 }
 

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use sandbox::{FileError, PullError, SandboxError};
+use sandbox::{DriverError, FileError, PullError, SandboxError};
 
 use crate::wire::ErrorBody;
 
@@ -67,6 +67,21 @@ pub enum ApiError {
     /// The box driver failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The box driver failed in a way only it can.
+    #[error(transparent)]
+    Driver(DriverError),
+}
+
+impl From<DriverError> for ApiError {
+    /// The errors both drivers share keep their status (a missing sandbox is a 404 whichever
+    /// driver runs it).
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::Sandbox(e) => Self::Sandbox(e),
+            #[allow(unreachable_patterns)]
+            e => Self::Driver(e),
+        }
+    }
 }
 
 impl ApiError {
@@ -82,6 +97,7 @@ impl ApiError {
             Self::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Busy(_) => StatusCode::CONFLICT,
             Self::Sandbox(e) => sandbox_status(e),
+            Self::Driver(e) => driver_status(e),
         }
     }
 }
@@ -104,6 +120,26 @@ fn sandbox_status(e: &SandboxError) -> StatusCode {
         // An image whose `User` a runner that is not root cannot map: the caller's choice.
         SandboxError::Bundle(_, sandbox::BundleError::Unmapped { .. }) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(feature = "microvm")]
+fn driver_status(e: &DriverError) -> StatusCode {
+    use sandbox::microvm::MicrovmError;
+    match e {
+        DriverError::Sandbox(e) => sandbox_status(e),
+        // Nothing answers on the port, as for a runc sandbox.
+        DriverError::Microvm(
+            MicrovmError::Connect { .. } | MicrovmError::ConnectTimeout { .. },
+        ) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(not(feature = "microvm"))]
+fn driver_status(e: &DriverError) -> StatusCode {
+    match e {
+        DriverError::Sandbox(e) => sandbox_status(e),
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::{self, App};
 use crate::auth::Token;
+use crate::choice::{self, Choice, DriverKind};
 use crate::sandboxes::Sandboxes;
 use crate::settings::Settings;
 use crate::{reaper, registration};
@@ -24,11 +25,11 @@ pub enum RunError {
     #[error("cannot become the child subreaper of the sandboxes")]
     Subreaper(#[source] std::io::Error),
     /// The home or the box driver could not be opened.
-    #[error("cannot open the runner's home")]
-    Home(#[source] sandbox::SandboxError),
+    #[error(transparent)]
+    Home(#[from] choice::OpenError),
     /// Taking back the previous runner's sandboxes failed as a whole.
     #[error("cannot take back the sandboxes of the runner's home")]
-    Boot(#[source] sandbox::SandboxError),
+    Boot(#[source] sandbox::DriverError),
     /// The port is taken.
     #[error("cannot listen on 127.0.0.1:{port}: is another runner using RUNNER_PORT?")]
     Bind {
@@ -46,10 +47,15 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
 }
 
-/// Runs the runner until SIGTERM or SIGINT, then stops its sandboxes.
-pub async fn run(settings: Settings) -> Result<(), RunError> {
-    reaper::become_subreaper().map_err(RunError::Subreaper)?;
-    reaper::spawn("runc".into());
+/// Runs the runner on the box driver chosen (see `choice`) until SIGTERM or SIGINT, then stops
+/// its sandboxes.
+pub async fn run(settings: Settings, choice: Choice) -> Result<(), RunError> {
+    // runc leaves each sandbox's init to be reaped by the runner. BoxLite waits for its own
+    // helpers and its boxes are detached: a reaper scanning for zombies would race its waits.
+    if choice.kind == DriverKind::Runc {
+        reaper::become_subreaper().map_err(RunError::Subreaper)?;
+        reaper::spawn("runc".into());
+    }
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.port));
@@ -59,19 +65,23 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
             port: settings.port,
             source,
         })?;
-    let sandboxes = Sandboxes::open(
+    let driver = choice::open(
+        choice.kind,
         settings.home.clone(),
         &settings.name,
-        settings.registry.clone(),
-        settings.capacity,
+        &settings.registry,
         settings.outbound,
-    )
-    .map_err(RunError::Home)?;
+    )?;
+    let sandboxes = Sandboxes::new(driver, settings.registry.clone(), settings.capacity);
     eprintln!(
         "runner: outbound network access of new sandboxes: {}",
-        match settings.outbound {
-            sandbox::Outbound::On => "on (slirp4netns; never the host's loopback)",
-            sandbox::Outbound::Off => "off (RUNNER_OUTBOUND=on to give it)",
+        match (choice.kind, settings.outbound) {
+            (DriverKind::Runc, sandbox::Outbound::On) =>
+                "on (slirp4netns; never the host's loopback)",
+            (DriverKind::Runc, sandbox::Outbound::Off) => "off (RUNNER_OUTBOUND=on to give it)",
+            // BoxLite gives every box its own network: RUNNER_OUTBOUND is runc's.
+            (DriverKind::Microvm, _) =>
+                "BoxLite's network (egress through its gvproxy; RUNNER_OUTBOUND applies to runc only)",
         }
     );
     if let Some(holder) = sandboxes.holder_pid() {
@@ -83,9 +93,11 @@ pub async fn run(settings: Settings) -> Result<(), RunError> {
     }
     let boot = sandboxes.boot().await.map_err(RunError::Boot)?;
     eprintln!(
-        "runner: {} on 127.0.0.1:{}: {} adopted, {} resumed, {} kept stopped, {} leftovers cleaned",
+        "runner: {} on 127.0.0.1:{}, sandboxes on {} ({}): {} adopted, {} resumed, {} kept stopped, {} leftovers cleaned",
         settings.name,
         settings.port,
+        choice.kind.name(),
+        choice.why,
         boot.adopted.len(),
         boot.resumed.len(),
         boot.stopped.len(),

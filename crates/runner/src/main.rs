@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod choice;
 mod error;
 mod extract;
 mod forward;
@@ -26,6 +27,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Before any thread: finding BoxLite's runtime sets an environment variable.
+    let choice = match choice::choose(settings.driver, || {
+        choice::boxes(settings.boot_probe.as_ref())
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runner: cannot start: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(lifecycle::run(settings)) {
+    match runtime.block_on(lifecycle::run(settings, choice)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("runner: {}", error::describe(&e));

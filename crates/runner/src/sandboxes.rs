@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandbox::{
-    CreateOptions, Driver, DriverConfig, ExecOptions, Home, ImageRef, Outbound, PullError,
-    Resources, RuncError, Sandbox, SandboxError, SandboxId, Status,
+    BoxDriver, CreateOptions, DriverError, ExecOptions, ImageRef, PullError, Resources, Sandbox,
+    SandboxError, SandboxId, Status,
 };
 
 use crate::error::ApiError;
@@ -30,7 +30,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The runner's sandboxes on its box driver.
 pub struct Sandboxes {
-    driver: Driver,
+    driver: BoxDriver,
     /// The stack's registry, `host:port`.
     registry: String,
     capacity: usize,
@@ -68,26 +68,19 @@ pub struct Boot {
 }
 
 impl Sandboxes {
-    /// Opens the driver on the runner's home.
-    pub fn open(
-        home: PathBuf,
-        name: &str,
-        registry: String,
-        capacity: usize,
-        outbound: Outbound,
-    ) -> Result<Self, SandboxError> {
-        let config = DriverConfig {
-            // One cgroup subtree per runner: two runners on a host never share a parent.
-            cgroup_parent: format!("stack-sandboxes/{name}"),
-            outbound,
-            ..DriverConfig::default()
-        };
-        Ok(Self {
-            driver: Driver::open(Home::new(home), config)?,
+    /// The sandboxes of `driver` (opened on the runner's home, see `choice::open`).
+    pub fn new(driver: BoxDriver, registry: String, capacity: usize) -> Self {
+        Self {
+            driver,
             registry,
             capacity,
             busy: Mutex::new(HashSet::new()),
-        })
+        }
+    }
+
+    /// The box driver's name: `runc` or `microvm`.
+    pub fn driver(&self) -> &'static str {
+        self.driver.kind()
     }
 
     /// The pid of the sandboxes' user namespace holder, when the runner is not root.
@@ -96,7 +89,7 @@ impl Sandboxes {
     }
 
     /// Ends the user namespace holder of a runner that is not root if no sandbox runs in it.
-    pub async fn release(&self) -> Result<bool, SandboxError> {
+    pub async fn release(&self) -> Result<bool, DriverError> {
         self.driver.release().await
     }
 
@@ -137,27 +130,26 @@ impl Sandboxes {
                 capacity: self.capacity,
             });
         }
-        let pulled =
-            self.driver
-                .images()
-                .pull(&reference)
-                .await
-                .map_err(|source| match source {
-                    PullError::NotFound { .. } => ApiError::ImageNotFound {
-                        image: req.image.clone(),
-                        registry: self.registry.clone(),
-                    },
-                    source => ApiError::Pull {
-                        image: req.image.clone(),
-                        source,
-                    },
-                })?;
-        self.driver.create(&id, &pulled.image, &options).await?;
+        let image = self
+            .driver
+            .pull(&reference)
+            .await
+            .map_err(|source| match source {
+                PullError::NotFound { .. } => ApiError::ImageNotFound {
+                    image: req.image.clone(),
+                    registry: self.registry.clone(),
+                },
+                source => ApiError::Pull {
+                    image: req.image.clone(),
+                    source,
+                },
+            })?;
+        self.driver.create(&id, &image, &options).await?;
         Ok(wire::Created {
             id: id.to_string(),
             state: SandboxState::Started,
             image: req.image,
-            digest: pulled.image.digest.to_string(),
+            digest: image.digest().to_string(),
         })
     }
 
@@ -273,13 +265,15 @@ impl Sandboxes {
                 result: text(&out.stdout),
                 stderr: text(&out.stderr),
             }),
-            // As timeout(1) does: the command was killed, its answer is exit code 124.
-            Err(SandboxError::Runc(_, e @ RuncError::Timeout { .. })) => Ok(wire::ExecResult {
-                exit_code: 124,
-                result: String::new(),
-                stderr: e.to_string(),
-            }),
-            Err(e) => Err(e.into()),
+            Err(e) => match e.timed_out() {
+                // As timeout(1) does: the command was killed, its answer is exit code 124.
+                Some(why) => Ok(wire::ExecResult {
+                    exit_code: 124,
+                    result: String::new(),
+                    stderr: why,
+                }),
+                None => Err(e.into()),
+            },
         }
     }
 
@@ -320,7 +314,7 @@ impl Sandboxes {
 
     /// Takes back what a previous runner on this home left: running sandboxes as they are,
     /// those the last shutdown stopped started again, leftovers of cut-short creates deleted.
-    pub async fn boot(&self) -> Result<Boot, SandboxError> {
+    pub async fn boot(&self) -> Result<Boot, DriverError> {
         let adoption = self.driver.adopt().await?;
         let resume: HashSet<SandboxId> = std::fs::read(self.resume_file())
             .ok()
@@ -372,7 +366,7 @@ impl Sandboxes {
 
     /// Stops every started sandbox, all at once, keeping them and noting them in
     /// `resume.json` (first, so a shutdown cut short still brings them back).
-    pub async fn shutdown(self: &Arc<Self>) -> Result<Vec<SandboxId>, SandboxError> {
+    pub async fn shutdown(self: &Arc<Self>) -> Result<Vec<SandboxId>, DriverError> {
         let adoption = self.driver.adopt().await?;
         let running: Vec<SandboxId> = adoption
             .sandboxes
@@ -390,7 +384,8 @@ impl Sandboxes {
                 op: "write",
                 path: resume.clone(),
                 source,
-            })?;
+            })
+            .map_err(DriverError::from)?;
         let mut stops = tokio::task::JoinSet::new();
         for id in running.clone() {
             let me = Arc::clone(self);

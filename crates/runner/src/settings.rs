@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::choice::DriverSetting;
+
 /// Sandboxes a runner takes when `RUNNER_CAPACITY` is not set.
 pub const DEFAULT_CAPACITY: usize = 20;
 
@@ -28,6 +30,10 @@ pub struct Settings {
     /// `RUNNER_OUTBOUND`: `on` gives new sandboxes outbound network access (slirp4netns), `off`
     /// (the default) leaves every sandbox with `lo` only.
     pub outbound: sandbox::Outbound,
+    /// `RUNNER_DRIVER`: `auto` (default), `runc` or `microvm` (see `choice`).
+    pub driver: DriverSetting,
+    /// `RUNNER_BOOT_PROBE`: the boot probe's verdict file `stack` caches, absolute (optional).
+    pub boot_probe: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -41,6 +47,8 @@ impl fmt::Debug for Settings {
             .field("registry", &self.registry)
             .field("capacity", &self.capacity)
             .field("outbound", &self.outbound)
+            .field("driver", &self.driver)
+            .field("boot_probe", &self.boot_probe)
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +137,25 @@ impl Settings {
                 sandbox::Outbound::Off
             }),
         };
+        let driver = match vars.get("RUNNER_DRIVER").map(|v| v.trim()) {
+            None | Some("") => DriverSetting::Auto,
+            Some(v) => DriverSetting::parse(v).unwrap_or_else(|| {
+                problems.push(format!(
+                    "`RUNNER_DRIVER` is `{v}`: give `auto`, `runc` or `microvm`"
+                ));
+                DriverSetting::Auto
+            }),
+        };
+        let boot_probe = match vars.get("RUNNER_BOOT_PROBE").map(|v| v.trim()) {
+            None | Some("") => None,
+            Some(v) if v.starts_with('/') => Some(PathBuf::from(v)),
+            Some(v) => {
+                problems.push(format!(
+                    "`RUNNER_BOOT_PROBE` is `{v}`: must be an absolute path"
+                ));
+                None
+            }
+        };
         if !problems.is_empty() {
             return Err(SettingsError(problems));
         }
@@ -151,6 +178,8 @@ impl Settings {
             registry,
             capacity,
             outbound,
+            driver,
+            boot_probe,
         })
     }
 }
@@ -196,6 +225,10 @@ mod tests {
         assert_eq!(s.control_plane, "http://127.0.0.1:23001");
         assert_eq!(s.registry, "127.0.0.1:25000");
         assert_eq!(s.outbound, sandbox::Outbound::Off, "off by default");
+        assert_eq!(
+            (s.driver, s.boot_probe.as_deref()),
+            (DriverSetting::Auto, None)
+        );
         assert!(
             !format!("{s:?}").contains("0123456789abcdef"),
             "token hidden"
@@ -216,6 +249,8 @@ mod tests {
         v.insert("CONTROL_PLANE_URL".into(), "https://x".into());
         v.insert("RUNNER_NAME".into(), "Runner A".into());
         v.insert("RUNNER_OUTBOUND".into(), "yes".into());
+        v.insert("RUNNER_DRIVER".into(), "boxlite".into());
+        v.insert("RUNNER_BOOT_PROBE".into(), "boot-probe.json".into());
         let e = Settings::from_vars(&v).expect_err("invalid").0;
         let text = e.join("\n");
         for key in [
@@ -227,10 +262,12 @@ mod tests {
             "`CONTROL_PLANE_URL`",
             "`RUNNER_NAME`",
             "`RUNNER_OUTBOUND` is `yes`: give `off`",
+            "`RUNNER_DRIVER` is `boxlite`: give `auto`, `runc` or `microvm`",
+            "`RUNNER_BOOT_PROBE` is `boot-probe.json`: must be an absolute path",
         ] {
             assert!(text.contains(key), "{key} in {text}");
         }
-        assert_eq!(e.len(), 8);
+        assert_eq!(e.len(), 10);
     }
 
     #[test]
@@ -245,5 +282,24 @@ mod tests {
             let s = Settings::from_vars(&v).expect("valid");
             assert_eq!(s.outbound, outbound, "{value:?}");
         }
+    }
+
+    #[test]
+    fn reads_the_driver_and_the_verdict_file() {
+        let mut v = good();
+        v.insert("RUNNER_DRIVER".into(), "microvm".into());
+        v.insert(
+            "RUNNER_BOOT_PROBE".into(),
+            "/p/.stack/boxlite/boot-probe.json".into(),
+        );
+        let s = Settings::from_vars(&v).expect("valid");
+        assert_eq!(s.driver, DriverSetting::Microvm);
+        assert_eq!(
+            s.boot_probe,
+            Some(PathBuf::from("/p/.stack/boxlite/boot-probe.json"))
+        );
+        v.insert("RUNNER_DRIVER".into(), "runc".into());
+        let s = Settings::from_vars(&v).expect("valid");
+        assert_eq!(s.driver, DriverSetting::Runc);
     }
 }

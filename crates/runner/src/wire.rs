@@ -17,7 +17,7 @@ pub enum SandboxState {
     Stopped,
 }
 
-/// `GET /health` and `GET /healthz`.
+/// `GET /health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
@@ -27,6 +27,8 @@ pub struct Health {
     pub sandboxes: usize,
     /// Most sandboxes it takes.
     pub capacity: usize,
+    /// The box driver its sandboxes run on: `runc` or `microvm`.
+    pub driver: String,
 }
 
 /// `POST /sandboxes`.

@@ -13,19 +13,28 @@
 //!
 //! A sandbox has only `lo` unless the driver's [`Outbound`] setting is on: then each sandbox gets
 //! a `tap0` from a slirp4netns process of its own ([`outbound`]), the host's loopback excepted.
+//!
+//! A runner holds a [`BoxDriver`]: runc (the [`Driver`] above, with its namespace holder and its
+//! outbound setting), or (cargo feature `microvm`) BoxLite microVMs ([`microvm`]), which need no
+//! holder and have BoxLite's own network, chosen by the host's boot-probe [`verdict`].
 
+pub mod boxdriver;
 pub mod bundle;
 pub mod digest;
 pub mod driver;
 pub mod files;
 pub mod id;
 pub mod layout;
+#[cfg(feature = "microvm")]
+pub mod microvm;
 pub mod net;
 pub mod oci;
 pub mod outbound;
 pub mod runc;
 pub mod userns;
+pub mod verdict;
 
+pub use boxdriver::{BoxDriver, DriverError, SandboxImage};
 pub use bundle::{BundleError, Init, Resources};
 pub use digest::{Digest, DigestError};
 pub use driver::{

@@ -65,6 +65,8 @@ async fn every_call_needs_the_token_and_bad_input_is_a_4xx() {
     assert_eq!(status, 200);
     assert_eq!(body["name"], runner.name.as_str());
     assert_eq!(body["sandboxes"], 0);
+    // Started without a boot-probe verdict, `auto` runs sandboxes with runc, and says so.
+    assert_eq!(body["driver"], "runc");
 
     let id = unique("bad");
     runner.create(&id).await;

@@ -6,6 +6,8 @@ mod support;
 mod api;
 mod bench;
 mod life;
+#[cfg(feature = "microvm")]
+mod microvm;
 mod outbound;
 mod registration;
 mod restarts;

@@ -71,7 +71,7 @@ async fn an_outbound_runner_s_sandboxes_reach_out_through_its_restarts() {
     let registry = Registry::with_busybox().await;
     let cp = ControlPlane::start(free_port()).await;
     let mut runner =
-        Runner::start_with(&registry, cp.port, None, &[("RUNNER_OUTBOUND", "on")]).await;
+        Runner::start_with(&registry.host, cp.port, None, &[("RUNNER_OUTBOUND", "on")]).await;
     assert!(runner
         .log()
         .contains("outbound network access of new sandboxes: on"));
@@ -199,7 +199,7 @@ async fn an_unprivileged_outbound_runner_s_slirp4netns_ends_with_its_sandbox() {
     let registry = Registry::with_busybox().await;
     let cp = ControlPlane::start(free_port()).await;
     let mut runner = Runner::start_with(
-        &registry,
+        &registry.host,
         cp.port,
         Some(NOBODY),
         &[("RUNNER_OUTBOUND", "on")],

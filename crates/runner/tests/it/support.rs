@@ -220,12 +220,13 @@ impl Runner {
     /// Starts a runner as `uid` (its gid the same number, no supplementary groups), its home
     /// owned by that user; as the test's own user (root) for `None`.
     pub async fn start_as(registry: &Registry, cp_port: u16, uid: Option<u32>) -> Runner {
-        Self::start_with(registry, cp_port, uid, &[]).await
+        Self::start_with(&registry.host, cp_port, uid, &[]).await
     }
 
-    /// [`Runner::start_as`] with `extra` settings on top of the test's (`RUNNER_OUTBOUND`, ...).
+    /// [`Runner::start_as`] pulling from the registry at `registry` (`host:port`), with `extra`
+    /// settings on top of the usual ones (`RUNNER_OUTBOUND`, `RUNNER_DRIVER`, ...).
     pub async fn start_with(
-        registry: &Registry,
+        registry: &str,
         cp_port: u16,
         uid: Option<u32>,
         extra: &[(&str, &str)],
@@ -242,7 +243,7 @@ impl Runner {
             ("RUNNER_HOME", home.path().display().to_string()),
             ("RUNNER_TOKEN", TOKEN.to_string()),
             ("CONTROL_PLANE_URL", format!("http://127.0.0.1:{cp_port}")),
-            ("REGISTRY_URL", format!("http://{}", registry.host)),
+            ("REGISTRY_URL", format!("http://{registry}")),
             // Room for the 21 sandboxes of the bench.
             ("RUNNER_CAPACITY", CAPACITY.to_string()),
         ]

@@ -276,6 +276,19 @@ impl ImageStore {
         })
     }
 
+    /// The digest `image` names in the registry now, downloading nothing else: one `HEAD` (a
+    /// `GET` of the manifest when the registry sends no digest). `NotFound` when it is not there.
+    /// For a driver that pulls images itself (BoxLite), pinned to this digest.
+    pub async fn resolve(&self, image: &ImageRef) -> Result<Digest, PullError> {
+        match self.head_manifest(image).await? {
+            Some(digest) => Ok(digest),
+            None => {
+                let reference = image.target.to_string();
+                Ok(self.get_manifest(image, &reference, None).await?.0)
+            }
+        }
+    }
+
     fn manifest_url(&self, image: &ImageRef, reference: &str) -> String {
         format!(
             "{}/v2/{}/manifests/{}",

@@ -4,6 +4,8 @@ mod support;
 
 mod bench;
 mod files;
+#[cfg(feature = "microvm")]
+mod microvm;
 mod net;
 mod oci;
 mod outbound;
