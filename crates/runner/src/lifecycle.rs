@@ -54,7 +54,7 @@ pub async fn run(settings: Settings, choice: Choice) -> Result<(), RunError> {
     // helpers and its boxes are detached: a reaper scanning for zombies would race its waits.
     if choice.kind == DriverKind::Runc {
         reaper::become_subreaper().map_err(RunError::Subreaper)?;
-        reaper::spawn("runc".into());
+        reaper::spawn();
     }
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;

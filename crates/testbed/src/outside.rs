@@ -4,19 +4,24 @@
 //! from. Traffic from a sandbox through slirp4netns leaves from the host's namespace, which
 //! routes it over the veth: reaching the server proves the sandbox reaches out. Everything
 //! (namespace, links, server thread) goes when the guard is dropped, a failed test's too.
-//! Needs root (`ip netns`, `ip link`).
+//! Needs root (`unshare`, `ip link`).
+//!
+//! The namespace is held by a process of the guard's own (`unshare --net sleep`), not named
+//! under /run/netns: `ip netns add` run by two tests at once can race on making /run/netns a
+//! mount point, hiding one of the new namespaces' bind mounts (then `ip -n` fails with EINVAL).
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A network namespace with a greeting server, reached from the host over a veth pair.
 pub struct Outside {
-    netns: String,
+    /// The process holding the namespace (`unshare --net sleep infinity`).
+    holder: Child,
     host_link: String,
     /// The host's end of the veth pair.
     pub host_addr: Ipv4Addr,
@@ -46,17 +51,31 @@ impl Outside {
     pub fn new(subnet: u8) -> Outside {
         assert!(subnet < 64, "a /30 of 10.213.0.0/24");
         let me = std::process::id();
-        let netns = format!("stack-outside-{me}-{subnet}");
         // Interface names: at most 15 bytes.
         let host_link = format!("ob{}h{subnet}", me % 1_000_000);
         let inner_link = format!("ob{}n{subnet}", me % 1_000_000);
         let base = 4 * subnet;
         let host_addr = Ipv4Addr::new(10, 213, 0, base + 1);
         let inner_addr = Ipv4Addr::new(10, 213, 0, base + 2);
-        ip(&["netns", "add", &netns]);
+        // The shell says so once it runs in the new namespace, then becomes the sleep holding it.
+        let mut holder = Command::new("unshare")
+            .args(["--net", "sh", "-c", "echo ready && exec sleep infinity"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start `unshare --net sh`");
+        let mut ready = [0u8; 6];
+        holder
+            .stdout
+            .take()
+            .expect("its stdout")
+            .read_exact(&mut ready)
+            .expect("unshare --net says it is ready");
+        assert_eq!(&ready, b"ready\n");
+        let pid = holder.id().to_string();
         // From here on, a failed step still removes what was made.
         let mut outside = Outside {
-            netns,
+            holder,
             host_link,
             host_addr,
             server: SocketAddr::from((inner_addr, 0)),
@@ -73,7 +92,7 @@ impl Outside {
             "name",
             &inner_link,
             "netns",
-            &outside.netns,
+            &pid,
         ]);
         ip(&[
             "addr",
@@ -83,25 +102,37 @@ impl Outside {
             &outside.host_link,
         ]);
         ip(&["link", "set", &outside.host_link, "up"]);
-        let n = outside.netns.clone();
-        ip(&[
-            "-n",
-            &n,
+        let inside = |args: &[&str]| {
+            let mut all = vec!["--target", pid.as_str(), "--net", "ip"];
+            all.extend_from_slice(args);
+            let out = Command::new("nsenter")
+                .args(&all)
+                .output()
+                .expect("run nsenter");
+            assert!(
+                out.status.success(),
+                "nsenter {}: {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        };
+        inside(&[
             "addr",
             "add",
             &format!("{inner_addr}/30"),
             "dev",
             &inner_link,
         ]);
-        ip(&["-n", &n, "link", "set", &inner_link, "up"]);
-        ip(&["-n", &n, "link", "set", "lo", "up"]);
+        inside(&["link", "set", &inner_link, "up"]);
+        inside(&["link", "set", "lo", "up"]);
         outside.server = outside.serve(inner_addr);
         outside
     }
 
     /// Starts the greeting server on a thread that lives in the namespace.
     fn serve(&self, addr: Ipv4Addr) -> SocketAddr {
-        let ns = File::open(format!("/run/netns/{}", self.netns)).expect("the namespace's file");
+        let ns =
+            File::open(format!("/proc/{}/ns/net", self.holder.id())).expect("the namespace's file");
         let (tx, rx) = std::sync::mpsc::channel();
         let peers = Arc::clone(&self.peers);
         let stop = Arc::clone(&self.stop);
@@ -143,10 +174,10 @@ impl Drop for Outside {
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the accepting thread, which then ends.
         let _ = TcpStream::connect_timeout(&self.server, Duration::from_secs(1));
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
-        // Deleting the namespace deletes the pair; this is for a namespace that failed midway.
+        // Its own child: killing it ends the namespace once the server thread has left it.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        // The pair goes with the namespace; this deletes it at once (and after a failed step).
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
             .output();

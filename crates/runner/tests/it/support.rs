@@ -291,12 +291,24 @@ impl Runner {
             .expect("start the runner binary");
         self.child = Some(child);
         let url = self.url("/healthz");
-        let http = self.http.clone();
-        wait_for("the runner's /healthz", Duration::from_secs(30), || {
-            let req = http.get(&url);
-            async move { req.send().await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.http.get(&url).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "the runner's /healthz did not answer within 30 s ({}); its log:\n{}",
+                exited.map_or("still running".into(), |s| s.to_string()),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends `signal` and waits (up to `timeout`) for the process to exit.
