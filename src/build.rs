@@ -326,7 +326,8 @@ impl Batch {
                         format!("built by the same run as `{ran_for}`: see {ran_for}.build.log\n"),
                     )
                 });
-                let _ = write_json(&layout.build_record(&svc.name), record);
+                let _ = std::fs::create_dir_all(layout.run_dir())
+                    .and_then(|()| write_json(&layout.build_record(&svc.name), record));
                 Ok(Duration::from_millis(record.duration_ms))
             }
         }
@@ -391,7 +392,8 @@ async fn run_recorded(
         duration_ms: took.as_millis() as u64,
     };
     // Unrecorded, the next `up` builds again: slower, never wrong.
-    let _ = write_json(&layout.build_record(name), &record);
+    let _ = std::fs::create_dir_all(layout.run_dir())
+        .and_then(|()| write_json(&layout.build_record(name), &record));
     Ok(record)
 }
 
@@ -433,6 +435,69 @@ mod tests {
             command: vec!["true".into()],
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             working_dir: PathBuf::from("."),
+        }
+    }
+
+    fn component(root: &Path, name: &str, command: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            file: root.join(format!("services/{name}.yaml")),
+            description: None,
+            ports: Default::default(),
+            environment: Default::default(),
+            depends_on: Default::default(),
+            process: None,
+            image: None,
+            boxed: None,
+            healthcheck: None,
+            restart: crate::spec::RestartPolicy::OnFailure,
+            init: Vec::new(),
+            configs: Vec::new(),
+            exports: Default::default(),
+            data_dir: root.join(".stack/data").join(name),
+            build: Some(BuildSpec {
+                command: vec!["sh".into(), "-c".into(), command.into()],
+                inputs: vec!["src/**".into()],
+                working_dir: root.to_path_buf(),
+            }),
+            watch: Vec::new(),
+            info: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_build_in_a_fresh_state_dir_is_recorded_and_shared_runs_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::write(root.join("src/a.rs"), "fn a() {}").expect("write");
+        // A state dir nothing else has made yet: no run/ dir for the record.
+        let layout = Layout::new(root.join(".stack"));
+        let count = "echo run >> runs.count";
+        let a = component(root, "a", count);
+        run(&layout, root, &a).await.expect("build");
+        assert_eq!(
+            freshness(&layout, root, &a).expect("freshness"),
+            Freshness::UpToDate
+        );
+        let batch = Batch::default();
+        let (c, d) = (component(root, "c", count), component(root, "d", count));
+        let (rc, rd) = tokio::join!(batch.run(&layout, root, &c), batch.run(&layout, root, &d));
+        rc.expect("c built");
+        rd.expect("d built");
+        let runs = std::fs::read_to_string(root.join("runs.count")).expect("count");
+        assert_eq!(
+            runs.lines().count(),
+            2,
+            "a once, then c and d once together"
+        );
+        for svc in [&c, &d] {
+            assert_eq!(
+                freshness(&layout, root, svc).expect("freshness"),
+                Freshness::UpToDate,
+                "{} recorded",
+                svc.name
+            );
         }
     }
 
