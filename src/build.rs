@@ -90,14 +90,14 @@ pub struct BuildRecord {
 /// sorted, relative to the root.
 pub fn input_files(root: &Path, globs: &[String]) -> Result<Vec<PathBuf>, BuildError> {
     let set = glob_set(globs);
-    let bases: BTreeSet<PathBuf> = globs.iter().map(|g| literal_base(g)).collect();
     let mut files = BTreeSet::new();
-    for base in bases {
+    for (base, deep) in walk_bases(globs) {
         let dir = root.join(&base);
         if !dir.exists() {
             continue;
         }
         let walk = walkdir::WalkDir::new(&dir)
+            .max_depth(if deep { usize::MAX } else { 1 })
             .follow_links(false)
             .into_iter()
             .filter_entry(|e| {
@@ -120,6 +120,20 @@ pub fn input_files(root: &Path, globs: &[String]) -> Result<Vec<PathBuf>, BuildE
         }
     }
     Ok(files.into_iter().collect())
+}
+
+/// Where [`input_files`] walks for `globs`: each glob's literal base, and whether below its own
+/// entries (`true` when the rest of a glob reaches deeper). `Cargo.lock` reads the root's own
+/// entries, not every directory of the project (`target/` and its hundred thousand files).
+fn walk_bases(globs: &[String]) -> std::collections::BTreeMap<PathBuf, bool> {
+    let mut bases: std::collections::BTreeMap<PathBuf, bool> = Default::default();
+    for g in globs {
+        let base = literal_base(g);
+        let rest = Path::new(g).strip_prefix(&base).unwrap_or(Path::new(g));
+        let deep = rest.components().count() > 1 || g.contains("**");
+        *bases.entry(base).or_default() |= deep;
+    }
+    bases
 }
 
 /// The directory a glob's matches all lie under: its leading components without a wildcard
@@ -521,6 +535,25 @@ mod tests {
         );
         let files = input_files(root, &["**".into()]).expect("walk");
         assert!(!files.iter().any(|f| f.starts_with(".git")), "{files:?}");
+        // A file at the root is read from the root's own entries: the project is not walked.
+        let plan: Vec<(PathBuf, bool)> = walk_bases(&[
+            "Cargo.lock".into(),
+            "src/*.rs".into(),
+            "crates/api/**".into(),
+            "crates/api/x".into(),
+            "docs/*/index.md".into(),
+        ])
+        .into_iter()
+        .collect();
+        assert_eq!(
+            plan,
+            [
+                (PathBuf::from(""), false),
+                (PathBuf::from("crates/api"), true),
+                (PathBuf::from("docs"), true),
+                (PathBuf::from("src"), false),
+            ]
+        );
     }
 
     #[test]
