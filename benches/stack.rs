@@ -19,6 +19,11 @@
 //!   line saying so when it puts 1.15x the critical path out of any orchestrator's reach, and
 //!   as this machine's bound over the sequential baseline (the summed times over the floor).
 //!
+//! Each is measured twice: for the infrastructure tier alone, then for the whole stack with the
+//! platform tier (its components built from source before the rounds; a fresh state dir still
+//! asks cargo whether they are fresh, in `up` and in the limits alike). `BENCH_TIER=
+//! infrastructure` or `platform` measures one.
+//!
 //! Results are ratios, never assertions. Ports of the default stack must be free.
 
 use std::collections::BTreeMap;
@@ -54,6 +59,11 @@ fn load(root: &Path, state: &Path) -> Stack {
 }
 
 struct Standalone {
+    /// Its build, when its inputs changed since the last one (a component built from source;
+    /// in a fresh state dir cargo finds it fresh): cold and warm. Kept apart from the start
+    /// times, since a build needs none of the dependencies and `up` runs it while they start.
+    cold_build: Duration,
+    warm_build: Duration,
     cold: Duration,
     warm: Duration,
     /// Time to spawned (init steps before the start included), cold and warm: what a
@@ -65,6 +75,34 @@ struct Standalone {
     cold_cpu: Duration,
     /// The same for a warm start.
     warm_cpu: Duration,
+}
+
+impl Standalone {
+    /// Its cold start's timing.
+    fn cold(&self) -> Timing {
+        Timing {
+            build: self.cold_build,
+            started: self.cold_started,
+            ready: self.cold,
+        }
+    }
+
+    /// Its warm start's timing.
+    fn warm(&self) -> Timing {
+        Timing {
+            build: self.warm_build,
+            started: self.warm_started,
+            ready: self.warm,
+        }
+    }
+
+    /// Its warm start's, as if a `service_started` dependent waited for it to be ready.
+    fn warm_chain(&self) -> Timing {
+        Timing {
+            started: self.warm,
+            ..self.warm()
+        }
+    }
 }
 
 /// CPU time used so far by this process's waited-for children.
@@ -92,11 +130,19 @@ async fn wait_probe(svc: &ServiceSpec, child: &mut Child) {
     }
 }
 
-fn spawn(svc: &ServiceSpec) -> Child {
+fn spawn(svc: &ServiceSpec, layout: &Layout) -> Child {
     let p = svc.process.as_ref().expect("process section");
+    // As the process backend gives it: secrets from the state dir, `${backend.*}` filled.
+    let env = svc.environment.iter().map(|(k, v)| {
+        let v = stack::secrets::fill(layout, v).expect("the state dir's secrets");
+        (
+            k,
+            stack::spec::interp::fill_backend(&v, stack::spec::interp::BackendVars::PROCESS),
+        )
+    });
     let mut cmd = Command::new(&p.command[0]);
     cmd.args(&p.command[1..])
-        .envs(&svc.environment)
+        .envs(env)
         .current_dir(&p.working_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -116,9 +162,26 @@ fn stop(svc: &ServiceSpec, mut child: Child) -> Duration {
     t0.elapsed()
 }
 
-/// Starts one service without the orchestrator; returns the running child, the time to spawned
-/// and the time to ready.
-async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Duration, Duration) {
+/// Starts one service without the orchestrator; returns the running child and its timing: its
+/// build, then the time to spawned and to ready after it.
+async fn start_alone(
+    backend: &ProcessBackend,
+    at: (&Path, &Layout),
+    svc: &ServiceSpec,
+) -> (Child, Timing) {
+    let t_build = Instant::now();
+    // A component built from source is built first when its inputs changed since the last
+    // build recorded in this state dir, as `up` does: in a fresh one, cargo finds it fresh.
+    let (root, layout) = at;
+    let stale = stack::build::freshness(layout, root, svc)
+        .unwrap_or_else(|e| panic!("inputs of `{}`: {e}", svc.name))
+        != stack::build::Freshness::UpToDate;
+    if stale {
+        stack::build::run(layout, root, svc)
+            .await
+            .unwrap_or_else(|e| panic!("build of `{}`: {e}", svc.name));
+    }
+    let build = t_build.elapsed();
     let t0 = Instant::now();
     backend.prepare(svc).await.expect("data dir and configs");
     for step in svc
@@ -133,7 +196,7 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
                 .expect("init step");
         }
     }
-    let mut child = spawn(svc);
+    let mut child = spawn(svc, layout);
     let started = t0.elapsed();
     for step in svc.init.iter().filter(|s| s.phase == InitPhase::AfterStart) {
         // Talks to a server that is still starting: retry, as `up` does.
@@ -165,7 +228,12 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
             .await
             .expect("init step");
     }
-    (child, started, t0.elapsed())
+    let timing = Timing {
+        build,
+        started,
+        ready: t0.elapsed(),
+    };
+    (child, timing)
 }
 
 /// One standalone measurement of one service: cold start, stop, warm start, stop. A service that
@@ -173,30 +241,34 @@ async fn start_alone(backend: &ProcessBackend, svc: &ServiceSpec) -> (Child, Dur
 async fn standalone(root: &Path, name: &str) -> Standalone {
     let tmp = tempdir();
     let stack = load(root, &tmp);
-    let backend = ProcessBackend::new(Layout::new(tmp.clone()));
+    let layout = Layout::new(tmp.clone());
+    let backend = ProcessBackend::new(layout.clone());
+    let at = (root, &layout);
     let deps = graph::closure(&stack, &[name.to_string()]);
     let mut running = Vec::new();
     for dep in graph::plan(&stack, &deps).services().filter(|d| *d != name) {
         let d = &stack.services[dep];
-        let (child, _, _) = start_alone(&backend, d).await;
+        let (child, _) = start_alone(&backend, at, d).await;
         running.push((d.clone(), child));
     }
     let svc = &stack.services[name];
     let c0 = children_cpu();
-    let (child, cold_started, cold) = start_alone(&backend, svc).await;
+    let (child, cold) = start_alone(&backend, at, svc).await;
     let stop1 = stop(svc, child);
     let c1 = children_cpu();
-    let (child, warm_started, warm) = start_alone(&backend, svc).await;
+    let (child, warm) = start_alone(&backend, at, svc).await;
     let stop2 = stop(svc, child);
     let c2 = children_cpu();
     for (d, child) in running.into_iter().rev() {
         stop(&d, child);
     }
     Standalone {
-        cold,
-        warm,
-        cold_started,
-        warm_started,
+        cold_build: cold.build,
+        warm_build: warm.build,
+        cold: cold.ready,
+        warm: warm.ready,
+        cold_started: cold.started,
+        warm_started: warm.started,
         stop: stop1.max(stop2),
         cold_cpu: c1 - c0,
         warm_cpu: c2 - c1,
@@ -315,23 +387,48 @@ fn stack_cmd(root: &Path, state: &Path, args: &[&str]) -> Duration {
     t
 }
 
-/// Each service's time to spawned and to ready, by name.
-type Times = BTreeMap<String, (Duration, Duration)>;
+/// One service's start measured alone: its build (zero without one), then its time to spawned
+/// and to ready.
+#[derive(Clone, Copy)]
+struct Timing {
+    build: Duration,
+    started: Duration,
+    ready: Duration,
+}
+
+/// Each service's timing, by name.
+type Times = BTreeMap<String, Timing>;
 
 /// The critical-path limit: the latest of the services' earliest ready times with unlimited
 /// cores, each costing what `times` says, as `up` plans it ([`graph::earliest`]: a
-/// `service_started` dependent waits only for the spawn).
+/// `service_started` dependent waits only for the spawn). A build needs none of the
+/// dependencies: it runs from the start, and the service starts once both it and its
+/// dependencies allow.
 fn critical_path(stack: &Stack, times: &Times) -> Duration {
     let all = stack.services.keys().cloned().collect();
-    let micros = |d: Duration| d.as_micros() as u64;
-    let at = graph::earliest(stack, &all, |n| {
-        let (started, ready) = times[n];
-        graph::Cost {
-            started: micros(started),
-            ready: micros(ready),
-        }
-    });
-    Duration::from_micros(at.values().map(|(_, ready)| *ready).max().unwrap_or(0))
+    let plan = graph::plan(stack, &all);
+    let mut at: BTreeMap<&str, (Duration, Duration)> = BTreeMap::new();
+    for n in plan.services() {
+        let t = times[n];
+        let deps = stack.services[n]
+            .depends_on
+            .iter()
+            .filter_map(|(d, cond)| {
+                let (d_start, d_ready) = at.get(d.as_str())?;
+                Some(match cond {
+                    stack::spec::Condition::ServiceStarted => *d_start + times[d].started,
+                    _ => *d_ready,
+                })
+            })
+            .max()
+            .unwrap_or_default();
+        let start = deps.max(t.build);
+        at.insert(n, (start, start + t.ready));
+    }
+    at.values()
+        .map(|(_, ready)| *ready)
+        .max()
+        .unwrap_or_default()
 }
 
 /// The sequential baseline, cold or warm: its total time and the bound a parallel start can
@@ -349,7 +446,7 @@ impl Sequential {
     fn new(stack: &Stack, total: Duration, times: &Times) -> Sequential {
         Sequential {
             total,
-            sum: times.values().map(|(_, ready)| *ready).sum(),
+            sum: times.values().map(|t| t.build + t.ready).sum(),
             critical: critical_path(stack, times),
         }
     }
@@ -403,7 +500,8 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     // then the same again with their data there.
     let tmp = tempdir();
     let st = load(root, &tmp);
-    let backend = ProcessBackend::new(Layout::new(tmp.clone()));
+    let layout = Layout::new(tmp.clone());
+    let backend = ProcessBackend::new(layout.clone());
     let mut sequential = Vec::new();
     for _ in ["cold", "warm"] {
         let t0 = Instant::now();
@@ -411,9 +509,9 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
         let mut times = Times::new();
         for name in plan.services() {
             let svc = &st.services[name];
-            let (child, started, ready) = rt.block_on(start_alone(&backend, svc));
+            let (child, timing) = rt.block_on(start_alone(&backend, (root, &layout), svc));
             running.push((svc.clone(), child));
-            times.insert(name.clone(), (started, ready));
+            times.insert(name.clone(), timing);
         }
         sequential.push(Sequential::new(stack, t0.elapsed(), &times));
         for (svc, child) in running.into_iter().rev() {
@@ -432,13 +530,13 @@ fn round(rt: &tokio::runtime::Runtime, root: &Path, stack: &Stack) -> Round {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let cold_cpu: Duration = alone.values().map(|s| s.cold_cpu).sum();
     let warm_cpu: Duration = alone.values().map(|s| s.warm_cpu).sum();
-    let times = |pick: fn(&Standalone) -> (Duration, Duration)| -> Times {
+    let times = |pick: fn(&Standalone) -> Timing| -> Times {
         alone.iter().map(|(n, s)| (n.clone(), pick(s))).collect()
     };
     Round {
-        cold_limit: critical_path(stack, &times(|s| (s.cold_started, s.cold))),
-        warm_limit: critical_path(stack, &times(|s| (s.warm_started, s.warm))),
-        warm_chain: critical_path(stack, &times(|s| (s.warm, s.warm))),
+        cold_limit: critical_path(stack, &times(Standalone::cold)),
+        warm_limit: critical_path(stack, &times(Standalone::warm)),
+        warm_chain: critical_path(stack, &times(Standalone::warm_chain)),
         cold_cpu_floor: cold_cpu / cores,
         warm_cpu_floor: warm_cpu / cores,
         sequential_cold: sequential[0],
@@ -470,12 +568,44 @@ fn main() {
     let project = std::env::var_os("STACK_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let root = infrastructure_of(&project);
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
+    // What `cargo bench` sets for this binary would reach the components' cargo builds, and a
+    // changed CARGO_MANIFEST_DIR alone reruns build scripts (ring's) and half the build. The
+    // target dir stays: `${CARGO_TARGET_DIR:-target}` finds the built binaries through it.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            std::env::remove_var(k);
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let tier = std::env::var("BENCH_TIER").unwrap_or_default();
+    if tier != "platform" {
+        bench(&rt, &infrastructure_of(&project), runs);
+    }
+    if tier != "infrastructure" {
+        println!();
+        // Built once before any timing, as a user's first `up` would; every measured start
+        // then finds them fresh (a fresh state dir still asks cargo, in the timings).
+        let probe_state = tempdir();
+        let full = load(&project, &probe_state);
+        let layout = Layout::new(probe_state.clone());
+        for svc in full.services.values().filter(|s| s.build.is_some()) {
+            rt.block_on(stack::build::run(&layout, &project, svc))
+                .unwrap_or_else(|e| panic!("build of `{}`: {e}", svc.name));
+        }
+        println!("(the whole stack, platform tier included: its components built from source before the rounds)");
+        bench(&rt, &project, runs);
+    }
+    let _ = std::fs::remove_dir_all(scratch_root());
+}
+
+/// Every measurement of the stack at `root`, over `runs` interleaved rounds.
+fn bench(rt: &tokio::runtime::Runtime, root: &Path, runs: usize) {
+    let root = root.to_path_buf();
     let probe_state = tempdir();
     let stack = load(&root, &probe_state);
     for svc in stack.services.values() {
@@ -487,18 +617,26 @@ fn main() {
             );
         }
     }
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "benchmark of {} ({} services, {runs} interleaved rounds, medians)",
         root.display(),
         stack.services.len()
     );
-    let rounds: Vec<Round> = (0..runs).map(|_| round(&rt, &root, &stack)).collect();
+    let rounds: Vec<Round> = (0..runs).map(|_| round(rt, &root, &stack)).collect();
     let med = |f: &dyn Fn(&Round) -> Duration| median(rounds.iter().map(f).collect());
     let medr = |f: &dyn Fn(&Round) -> f64| median_f(rounds.iter().map(f).collect());
-    for name in stack.services.keys() {
+    for (name, svc) in &stack.services {
+        // A component's build (cargo, finding it fresh) runs beside its dependencies' starts.
+        let build = if svc.build.is_some() {
+            format!(
+                "  (build first: cold {})",
+                secs(med(&|r| r.alone[name].cold_build))
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  standalone {name:<10} cold {}  warm {}  stop {}",
+            "  standalone {name:<10} cold {}  warm {}  stop {}{build}",
             secs(med(&|r| r.alone[name].cold)),
             secs(med(&|r| r.alone[name].warm)),
             secs(med(&|r| r.alone[name].stop))
@@ -609,10 +747,10 @@ fn main() {
             100.0 * medr(&|r| speed_up(r) / versus(r).0.machine_bound(versus(r).2)),
         );
     }
-    if stack.services.contains_key("schema") {
+    // The reset tiers of the infrastructure (the platform's hard tier restarts its builds).
+    if stack.services.contains_key("schema") && stack.services.values().all(|s| s.build.is_none()) {
         data_lifecycle(&root);
     }
-    let _ = std::fs::remove_dir_all(scratch_root());
 }
 
 fn stack_out(root: &Path, state: &Path, args: &[&str]) -> String {

@@ -1,6 +1,64 @@
 #!/usr/bin/env bash
-# Benchmarks of the default stack (see benches/stack.rs for what is measured and why).
-#   BENCH_RUNS=5 scripts/bench.sh
+# Benchmarks of the default stack:
+#   1. `cargo bench --bench stack` (benches/stack.rs says what is measured and why): cold `up`,
+#      warm `up`, `down` and warm start against limits measured in the same run, for the
+#      infrastructure tier and then for the whole stack, platform tier included;
+#   2. sandboxes through a runner's HTTP API (runc, the image in a real registry): create to
+#      exec-ready p50/p95 over 20, and an exec's round trip (crates/runner/tests/it/bench.rs);
+#   3. the control plane under load: `GET /api/sandbox` with 50 concurrent clients for 2000
+#      requests (oha, from crates.io, installed once under $STACK_TOOLS_DIR/oha), p50 and p99.
+#
+#   BENCH_RUNS=5 scripts/bench.sh        # BENCH_TIER=infrastructure|platform: one tier only
+#   BENCH_ONLY=stack|sandboxes|api scripts/bench.sh
+# The default stack's ports must be free (`stack down` first). Ratios, never assertions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo bench --locked --bench stack
+only=${BENCH_ONLY:-}
+tools=${STACK_TOOLS_DIR:-/opt/stack-tools}
+
+if [ -z "$only" ] || [ "$only" = stack ]; then
+  cargo bench --locked --bench stack
+fi
+
+if [ -z "$only" ] || [ "$only" = sandboxes ]; then
+  echo
+  echo "sandboxes (runc, through the runner's HTTP API; target: create -> exec-ready p50 <= 0.300s):"
+  cargo test --locked --release -p runner --test it bench -- --ignored --nocapture 2>&1 |
+    grep -E '^(through|skipped)' || { echo "the runner bench failed: run it alone to see why" >&2; exit 1; }
+fi
+
+if [ -z "$only" ] || [ "$only" = api ]; then
+  oha=$(command -v oha || echo "$tools/oha/bin/oha")
+  if [ ! -x "$oha" ]; then
+    echo "installing oha (the HTTP load generator) into $tools/oha, once"
+    cargo install --locked --quiet --root "$tools/oha" oha
+  fi
+  cargo build --locked --release --quiet --bin stack
+  state=$(mktemp -d /tmp/stack-bench-api.XXXXXX)
+  # PostgreSQL runs as the service user when this runs as root: it must reach its data dir.
+  chmod 755 "$state"
+  stack=("${CARGO_TARGET_DIR:-target}/release/stack" --state-dir "$state" --plain)
+  cleanup() { "${stack[@]}" down >/dev/null 2>&1 || true; rm -rf "$state"; }
+  trap cleanup EXIT
+  "${stack[@]}" up >/dev/null 2>"$state/up.log" || { cat "$state/up.log" >&2; exit 1; }
+  eval "$("${stack[@]}" env)"
+  token=$(curl -fsS -d grant_type=password -d username=test01@boxlite.dev -d password=password \
+    -d 'scope=openid email profile' -d client_id=boxlite "$OIDC_ISSUER/token" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  # Ten sandboxes to list, as a user with some running.
+  for _ in $(seq 10); do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+      -d '{"image": "boxlite/busybox:latest"}' "$CONTROL_PLANE_URL/api/sandbox"
+  done
+  "$oha" --no-tui --output-format json -n 2000 -c 50 -H "Authorization: Bearer $token" \
+    "$CONTROL_PLANE_URL/api/sandbox" > "$state/oha.json"
+  python3 - "$state/oha.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+print()
+print("control plane under load: GET /api/sandbox (10 sandboxes), 50 concurrent clients, 2000 requests (oha)")
+print(f"  p50 {p['p50'] * 1000:.1f} ms   p99 {p['p99'] * 1000:.1f} ms   {r['summary']['requestsPerSec']:.0f} requests/s   statuses {codes}")
+EOF
+fi

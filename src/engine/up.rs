@@ -84,7 +84,7 @@ impl Engine {
         let started = Arc::new(Mutex::new(Vec::<String>::new()));
         let launches = TaskTracker::new();
         let mut tasks = ServiceTasks::new();
-        let builds = Arc::new(crate::build::Batch::default());
+        let builds = Arc::new(crate::build::Batch::background());
         for name in &selected {
             let svc = self.stack.services[name].clone();
             let action = actions[name];
