@@ -29,9 +29,9 @@ command -v apt-get >/dev/null || die "this script installs Debian packages; inst
 
 # Debian packages of the default stack's servers (and the clients its init steps use); runc
 # runs the runners' sandboxes; mmdebstrap, umoci and busybox-static build the sandbox images,
-# skopeo pushes them.
+# skopeo pushes them (curl waits for the registry that keeps them, and the tests use it).
 PACKAGES=(postgresql-15 postgresql-client-15 redis-server docker-registry caddy python3 ca-certificates
-  runc mmdebstrap umoci skopeo busybox-static)
+  runc mmdebstrap umoci skopeo busybox-static curl)
 # slirp4netns gives the runners' sandboxes outbound network when RUNNER_OUTBOUND=on
 # (docs/platform.md, "Outbound network"), without touching the host's network configuration.
 PACKAGES+=(slirp4netns)
