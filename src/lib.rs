@@ -6,6 +6,7 @@
 //! See `docs/architecture.md`.
 
 pub mod backend;
+pub mod boxes;
 pub mod build;
 pub mod cli;
 pub mod doctor;

@@ -1,6 +1,7 @@
 //! The command line: clap types, the shared [`Ctx`], one file per subcommand, and the mapping of
 //! every error to its exit code. Clap types never leave this module.
 
+mod boxes;
 mod doctor;
 mod down;
 mod env;
@@ -82,6 +83,9 @@ enum Command {
     RebuildBox(rebuild_box::Args),
     /// `up`, then rebuild and restart a component when its `watch:` files change.
     Watch(watch::Args),
+    /// Box archives: `box verify FILE` checks one offline.
+    #[command(name = "box")]
+    BoxArchive(boxes::Args),
     /// Internal: supervise one service (started by `up`).
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -132,6 +136,9 @@ pub enum CliError {
     /// JSON output could not be rendered (exit 1).
     #[error("cannot render JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A box archive did not verify (exit 1).
+    #[error(transparent)]
+    Archive(#[from] crate::boxes::VerifyError),
 }
 
 /// A command asked for something it cannot do as asked (exit 2).
@@ -201,6 +208,7 @@ impl CliError {
             | Self::Connect(_)
             | Self::Cwd(_)
             | Self::Watch(_)
+            | Self::Archive(_)
             | Self::Json(_) => ExitStatus::Failure,
         }
     }
@@ -319,6 +327,10 @@ pub fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
+    // Reads one file: no stack definition needed.
+    if let Command::BoxArchive(a) = cli.command {
+        return boxes::run(a, cli.json);
+    }
     let starts = matches!(
         cli.command,
         Command::Up(_)
@@ -342,7 +354,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Reset(a) => reset::run(a, ctx).await,
         Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
         Command::Watch(a) => watch::run(a, ctx).await,
-        Command::Supervise { .. } => Ok(ExitStatus::Ok),
+        Command::Supervise { .. } | Command::BoxArchive(_) => Ok(ExitStatus::Ok),
         Command::Box { .. } => Err(UsageError::NoMicrovm.into()),
     }
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod boxes;
 mod components;
 mod control_plane;
 mod data;

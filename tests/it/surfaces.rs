@@ -105,13 +105,12 @@ fn help_of_every_command() {
         "seed",
         "reset",
         "rebuild-box",
+        "box",
+        "box verify",
     ];
     for cmd in commands {
         let mut c = std::process::Command::new(bin());
-        let args: Vec<&str> = [cmd, "--help"]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect();
+        let args: Vec<&str> = cmd.split_whitespace().chain(["--help"]).collect();
         // Help shows an environment variable's value: it must not show this machine's.
         let out = c
             .args(&args)
