@@ -91,12 +91,19 @@ pub async fn collect(
     let mut rows = Vec::new();
     let mut probes = tokio::task::JoinSet::new();
     let mut infos = tokio::task::JoinSet::new();
-    // No proxy: every `info:` URL is the stack's own, on loopback.
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(INFO_TIMEOUT)
-        .build()
-        .ok();
+    // Only when a service has an `info:` URL; no proxy: every such URL is the stack's own.
+    let http = stack
+        .services
+        .values()
+        .any(|s| s.info.is_some())
+        .then(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(INFO_TIMEOUT)
+                .build()
+                .ok()
+        })
+        .flatten();
     for (i, svc) in stack.services.values().enumerate() {
         let inst = backend.inspect(svc);
         let ready: Option<Readiness> = read_json(&layout.readiness(&svc.name)).ok().flatten();
