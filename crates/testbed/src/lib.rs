@@ -40,10 +40,19 @@ where
     }
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, never handed out before by this test binary
+/// (the kernel may give a just-released port again, to the next caller).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+        let port = l.local_addr().expect("local addr").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Timings of one thing measured again and again, for a bench's percentiles.
