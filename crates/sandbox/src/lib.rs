@@ -30,6 +30,7 @@ pub mod microvm;
 pub mod net;
 pub mod oci;
 pub mod outbound;
+pub mod pidfd;
 pub mod runc;
 pub mod userns;
 pub mod verdict;

@@ -14,7 +14,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -148,7 +148,7 @@ pub struct Slirp {
 impl Slirp {
     /// Is this very process still running (not a zombie)?
     pub fn is_alive(&self) -> bool {
-        read_stat(self.pid).is_some_and(|s| s.start == self.start && s.state != 'Z')
+        crate::pidfd::is_alive(self.pid, self.start)
     }
 }
 
@@ -225,7 +225,7 @@ pub fn start(
         true => Some(open("its user namespace", format!("/proc/{pid}/ns/user"))?),
         false => None,
     };
-    let pidfd = pidfd_open(pid).map_err(|source| OutboundError::Init {
+    let pidfd = crate::pidfd::open(pid).map_err(|source| OutboundError::Init {
         what: "a pidfd",
         pid,
         source,
@@ -301,7 +301,7 @@ pub fn start(
     let slirp_pid = child_pid as i32;
     let start = read_stat(slirp_pid).map(|s| s.start);
     let mut ready = File::from(ready_read);
-    match wait_readable(ready.as_raw_fd(), START_TIMEOUT) {
+    match crate::pidfd::wait_readable(ready.as_raw_fd(), START_TIMEOUT) {
         Ok(true) => {}
         Ok(false) => {
             if let Some(start) = start {
@@ -366,119 +366,29 @@ pub fn end(dir: &Path) -> Result<(), OutboundError> {
 /// it is this process's child. Through a pidfd: opened first, then checked to be the recorded
 /// process, so a reused pid is never signalled.
 fn end_process(slirp: Slirp) -> Result<(), OutboundError> {
-    let pid = slirp.pid;
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        // Gone (and reaped) already.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
-        Err(source) => return Err(OutboundError::End { pid, source }),
-    };
-    // A zombie of it counts as it: it is still to be reaped.
-    if read_stat(pid).is_none_or(|s| s.start != slirp.start) {
-        return Ok(());
-    }
-    if slirp.is_alive() {
-        // SAFETY: pidfd_send_signal(2) on a valid pidfd, no siginfo.
-        let sent = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if sent != 0 {
-            let source = io::Error::last_os_error();
-            // ESRCH: it exited in between.
-            if source.raw_os_error() != Some(libc::ESRCH) {
-                return Err(OutboundError::End { pid, source });
-            }
+    crate::pidfd::kill_and_wait(slirp.pid, slirp.start, END_TIMEOUT).map_err(|source| {
+        OutboundError::End {
+            pid: slirp.pid,
+            source,
         }
-        // Readable once the process has exited.
-        match wait_readable(pidfd.as_raw_fd(), END_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => {
-                let source = io::Error::from(io::ErrorKind::TimedOut);
-                return Err(OutboundError::End { pid, source });
-            }
-            Err(source) => return Err(OutboundError::End { pid, source }),
-        }
-    }
-    // Reaped when it is our child (ECHILD otherwise: a previous runner's, or reaped already by
-    // the runner's reaper); waitid on the pidfd can never reap another process.
-    // SAFETY: waitid(2) with P_PIDFD on a valid pidfd and a zeroed siginfo on the stack.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        );
-    }
-    Ok(())
+    })
 }
 
 /// Reaps our child `pid` that has exited (its ready pipe closed): its status, for the error.
 fn reap_pid(pid: i32) -> String {
-    let Ok(pidfd) = pidfd_open(pid) else {
+    let Ok(pidfd) = crate::pidfd::open(pid) else {
         return "exited".into();
     };
-    if wait_readable(pidfd.as_raw_fd(), END_TIMEOUT).is_err() {
+    if crate::pidfd::wait_readable(pidfd.as_raw_fd(), END_TIMEOUT).is_err() {
         return "exited".into();
     }
-    // SAFETY: as in `end_process`.
-    let info = unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let rc = libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        );
-        (rc == 0).then_some(info)
-    };
-    match info {
+    match crate::pidfd::reap(&pidfd) {
         // SAFETY: filled in by a successful waitid(2) for an exited child.
         Some(info) => match info.si_code {
             libc::CLD_EXITED => format!("exit status {}", unsafe { info.si_status() }),
             _ => format!("killed by signal {}", unsafe { info.si_status() }),
         },
         None => "exited".into(),
-    }
-}
-
-/// pidfd_open(2).
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Waits up to `timeout` for `fd` to be readable (or closed): `false` when the time ran out.
-fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one pollfd on the stack, for one valid descriptor.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match n {
-            0 => return Ok(false),
-            n if n > 0 => return Ok(true),
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
-            _ => return Err(io::Error::last_os_error()),
-        }
     }
 }
 

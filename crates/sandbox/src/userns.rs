@@ -314,33 +314,8 @@ impl Holder {
     /// Ends the holder (SIGKILL, after checking it is still the same process), waits until it
     /// has exited, and forgets it.
     pub fn end(&self) -> Result<(), UsernsError> {
-        // A pidfd names one process for good: checked once open, then signalled and waited on
-        // through it, so a reused pid can never be hit.
-        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
-        if fd >= 0 {
-            // SAFETY: a descriptor just returned, owned by nothing else.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-            if self.is_alive() {
-                // SAFETY: pidfd_send_signal(2) on a valid pidfd, no siginfo.
-                let sent = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        libc::SIGKILL,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if sent != 0 {
-                    let e = io::Error::last_os_error();
-                    return Err(child_err("end the namespace holder")(e));
-                }
-                // Readable once the process has exited.
-                wait_readable(pidfd.as_raw_fd(), HOLDER_END)
-                    .map_err(child_err("wait for the namespace holder to end"))?;
-            }
-        }
+        crate::pidfd::kill_and_wait(self.pid, self.start, HOLDER_END)
+            .map_err(child_err("end the namespace holder"))?;
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = child.wait();
         }
@@ -355,7 +330,7 @@ impl Holder {
 /// Waits up to `timeout` for the holder's `ready` line: `Ok(false)` when it did not come in time,
 /// an error when the holder exited first (its pipe closed) or the wait failed.
 fn wait_ready(out: std::process::ChildStdout, timeout: Duration) -> io::Result<bool> {
-    if !wait_readable(out.as_raw_fd(), timeout)? {
+    if !crate::pidfd::wait_readable(out.as_raw_fd(), timeout)? {
         return Ok(false);
     }
     let mut line = [0u8; 6];
@@ -367,29 +342,6 @@ fn wait_ready(out: std::process::ChildStdout, timeout: Duration) -> io::Result<b
         Err(io::Error::other(
             "the holder wrote something else than `ready`",
         ))
-    }
-}
-
-/// Waits up to `timeout` for `fd` to be readable (or closed): `false` when the time ran out.
-fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one pollfd on the stack, for one valid descriptor.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match n {
-            0 => return Ok(false),
-            n if n > 0 => return Ok(true),
-            // A signal to the runner interrupted the wait: wait on.
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
-            _ => return Err(io::Error::last_os_error()),
-        }
     }
 }
 
@@ -665,5 +617,5 @@ fn read_record(path: &Path) -> Result<Option<Record>, UsernsError> {
 }
 
 fn is_alive(pid: i32, start: u64) -> bool {
-    read_stat(pid).is_some_and(|s| s.start == start && s.state != 'Z')
+    crate::pidfd::is_alive(pid, start)
 }
