@@ -30,6 +30,17 @@ async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
     )
 }
 
+/// `POST /api/sandbox` with `body` as `auth`: its status and its JSON answer.
+async fn create(client: &reqwest::Client, base: &str, auth: &str, body: Value) -> (u16, Value) {
+    call(
+        client
+            .post(format!("{base}/sandbox"))
+            .header("authorization", auth)
+            .json(&body),
+    )
+    .await
+}
+
 /// Mount points whose path names the sandbox.
 fn mounts_of(id: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -59,13 +70,7 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
         let token = crate::control_plane::password_grant(&issuer, "test01@boxlite.dev").await;
         let auth = format!("Bearer {token}");
 
-        let (status, sandbox) = call(
-            client
-                .post(format!("{base}/sandbox"))
-                .header("authorization", &auth)
-                .json(&json!({"name": "demo"})),
-        )
-        .await;
+        let (status, sandbox) = create(&client, &base, &auth, json!({"name": "demo"})).await;
         assert_eq!(status, 201, "{sandbox}");
         let id = sandbox["id"].as_str().expect("id").to_string();
         assert_eq!(sandbox["state"], "started");
@@ -275,11 +280,11 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
         };
         assert!(unresponsive, "{other} is unresponsive within 10 s: {seen}");
         for _ in 0..2 {
-            let (status, s) = call(
-                client
-                    .post(format!("{base}/sandbox"))
-                    .header("authorization", &auth)
-                    .json(&json!({"image": "boxlite/busybox:latest"})),
+            let (status, s) = create(
+                &client,
+                &base,
+                &auth,
+                json!({"image": "boxlite/busybox:latest"}),
             )
             .await;
             assert_eq!(status, 201, "{s}");
@@ -346,11 +351,11 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
     ));
     let auth = format!("Bearer {token}");
     let doomed = block_on(async {
-        let (status, s) = call(
-            reqwest::Client::new()
-                .post(format!("{base}/sandbox"))
-                .header("authorization", &auth)
-                .json(&json!({"image": "boxlite/busybox:latest"})),
+        let (status, s) = create(
+            &reqwest::Client::new(),
+            &base,
+            &auth,
+            json!({"image": "boxlite/busybox:latest"}),
         )
         .await;
         assert_eq!(status, 201, "{s}");
@@ -379,11 +384,11 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
             (200, json!([])),
             "no sandbox survives a hard reset"
         );
-        let (status, s) = call(
-            client
-                .post(format!("{base}/sandbox"))
-                .header("authorization", &auth)
-                .json(&json!({"image": "boxlite/busybox:latest"})),
+        let (status, s) = create(
+            &client,
+            &base,
+            &auth,
+            json!({"image": "boxlite/busybox:latest"}),
         )
         .await;
         assert_eq!(status, 201, "runners take sandboxes again: {s}");
@@ -393,11 +398,11 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
     block_on(async {
         let client = reqwest::Client::new();
         let token = crate::control_plane::password_grant(&issuer, "test01@boxlite.dev").await;
-        let (status, s) = call(
-            client
-                .post(format!("{base}/sandbox"))
-                .header("authorization", format!("Bearer {token}"))
-                .json(&json!({"image": "boxlite/busybox:latest"})),
+        let (status, s) = create(
+            &client,
+            &base,
+            &format!("Bearer {token}"),
+            json!({"image": "boxlite/busybox:latest"}),
         )
         .await;
         assert_eq!(status, 201, "{s}");
