@@ -10,7 +10,7 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// The file could not be opened.
-    #[error("cannot open {}: {source}", .path.display())]
+    #[error("cannot open {}: {source}; check the path", .path.display())]
     Open {
         /// The archive.
         path: PathBuf,

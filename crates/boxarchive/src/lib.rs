@@ -64,7 +64,7 @@ pub enum ArchiveError {
         path: PathBuf,
     },
     /// The compressed stream or the tar inside is damaged.
-    #[error("the archive is damaged (it cannot be decompressed or read as a tar)")]
+    #[error("the archive is damaged (it cannot be decompressed or read as a tar): use another backup of this box")]
     Corrupt(#[source] io::Error),
     /// The first member is not the manifest.
     #[error("the archive does not start with {MANIFEST} (found {found}): it is not a box archive, or it is damaged")]
@@ -73,7 +73,9 @@ pub enum ArchiveError {
         found: String,
     },
     /// The manifest is not valid JSON of this format.
-    #[error("{MANIFEST} is invalid")]
+    #[error(
+        "{MANIFEST} is invalid: it was not written by this box archive format, or it was altered"
+    )]
     Manifest(#[source] serde_json::Error),
     /// Written by a newer format.
     #[error("the archive is format version {found}; this build reads up to version {FORMAT_VERSION}: upgrade stack")]
@@ -83,14 +85,14 @@ pub enum ArchiveError {
     },
     /// A member's path leaves the archive's root.
     #[error(
-        "member {member}: its path leaves the archive's root (absolute, `..`, or not under {DISK})"
+        "member {member}: its path leaves the archive's root (absolute, `..`, or not under {DISK}): the archive was damaged or altered; use another backup of this box"
     )]
     OutsideRoot {
         /// The member as the tar names it.
         member: String,
     },
     /// A member's path goes through a link made by an earlier member.
-    #[error("member {member}: its path goes through the link {link}")]
+    #[error("member {member}: its path goes through the link {link}: the archive was damaged or altered; use another backup of this box")]
     ThroughLink {
         /// The member.
         member: String,
@@ -98,7 +100,7 @@ pub enum ArchiveError {
         link: String,
     },
     /// A member of a kind an archive never holds.
-    #[error("member {member}: a {what}, which a box archive never holds")]
+    #[error("member {member}: a {what}, which a box archive never holds: the archive was damaged or altered; use another backup of this box")]
     Refused {
         /// The member.
         member: String,
@@ -106,7 +108,7 @@ pub enum ArchiveError {
         what: &'static str,
     },
     /// A member's content differs from its checksum in the manifest.
-    #[error("member {member}: checksum mismatch: the manifest says {expected} ({expected_size} bytes), the archive holds {found} ({found_size} bytes)")]
+    #[error("member {member}: checksum mismatch: the manifest says {expected} ({expected_size} bytes), the archive holds {found} ({found_size} bytes): the archive was damaged or altered; use another backup of this box")]
     Checksum {
         /// The member.
         member: String,
@@ -120,7 +122,7 @@ pub enum ArchiveError {
         found_size: u64,
     },
     /// A member differs from its entry in the manifest (kind, link target).
-    #[error("member {member}: it is a {found}, the manifest lists a {expected}")]
+    #[error("member {member}: it is a {found}, the manifest lists a {expected}: the archive was damaged or altered; use another backup of this box")]
     Mismatch {
         /// The member.
         member: String,
@@ -130,13 +132,13 @@ pub enum ArchiveError {
         found: String,
     },
     /// A member the manifest does not list, or lists twice.
-    #[error("member {member} is not in the manifest (or appears twice)")]
+    #[error("member {member} is not in the manifest (or appears twice): the archive was damaged or altered; use another backup of this box")]
     Unlisted {
         /// The member.
         member: String,
     },
     /// A member the manifest lists but the archive lacks.
-    #[error("member {member} is listed in the manifest but missing from the archive (truncated?)")]
+    #[error("member {member} is listed in the manifest but missing from the archive (truncated?): the archive was damaged or altered; use another backup of this box")]
     Missing {
         /// The member.
         member: String,
