@@ -17,7 +17,13 @@ use crate::spec::Stack;
 
 /// The tables of runtime rows: what users and runners create while the platform runs. A soft
 /// reset empties these and keeps every other table of the schema.
-pub const RUNTIME_TABLES: [&str; 4] = ["sandboxes", "snapshots", "sandbox_backups", "audit_log"];
+pub const RUNTIME_TABLES: [&str; 5] = [
+    "sandboxes",
+    "snapshots",
+    "sandbox_backups",
+    "sandbox_migrations",
+    "audit_log",
+];
 
 /// How much a reset destroys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,7 +361,13 @@ mod tests {
         let (runtime, kept) = split_tables(&files);
         assert_eq!(
             runtime,
-            ["sandboxes", "snapshots", "sandbox_backups", "audit_log"]
+            [
+                "sandboxes",
+                "snapshots",
+                "sandbox_backups",
+                "sandbox_migrations",
+                "audit_log"
+            ]
         );
         assert_eq!(
             kept,

@@ -1,32 +1,40 @@
-//! `stack box verify FILE`: checks a box archive offline.
-
-use std::path::PathBuf;
+//! `stack box verify FILE|s3://BUCKET/KEY`: checks a box archive offline.
 
 use super::CliError;
 use crate::exit::ExitStatus;
 
 /// Arguments of `box`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
     command: BoxCommand,
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 enum BoxCommand {
     /// Check a box archive: its manifest, every member's checksum and path (exit 1 naming what
-    /// is wrong).
+    /// is wrong). An `s3://` object is read as a stream from the stack's S3 service (or the
+    /// endpoint in S3_ENDPOINT and the key in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).
     Verify {
-        /// The archive (`<sandbox-id>.boxlite`).
-        archive: PathBuf,
+        /// The archive: a file (`<sandbox-id>.boxlite`) or `s3://BUCKET/KEY`.
+        archive: String,
     },
 }
 
-/// Runs `box`: needs no stack definition.
-pub fn run(args: Args, json: bool) -> Result<ExitStatus, CliError> {
+/// Runs `box`: a file needs no stack definition; an S3 object reads the stack's S3 exports
+/// unless the environment names an endpoint and a key.
+pub async fn run(args: Args, cli: &super::Cli) -> Result<ExitStatus, CliError> {
+    let json = cli.json;
     match args.command {
         BoxCommand::Verify { archive } => {
-            let v = crate::boxes::verify_file(&archive)?;
+            let v = match crate::boxes::s3_object(&archive) {
+                None => crate::boxes::verify_file(std::path::Path::new(&archive))?,
+                Some(object) => {
+                    let (bucket, key) = object?;
+                    let client = s3_client(cli).await?;
+                    crate::boxes::verify_object(&client, &bucket, &key).await?
+                }
+            };
             if json {
                 super::print_json(&v, true)?;
             } else {
@@ -51,4 +59,22 @@ pub fn run(args: Args, json: bool) -> Result<ExitStatus, CliError> {
             Ok(ExitStatus::Ok)
         }
     }
+}
+
+/// The S3 client `box verify s3://...` reads with: the environment's endpoint and key (as
+/// `eval "$(stack env)"` sets them), else the stack's S3 service's exports.
+async fn s3_client(cli: &super::Cli) -> Result<aws_sdk_s3::Client, CliError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let (Some(endpoint), Some(key), Some(secret)) = (
+        var("S3_ENDPOINT").or_else(|| var("AWS_ENDPOINT_URL")),
+        var("AWS_ACCESS_KEY_ID"),
+        var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        let region = var("AWS_REGION").unwrap_or_else(|| crate::exports::DEFAULT_S3_REGION.into());
+        return Ok(crate::s3::client(&endpoint, &region, &key, &secret));
+    }
+    let ctx = super::Ctx::load(cli, false).await?;
+    crate::exports::Exports::new(&ctx.stack, &ctx.layout)
+        .s3_client()?
+        .ok_or(CliError::Usage(super::UsageError::NoS3))
 }

@@ -159,6 +159,9 @@ pub enum UsageError {
     /// `__box` in a binary built without the microVM backend.
     #[error("this binary has no microVM support: rebuild with `--features microvm`")]
     NoMicrovm,
+    /// An `s3://` argument and no S3 service or endpoint to read it from.
+    #[error("no S3 endpoint: the stack has no S3 service; set S3_ENDPOINT, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or `eval \"$(stack env)\"` in a stack that has one)")]
+    NoS3,
 }
 
 impl From<crate::spec::UnknownService> for CliError {
@@ -328,8 +331,8 @@ pub fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     // Reads one file: no stack definition needed.
-    if let Command::BoxArchive(a) = cli.command {
-        return boxes::run(a, cli.json);
+    if let Command::BoxArchive(a) = &cli.command {
+        return boxes::run(a.clone(), &cli).await;
     }
     let starts = matches!(
         cli.command,

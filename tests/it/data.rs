@@ -71,20 +71,21 @@ fn schema_loads_once_and_refuses_foreign_objects_edited_migrations_and_bad_urls(
     let r = p.run(&["schema", "load"]);
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(
-        r.stderr
-            .contains("applied 0001_identity, 0002_compute, 0003_audit, 0004_platform"),
+        r.stderr.contains(
+            "applied 0001_identity, 0002_compute, 0003_audit, 0004_platform, 0005_backups"
+        ),
         "{}",
         r.stderr
     );
     let r = p.run(&["schema", "load"]);
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(
-        r.stderr.contains("up to date (4 migrations applied)"),
+        r.stderr.contains("up to date (5 migrations applied)"),
         "the second load is a no-op: {}",
         r.stderr
     );
     let st = p.run(&["schema", "status", "--json"]).json();
-    assert_eq!(st["applied"].as_array().map(Vec::len), Some(4));
+    assert_eq!(st["applied"].as_array().map(Vec::len), Some(5));
     assert_eq!(st["pending"].as_array().map(Vec::len), Some(0));
 
     // An applied migration edited afterwards: refused, naming the file and the remedy.

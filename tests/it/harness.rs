@@ -379,6 +379,24 @@ impl Project {
         self.status()[svc]["pid"].as_u64().map(|p| p as u32)
     }
 
+    /// SIGKILLs `svc` and waits (up to 30 s) until its supervisor started it again and it is
+    /// healthy.
+    pub fn kill_and_await_restart(&self, svc: &str) {
+        let pid = self.pid(svc).unwrap_or_else(|| panic!("{svc} has no pid"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap_or_else(|e| panic!("SIGKILL {svc}: {e}"));
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let s = self.status();
+                s[svc]["pid"].as_u64().is_some_and(|p| p as u32 != pid) && s[svc]["healthy"] == true
+            }),
+            "{svc} is started again and healthy after a SIGKILL"
+        );
+    }
+
     /// Live processes whose command line contains this project's state dir and `needle`.
     pub fn processes(&self, needle: &str) -> Vec<u32> {
         processes_matching(&[&self.state_dir().display().to_string(), needle])

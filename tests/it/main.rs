@@ -12,6 +12,7 @@ mod images;
 mod lifecycle;
 #[cfg(feature = "microvm")]
 mod microvm;
+mod migration;
 mod platform;
 mod sandboxes;
 mod services;

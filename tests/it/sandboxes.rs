@@ -195,22 +195,7 @@ fn a_user_runs_a_sandbox_through_caddy_and_nothing_is_left_behind() {
             "Bearer {}",
             env["ADMIN_API_KEY"].as_str().expect("ADMIN_API_KEY")
         );
-        let api_pid = p.status()["api"]["pid"].as_u64().expect("api pid") as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(api_pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("SIGKILL the control plane");
-        assert!(
-            wait_until(Duration::from_secs(20), || {
-                let s = p.status();
-                s["api"]["pid"]
-                    .as_u64()
-                    .is_some_and(|p| p as i32 != api_pid)
-                    && s["api"]["healthy"] == true
-            }),
-            "api is restarted"
-        );
+        p.kill_and_await_restart("api");
         let (status, runners) = call(
             client
                 .get(format!("{base}/runners"))

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::error::{error_response, StartError};
 use crate::input::{FILE_LIMIT, JSON_LIMIT};
 use crate::runner_client::RunnerClient;
-use crate::{audit, previews, runners, sandboxes, toolbox};
+use crate::{audit, backups, migration, previews, runners, sandboxes, toolbox};
 
 /// What every handler shares; cheap to clone.
 #[derive(Clone)]
@@ -44,6 +44,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sandbox/:id/start", post(sandboxes::start))
         .route("/api/sandbox/:id/stop", post(sandboxes::stop))
+        .route("/api/sandbox/:id/backup", post(backups::backup))
+        .route("/api/sandbox/:id/backups", get(backups::list))
+        .route("/api/sandbox/:id/restore", post(backups::restore))
+        .route("/api/sandbox/:id/migrate", post(migration::migrate))
         .route(
             "/api/sandbox/:id/ports/:port/signed-preview-url",
             get(previews::signed_url),
@@ -62,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/runners", get(runners::list))
         .route("/api/runners/register", post(runners::register))
+        .route("/api/runners/:name/drain", post(migration::drain))
+        .route("/api/runners/:name/enable", post(migration::enable))
         .route("/api/runners/:name/heartbeat", post(runners::heartbeat))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .route("/api/health", get(health))
@@ -111,6 +117,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         runners: RunnerClient::new(http, &config.runner_token),
         config: Arc::new(config),
     };
+    // Moves a previous control plane left half done are finished or rolled back.
+    tokio::spawn(migration::recover(state.clone()));
     let port = state.config.port;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

@@ -40,7 +40,12 @@ pub fn action(method: &Method, route: &str) -> Option<(&'static str, &'static st
         ("POST", "/api/sandbox/:id/stop") => ("sandbox.stop", "sandbox"),
         ("POST", "/api/toolbox/:id/toolbox/process/execute") => ("toolbox.execute", "sandbox"),
         ("POST", "/api/toolbox/:id/toolbox/files/upload") => ("toolbox.upload", "sandbox"),
+        ("POST", "/api/sandbox/:id/backup") => ("sandbox.backup", "sandbox"),
+        ("POST", "/api/sandbox/:id/restore") => ("sandbox.restore", "sandbox"),
+        ("POST", "/api/sandbox/:id/migrate") => ("sandbox.migrate", "sandbox"),
         ("POST", "/api/runners/register") => ("runner.register", "runner"),
+        ("POST", "/api/runners/:name/drain") => ("runner.drain", "runner"),
+        ("POST", "/api/runners/:name/enable") => ("runner.enable", "runner"),
         _ => return None,
     })
 }
@@ -59,11 +64,12 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     let slot = AuditSlot::default();
     req.extensions_mut().insert(slot.clone());
     let path = req.uri().path().to_string();
-    // `/api/sandbox/{id}/...` and `/api/toolbox/{id}/...` name their target.
+    // `/api/sandbox/{id}/...`, `/api/toolbox/{id}/...` and `/api/runners/{name}/...` name
+    // their target.
     let path_target = path
         .split('/')
         .nth(3)
-        .filter(|_| target_type == "sandbox")
+        .filter(|_| target_type == "sandbox" || route.starts_with("/api/runners/:name"))
         .map(|s| s.chars().take(64).collect::<String>());
     let resp = next.run(req).await;
     let target = resp
@@ -112,6 +118,9 @@ mod tests {
                 "toolbox.upload",
             ),
             (Method::POST, "/api/runners/register", "runner.register"),
+            (Method::POST, "/api/sandbox/:id/backup", "sandbox.backup"),
+            (Method::POST, "/api/sandbox/:id/migrate", "sandbox.migrate"),
+            (Method::POST, "/api/runners/:name/drain", "runner.drain"),
         ];
         for (method, route, name) in audited {
             assert_eq!(action(&method, route).map(|a| a.0), Some(name), "{route}");
@@ -123,6 +132,7 @@ mod tests {
                 "/api/sandbox/:id/ports/:port/signed-preview-url",
             ),
             (Method::GET, "/api/toolbox/:id/toolbox/files/download"),
+            (Method::GET, "/api/sandbox/:id/backups"),
             (Method::POST, "/api/runners/:name/heartbeat"),
         ] {
             assert_eq!(action(&method, route), None, "{method} {route}");

@@ -1,6 +1,7 @@
 //! Redis, for what expires: runner liveness (`runner:{name}:alive`, set by each heartbeat with
-//! the runner TTL) and preview tokens (`preview:{token}`, with the preview TTL). One multiplexed
-//! connection, made again after it breaks (a restarted Redis).
+//! the runner TTL) and preview tokens (`preview:{token}`, with the preview TTL, each listed in
+//! its sandbox's `sandbox:{id}:previews` set so a migration can point them at the new runner).
+//! One multiplexed connection, made again after it breaks (a restarted Redis).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,5 +66,51 @@ impl Cache {
             return Ok(Vec::new());
         }
         self.query(redis::cmd("MGET").arg(keys)).await
+    }
+
+    /// Adds `member` to the set `key` and makes the set live `ttl` from now.
+    pub async fn add_to_set(
+        &self,
+        key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD").arg(key).arg(member).ignore();
+        pipe.cmd("EXPIRE")
+            .arg(key)
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        let mut c = self.connection().await?;
+        let r = pipe.query_async::<()>(&mut c).await;
+        if r.is_err() {
+            *self.conn.lock().await = None;
+        }
+        r
+    }
+
+    /// The members of the set `key` (none when it does not exist).
+    pub async fn members(&self, key: &str) -> Result<Vec<String>, RedisError> {
+        self.query(redis::cmd("SMEMBERS").arg(key)).await
+    }
+
+    /// Removes `member` from the set `key`.
+    pub async fn remove_from_set(&self, key: &str, member: &str) -> Result<(), RedisError> {
+        self.query::<()>(redis::cmd("SREM").arg(key).arg(member))
+            .await
+    }
+
+    /// Sets `key` to `value` if it exists, keeping its time to live; false when it expired.
+    pub async fn replace_keep_ttl(&self, key: &str, value: &str) -> Result<bool, RedisError> {
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("XX")
+                    .arg("KEEPTTL"),
+            )
+            .await?;
+        Ok(r.is_some())
     }
 }

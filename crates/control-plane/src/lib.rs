@@ -3,7 +3,7 @@
 //!
 //! One module per noun: [`config`] (settings from the environment), [`app`] (the API's router
 //! and shared state), [`auth`] (who calls), [`audit`] (what they changed), [`sandboxes`],
-//! [`runners`], [`toolbox`], [`previews`], [`runner_client`] (calls to a runner), [`db`],
+//! [`backups`], [`migration`] (moves between runners, drains), [`runners`], [`toolbox`], [`previews`], [`runner_client`] (calls to a runner), [`db`],
 //! [`cache`] (Redis, for what expires), [`input`] (bodies, paths and queries, checked),
 //! [`proxy`] (the preview proxy) and [`error`] (every failure as an HTTP answer).
 
@@ -12,11 +12,13 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod input;
+pub mod migration;
 pub mod previews;
 pub mod proxy;
 pub mod runner_client;

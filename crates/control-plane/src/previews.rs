@@ -1,6 +1,8 @@
 //! Signed preview URLs: a random token in Redis (`preview:{token}`, with the preview TTL) that
 //! names a sandbox's port and its runner; the preview proxy resolves it on every request, so an
-//! expired or unknown token is never forwarded.
+//! expired or unknown token is never forwarded. Each sandbox's tokens are listed in
+//! `sandbox:{id}:previews`, so that a migration points them at the sandbox's new runner
+//! ([`repoint`]) and URLs handed out before it keep working.
 
 use std::io::Read;
 use std::time::SystemTime;
@@ -43,6 +45,10 @@ fn key(token: &str) -> String {
     format!("preview:{token}")
 }
 
+fn index_key(sandbox_id: &str) -> String {
+    format!("sandbox:{sandbox_id}:previews")
+}
+
 /// `2 * n` lowercase hex characters from the kernel's random source.
 pub fn random_hex(n: usize) -> Result<String, ApiError> {
     let mut bytes = vec![0u8; n];
@@ -81,6 +87,10 @@ pub async fn signed_url(
     let value = serde_json::to_string(&grant).map_err(|e| ApiError::Internal(e.to_string()))?;
     let ttl = state.config.preview_ttl;
     state.cache.set_ex(&key(&token), &value, ttl).await?;
+    state
+        .cache
+        .add_to_set(&index_key(&grant.sandbox_id), &token, ttl)
+        .await?;
     let expires = humantime::format_rfc3339_seconds(SystemTime::now() + ttl).to_string();
     let url = state
         .config
@@ -92,6 +102,38 @@ pub async fn signed_url(
         token,
         expires_at: expires,
     }))
+}
+
+/// Points every live preview token of sandbox `sandbox_id` at `runner`; expired ones are
+/// dropped from its index. Returns how many were repointed.
+pub async fn repoint(
+    cache: &Cache,
+    sandbox_id: &str,
+    runner: &crate::runner_client::RunnerRef,
+) -> Result<usize, redis::RedisError> {
+    let index = index_key(sandbox_id);
+    let mut repointed = 0;
+    for token in cache.members(&index).await? {
+        let grant = cache
+            .get(&key(&token))
+            .await?
+            .and_then(|v| serde_json::from_str::<Grant>(&v).ok());
+        let Some(mut grant) = grant else {
+            cache.remove_from_set(&index, &token).await?;
+            continue;
+        };
+        grant.runner = runner.name.clone();
+        grant.runner_url = runner.api_url.clone();
+        let Ok(value) = serde_json::to_string(&grant) else {
+            continue;
+        };
+        if cache.replace_keep_ttl(&key(&token), &value).await? {
+            repointed += 1;
+        } else {
+            cache.remove_from_set(&index, &token).await?;
+        }
+    }
+    Ok(repointed)
 }
 
 /// The grant of `token`, if it exists and has not expired. Tokens are lowercase hex; anything

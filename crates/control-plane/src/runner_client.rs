@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use platform_proto::{CreateSandbox, ExecRequest, ExecResponse, FileWritten, RunnerSandbox};
+use platform_proto::{
+    BackupMade, BackupRequest, CreateSandbox, ExecRequest, ExecResponse, FileWritten,
+    RestoreRequest, RunnerSandbox,
+};
 use serde::de::DeserializeOwned;
 
 /// A runner as the control plane reaches it.
@@ -83,6 +86,9 @@ impl RunnerError {
 /// How long a call may take: creation pulls images, exec runs commands.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A backup or a restore streams the sandbox's whole disk through S3 (and a restore may pull
+/// its image): minutes for a disk of gigabytes.
+const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The client the control plane and the preview proxy call runners with.
 #[derive(Clone)]
@@ -170,6 +176,17 @@ impl RunnerClient {
             .await
     }
 
+    /// `POST /sandboxes/restore`: installs the archive `req.key` as sandbox `req.id`.
+    pub async fn restore(
+        &self,
+        runner: &RunnerRef,
+        req: &RestoreRequest,
+    ) -> Result<RunnerSandbox, RunnerError> {
+        let (url, b) = self.request(runner, reqwest::Method::POST, "/sandboxes/restore");
+        self.json(runner, url, b.json(req).timeout(ARCHIVE_TIMEOUT))
+            .await
+    }
+
     /// The calls about sandbox `id` on `runner`.
     pub fn sandbox<'a>(&'a self, runner: &'a RunnerRef, id: &'a str) -> OnRunner<'a> {
         OnRunner {
@@ -198,6 +215,20 @@ impl OnRunner<'_> {
     pub async fn lifecycle(&self, action: &str) -> Result<RunnerSandbox, RunnerError> {
         let (url, req) = self.at(reqwest::Method::POST, &format!("/{action}"));
         self.client.json(self.runner, url, req).await
+    }
+
+    /// `GET /sandboxes/{id}`: the sandbox as its runner has it.
+    pub async fn get(&self) -> Result<RunnerSandbox, RunnerError> {
+        let (url, req) = self.at(reqwest::Method::GET, "");
+        self.client.json(self.runner, url, req).await
+    }
+
+    /// `POST /sandboxes/{id}/backup`: its archive, complete in S3.
+    pub async fn backup(&self, req: &BackupRequest) -> Result<BackupMade, RunnerError> {
+        let (url, b) = self.at(reqwest::Method::POST, "/backup");
+        self.client
+            .json(self.runner, url, b.json(req).timeout(ARCHIVE_TIMEOUT))
+            .await
     }
 
     /// `DELETE /sandboxes/{id}`; a sandbox the runner does not have is already deleted.

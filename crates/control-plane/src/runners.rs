@@ -142,6 +142,39 @@ pub async fn by_id(state: &AppState, id: &str) -> Result<Option<Runner>, ApiErro
     row.as_ref().map(crate::db::json_row).transpose()
 }
 
+/// The runner named `name` (liveness applied, as [`all`] gives it), or 404.
+pub async fn by_name(state: &AppState, name: &str) -> Result<Runner, ApiError> {
+    check::name(name)?;
+    all(state)
+        .await?
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no runner is named `{name}`: `GET /api/runners` lists them"
+            ))
+        })
+}
+
+/// The runner named `name` if it can take a sandbox now (ready, responsive, with room), else
+/// why not (404 for no such runner, 409 otherwise).
+pub async fn placeable(state: &AppState, name: &str) -> Result<Runner, ApiError> {
+    let r = by_name(state, name).await?;
+    if r.state != "ready" || r.unschedulable {
+        return Err(ApiError::Conflict(format!(
+            "runner `{name}` is {}: it takes sandboxes only when ready (`GET /api/runners`)",
+            r.state
+        )));
+    }
+    if r.sandboxes >= i64::from(r.capacity) {
+        return Err(ApiError::Conflict(format!(
+            "runner `{name}` is full ({}/{} sandboxes)",
+            r.sandboxes, r.capacity
+        )));
+    }
+    Ok(r)
+}
+
 /// `GET /api/runners` (admin key only).
 pub async fn list(
     _admin: Admin,

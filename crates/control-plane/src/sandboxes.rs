@@ -37,6 +37,8 @@ pub struct CreateBody {
     pub env: Option<BTreeMap<String, String>>,
     /// Free-form labels.
     pub labels: Option<BTreeMap<String, String>>,
+    /// The runner to place it on (admin key only; the least loaded ready runner when absent).
+    pub runner: Option<String>,
 }
 
 /// A sandbox as the API answers it.
@@ -47,7 +49,7 @@ pub struct Sandbox {
     pub id: String,
     /// Its name.
     pub name: String,
-    /// `creating`, `started`, `stopped`, `error` or `destroyed`.
+    /// `creating`, `started`, `stopped`, `restoring`, `error` or `destroyed`.
     pub state: String,
     /// The runner holding it.
     pub runner_id: Option<String>,
@@ -122,8 +124,15 @@ impl FromRequestParts<AppState> for Owned {
 }
 
 impl Owned {
-    /// The runner holding the sandbox, or 409 when it has none any more.
+    /// The runner holding the sandbox, or 409 when it has none any more or is being restored or
+    /// migrated (until then no call may reach either copy).
     pub async fn runner(&self) -> Result<RunnerRef, ApiError> {
+        if self.sandbox.state == SandboxState::Restoring.as_str() {
+            return Err(ApiError::Conflict(format!(
+                "sandbox {} is being restored or migrated: retry once it is started or stopped (`GET /api/sandbox/{}`)",
+                self.sandbox.id, self.sandbox.id
+            )));
+        }
         let runner = match &self.sandbox.runner_id {
             Some(id) => crate::runners::by_id(&self.state, id).await?,
             None => None,
@@ -137,7 +146,11 @@ impl Owned {
     }
 }
 
-async fn set_state(state: &AppState, id: &str, to: SandboxState) -> Result<(), ApiError> {
+pub(crate) async fn set_state(
+    state: &AppState,
+    id: &str,
+    to: SandboxState,
+) -> Result<(), ApiError> {
     sqlx::query("UPDATE sandboxes SET state = $2, updated_at = now() WHERE id = $1::uuid")
         .bind(id)
         .bind(to.as_str())
@@ -192,7 +205,16 @@ pub async fn create(
     if labels.len() > 64 {
         return Err(ApiError::BadRequest("at most 64 labels".into()));
     }
-    let runner = crate::runners::pick(&state).await?;
+    let runner = match &body.runner {
+        None => crate::runners::pick(&state).await?,
+        Some(_) if !who.admin => {
+            return Err(ApiError::Forbidden(
+                "only the admin API key places a sandbox on a given runner: leave out `runner`"
+                    .into(),
+            ))
+        }
+        Some(name) => crate::runners::placeable(&state, name).await?,
+    };
     let to_json = |m: &BTreeMap<String, String>| {
         serde_json::to_string(m).map_err(|e| ApiError::Internal(e.to_string()))
     };

@@ -14,7 +14,9 @@ pub mod toolbox;
 
 pub use check::CheckError;
 pub use runner::{Heartbeat, RunnerHealth, RunnerRegistration};
-pub use sandbox::{CreateSandbox, RunnerSandbox, SandboxState};
+pub use sandbox::{
+    BackupMade, BackupRequest, CreateSandbox, RestoreRequest, RunnerSandbox, SandboxState,
+};
 pub use toolbox::{ExecRequest, ExecResponse, FileQuery, FileWritten};
 
 use serde::{Deserialize, Serialize};

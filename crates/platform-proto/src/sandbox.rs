@@ -14,6 +14,9 @@ pub enum SandboxState {
     Started,
     /// Created, not running.
     Stopped,
+    /// Being restored from a backup or migrated to another runner (the control plane's state
+    /// only: a runner never reports it).
+    Restoring,
     /// Its runner failed it; see the control plane's answer or the runner's log.
     Error,
     /// Deleted: nothing of it is left on its runner.
@@ -27,6 +30,7 @@ impl SandboxState {
             SandboxState::Creating => "creating",
             SandboxState::Started => "started",
             SandboxState::Stopped => "stopped",
+            SandboxState::Restoring => "restoring",
             SandboxState::Error => "error",
             SandboxState::Destroyed => "destroyed",
         }
@@ -38,6 +42,7 @@ impl SandboxState {
             SandboxState::Creating,
             SandboxState::Started,
             SandboxState::Stopped,
+            SandboxState::Restoring,
             SandboxState::Error,
             SandboxState::Destroyed,
         ]
@@ -80,4 +85,53 @@ pub struct RunnerSandbox {
     /// The image's manifest digest, when the runner pulled it (`sha256:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+}
+
+/// The runner's `POST /sandboxes/{id}/backup`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupRequest {
+    /// How many of the sandbox's backups to keep, this one included (the runner's setting when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+}
+
+/// A backup a runner made: its archive, complete in S3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMade {
+    /// The sandbox.
+    pub id: String,
+    /// The bucket holding the archive.
+    pub bucket: String,
+    /// Its key: `<sandbox-id>/<timestamp>.boxlite`.
+    pub key: String,
+    /// `sha256:<hex>` of the whole object.
+    pub sha256: String,
+    /// Its size.
+    pub size_bytes: u64,
+    /// When the sandbox's disk was read (RFC 3339).
+    pub exported_at: String,
+    /// How long the sandbox was paused for it.
+    #[serde(default)]
+    pub paused_ms: u64,
+    /// Older backups of the sandbox the runner deleted to keep the last N.
+    #[serde(default)]
+    pub pruned: Vec<String>,
+}
+
+/// The runner's `POST /sandboxes/restore`: install the archive at `key` as sandbox `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The sandbox: the archive's own id, kept.
+    pub id: String,
+    /// The archive's key in the runner's backup bucket.
+    pub key: String,
+    /// Replace a sandbox with that id on the runner (refused otherwise).
+    #[serde(default)]
+    pub replace: bool,
+    /// Start it once installed.
+    pub start: bool,
 }
