@@ -139,11 +139,21 @@ pub async fn ensure_buckets(
 
 /// Deletes every object in `bucket`; returns how many.
 pub async fn empty_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, S3Error> {
+    delete_prefix(client, bucket, "").await
+}
+
+/// Deletes every object in `bucket` whose key starts with `prefix`; returns how many.
+pub async fn delete_prefix(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<usize, S3Error> {
     let mut deleted = 0;
     loop {
         let page = client
             .list_objects_v2()
             .bucket(bucket)
+            .prefix(prefix)
             .send()
             .await
             .map_err(|source| S3Error::ListObjects {

@@ -8,6 +8,7 @@ mod env;
 mod logs;
 mod plan;
 mod rebuild_box;
+mod rehearse;
 mod reset;
 mod restart;
 mod schema;
@@ -83,6 +84,8 @@ enum Command {
     RebuildBox(rebuild_box::Args),
     /// `up`, then rebuild and restart a component when its `watch:` files change.
     Watch(watch::Args),
+    /// End-to-end rehearsals on the running stack, verified with checksums: `migration`.
+    Rehearse(rehearse::Args),
     /// Box archives: `box verify FILE` checks one offline.
     #[command(name = "box")]
     BoxArchive(boxes::Args),
@@ -139,6 +142,9 @@ pub enum CliError {
     /// A box archive did not verify (exit 1).
     #[error(transparent)]
     Archive(#[from] crate::boxes::VerifyError),
+    /// A rehearsal could not run (exit 1; bad options: 2).
+    #[error(transparent)]
+    Rehearsal(#[from] crate::rehearsal::migration::RehearsalError),
 }
 
 /// A command asked for something it cannot do as asked (exit 2).
@@ -206,12 +212,16 @@ impl CliError {
                 ExitStatus::Invalid
             }
             Self::Watch(crate::watch::WatchError::NothingToWatch) => ExitStatus::Invalid,
+            Self::Rehearsal(crate::rehearsal::migration::RehearsalError::Options(_)) => {
+                ExitStatus::Invalid
+            }
             Self::Reset(_)
             | Self::Seed(_)
             | Self::Connect(_)
             | Self::Cwd(_)
             | Self::Watch(_)
             | Self::Archive(_)
+            | Self::Rehearsal(_)
             | Self::Json(_) => ExitStatus::Failure,
         }
     }
@@ -357,6 +367,7 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Reset(a) => reset::run(a, ctx).await,
         Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
         Command::Watch(a) => watch::run(a, ctx).await,
+        Command::Rehearse(a) => rehearse::run(a, ctx).await,
         Command::Supervise { .. } | Command::BoxArchive(_) => Ok(ExitStatus::Ok),
         Command::Box { .. } => Err(UsageError::NoMicrovm.into()),
     }

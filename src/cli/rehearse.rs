@@ -1,0 +1,97 @@
+//! `stack rehearse migration`: the end-to-end rehearsals (library: `crate::rehearsal`).
+
+use super::{CliError, Ctx};
+use crate::exit::ExitStatus;
+use crate::rehearsal::{self, migration};
+
+/// Arguments of `rehearse`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Move sandboxes with known content to the other runner through the control plane and
+    /// back, and prove that nothing was lost (ids, file hashes, exec, preview URLs); exit 1 on
+    /// any difference.
+    Migration {
+        /// How many sandboxes.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        sandboxes: usize,
+        /// MiB of random data written in each.
+        #[arg(long, default_value_t = 16, value_name = "MB")]
+        size: u32,
+        /// Their image, in the stack's registry.
+        #[arg(long, default_value = "boxlite/busybox:latest", value_name = "IMAGE")]
+        image: String,
+        /// Keep the sandboxes and their backups at the end (to look at them).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
+    match args.command {
+        Command::Migration {
+            sandboxes,
+            size,
+            image,
+            keep,
+        } => {
+            let options = migration::Options {
+                sandboxes,
+                size_mb: size,
+                image,
+                keep,
+            };
+            if !ctx.json {
+                eprintln!(
+                    "rehearse migration: {sandboxes} sandboxes × {size} MiB ({}), there and back",
+                    options.image
+                );
+            }
+            let json = ctx.json;
+            let report = migration::run(&ctx.exports(), &options, |p| {
+                if !json {
+                    eprintln!(
+                        "  {:<8} {:>9}  {}",
+                        p.name,
+                        rehearsal::human(p.ms),
+                        p.detail
+                    );
+                }
+            })
+            .await?;
+            if json {
+                super::print_json(&report, true)?;
+            } else {
+                print!("{}", rehearsal::table(&report.phases));
+                for m in &report.mismatches {
+                    println!("MISMATCH {m}");
+                }
+                if let Some(f) = &report.failure {
+                    println!("FAILED {f}");
+                }
+                if report.ok {
+                    println!(
+                        "ok: {} sandboxes moved there and back, nothing lost (per move p50 {}, p95 {})",
+                        report.sandboxes,
+                        rehearsal::human(report.migrate_p50_ms),
+                        rehearsal::human(report.migrate_p95_ms)
+                    );
+                } else {
+                    println!(
+                        "rehearsal failed: see above; `stack logs api runner-a runner-b` tells why"
+                    );
+                }
+            }
+            Ok(if report.ok {
+                ExitStatus::Ok
+            } else {
+                ExitStatus::Failure
+            })
+        }
+    }
+}
