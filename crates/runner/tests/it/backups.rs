@@ -215,24 +215,18 @@ async fn a_backup_restores_on_a_second_runner_with_the_same_id() {
         "{e}"
     );
 
-    // Keep the last N: older ones go once the new one is stored.
-    let mut keys = vec![key];
+    // Keep the last N: older ones go once the new one is stored, the newest two stay.
+    let mut made = vec![key];
+    let mut pruned = Vec::new();
     for _ in 0..3 {
         let (status, up) = backup(a, &id, json!({"keep": 2})).await;
         assert_eq!(status, 201, "{up}");
-        keys.push(up["key"].as_str().expect("key").to_string());
-        let pruned: Vec<String> = serde_json::from_value(up["pruned"].clone()).expect("pruned");
-        let expected: Vec<String> = keys[..keys.len().saturating_sub(2)].to_vec();
-        keys.retain(|k| !pruned.contains(k));
-        assert!(
-            expected
-                .iter()
-                .all(|k| pruned.contains(k) || !keys.contains(k)),
-            "{up}"
-        );
+        made.push(up["key"].as_str().expect("key").to_string());
+        let gone: Vec<String> = serde_json::from_value(up["pruned"].clone()).expect("pruned");
+        pruned.extend(gone);
     }
-    assert_eq!(bed.keys(&id).await, keys, "the last two are kept");
-    assert_eq!(keys.len(), 2);
+    assert_eq!(pruned, made[..2], "the oldest two, in order");
+    assert_eq!(bed.keys(&id).await, made[2..], "the newest two are kept");
 
     // Unknown sandbox, bad keep.
     let (status, _) = backup(a, &unique("nope"), json!({})).await;
