@@ -207,7 +207,7 @@ async fn a_backup_restores_on_a_second_runner_with_the_same_id() {
     assert_nothing_installed(b, &other);
     let missing = format!("{id}/19700101T000000.000Z.boxlite");
     let (status, e) = b
-        .post("/sandboxes/restore", json!({"id": id, "key": missing}))
+        .post("/sandboxes/restore", json!({"id": other, "key": missing}))
         .await;
     assert_eq!(status, 404, "{e}");
     assert!(
