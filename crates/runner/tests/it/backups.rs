@@ -469,3 +469,44 @@ async fn a_backup_under_constant_writes_restores_a_consistent_prefix() {
     }
     assert!(text.lines().count() > 100);
 }
+
+/// Megabytes of random data the bench writes in its sandbox (`BACKUP_BENCH_MB`, default 256).
+fn bench_mb() -> u64 {
+    std::env::var("BACKUP_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, not a check: run with --ignored"]
+async fn bench_backup_and_restore_throughput() {
+    let Some(bed) = Bed::start(2).await else {
+        return;
+    };
+    let (a, b) = (&bed.runners[0], &bed.runners[1]);
+    let mb = bench_mb();
+    let id = sandbox_with(
+        a,
+        &format!("mkdir /data && dd if=/dev/urandom of=/data/big bs=1M count={mb} 2>/dev/null"),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let (status, up) = backup(a, &id, json!({})).await;
+    let backed_up = start.elapsed();
+    assert_eq!(status, 201, "{up}");
+    let start = std::time::Instant::now();
+    let (status, back) = b
+        .post("/sandboxes/restore", json!({"id": id, "key": up["key"]}))
+        .await;
+    let restored = start.elapsed();
+    assert_eq!(status, 201, "{back}");
+    let rate = |d: Duration| mb as f64 / d.as_secs_f64();
+    println!(
+        "sandbox with {mb} MB written: backup {backed_up:?} ({:.0} MB/s, paused {} ms, object {} bytes), restore to exec-ready {restored:?} ({:.0} MB/s)",
+        rate(backed_up),
+        up["pausedMs"],
+        up["sizeBytes"],
+        rate(restored)
+    );
+}
