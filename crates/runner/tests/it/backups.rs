@@ -45,6 +45,11 @@ impl Bed {
     }
 
     async fn runner(&self) -> Runner {
+        self.runner_as(None).await
+    }
+
+    /// A runner run as `uid` (as root for `None`).
+    async fn runner_as(&self, uid: Option<u32>) -> Runner {
         let endpoint = self.garage.endpoint();
         let env = [
             ("RUNNER_S3_ENDPOINT", endpoint.as_str()),
@@ -52,7 +57,7 @@ impl Bed {
             ("RUNNER_S3_ACCESS_KEY_ID", testbed::garage::ACCESS_KEY),
             ("RUNNER_S3_SECRET_ACCESS_KEY", testbed::garage::SECRET_KEY),
         ];
-        Runner::start_with(&self.registry.host, self._cp.port, None, &env).await
+        Runner::start_with(&self.registry.host, self._cp.port, uid, &env).await
     }
 
     fn store(&self) -> objectstore::Store {
@@ -468,6 +473,48 @@ async fn a_backup_under_constant_writes_restores_a_consistent_prefix() {
         );
     }
     assert!(text.lines().count() > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unprivileged_runner_backs_up_without_pausing_and_restores() {
+    if let Some(why) = crate::rootless::cannot_run_unprivileged() {
+        eprintln!("an_unprivileged_runner_backs_up_without_pausing_and_restores: skipped: {why}");
+        return;
+    }
+    let Some(bed) = Bed::start(1).await else {
+        return;
+    };
+    let root = &bed.runners[0];
+    let nobody = bed.runner_as(Some(crate::rootless::NOBODY)).await;
+    let id = sandbox_with(
+        &nobody,
+        "mkdir -p /data/sub && dd if=/dev/urandom of=/data/blob bs=1M count=4 2>/dev/null \
+         && echo hello > /data/sub/hello && rm /etc/group",
+    )
+    .await;
+    let before = hashes(&nobody, &id).await;
+    let (status, up) = backup(&nobody, &id, json!({})).await;
+    assert_eq!(status, 201, "{up}\n{}", nobody.log());
+    assert_eq!(up["pausedMs"], 0, "no cgroup to freeze: {up}");
+    assert_eq!(nobody.exec(&id, "echo up").await.1, "up\n");
+    let (status, back) = root
+        .post("/sandboxes/restore", json!({"id": id, "key": up["key"]}))
+        .await;
+    assert_eq!(status, 201, "{back}");
+    assert_eq!(hashes(root, &id).await, before);
+    // And back onto the unprivileged runner, replacing its own.
+    let (status, back) = nobody
+        .post(
+            "/sandboxes/restore",
+            json!({"id": id, "key": up["key"], "replace": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{back}\n{}", nobody.log());
+    assert_eq!(hashes(&nobody, &id).await, before);
+    assert_eq!(
+        nobody.exec(&id, "test -e /etc/group || echo gone").await.1,
+        "gone\n"
+    );
 }
 
 /// Megabytes of random data the bench writes in its sandbox (`BACKUP_BENCH_MB`, default 256).
