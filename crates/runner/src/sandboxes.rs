@@ -25,6 +25,8 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 const EXEC_TIMEOUT_MAX: u64 = 3600;
 /// How long a connection to a sandbox's port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The one DNS label that cannot be a sandbox id: `/sandboxes/restore` is a route.
+const RESERVED_ID: &str = "restore";
 /// How long a sandbox's init has to exit on SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -135,6 +137,11 @@ impl Sandboxes {
     /// Pulls the image and creates the sandbox; an image not in the registry creates nothing.
     pub async fn create(&self, req: wire::CreateSandbox) -> Result<wire::Created, ApiError> {
         let id = parse_id(&req.id)?;
+        if id.as_str() == RESERVED_ID {
+            return Err(ApiError::BadRequest(format!(
+                "`id` is `{RESERVED_ID}`: a route of the runner's API (`POST /sandboxes/{RESERVED_ID}`), never a sandbox's id; choose another"
+            )));
+        }
         let reference = self.image_ref(&req.image)?;
         let options = create_options(&req)?;
         let _claim = self.claim(&id)?;

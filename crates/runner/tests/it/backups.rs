@@ -233,7 +233,9 @@ async fn a_backup_restores_on_a_second_runner_with_the_same_id() {
     assert_eq!(pruned, made[..2], "the oldest two, in order");
     assert_eq!(bed.keys(&id).await, made[2..], "the newest two are kept");
 
-    // Unknown sandbox, bad keep.
+    // Unknown sandbox, bad keep, the id that is a route.
+    let restore = json!({"id": "restore", "image": "boxlite/busybox:latest"});
+    assert_eq!(a.post("/sandboxes", restore).await.0, 400);
     let (status, _) = backup(a, &unique("nope"), json!({})).await;
     assert_eq!(status, 404);
     let (status, _) = backup(a, &id, json!({"keep": 0})).await;
