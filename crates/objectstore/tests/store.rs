@@ -1,8 +1,9 @@
 //! The object store client against a real Garage (testbed::Garage): a multipart round trip with
-//! its checksum, the small-object path, a producer failing midway (no object, no upload left in
-//! progress), a missing key, and an endpoint where nothing answers.
+//! its checksum, the small-object path, a producer failing midway and a call dropped midway (no
+//! object, no upload left in progress), a missing key, and an endpoint where nothing answers.
 
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use objectstore::{Store, StoreError, UploadError, UploadOptions};
 use sha2::{Digest, Sha256};
@@ -187,4 +188,51 @@ async fn an_unreachable_store_is_said_so() {
         .err()
         .expect("nothing answers");
     assert!(e.is_unreachable(), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_dropped_midway_is_aborted() {
+    let garage = testbed::Garage::start(&[BUCKET]);
+    let store = store(&garage);
+    let body = data(11 << 20, 11);
+    // The producer sends two parts, then waits for the test: the multipart upload is begun.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let upload = Box::pin(
+        store.upload(BUCKET, "sb-5/dropped.boxlite", OPTIONS, move |w| {
+            w.write_all(&body)?;
+            let _ = gate.recv();
+            Err::<(), _>(io::Error::other("released"))
+        }),
+    );
+    let in_progress = |store: Store| async move {
+        store
+            .uploads_in_progress(BUCKET, "sb-5/")
+            .await
+            .expect("list uploads")
+    };
+    let begun = testbed::wait_for(
+        "the multipart upload begun",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move { (!in_progress(store).await.is_empty()).then_some(()) }
+        },
+    );
+    let mut upload = upload;
+    tokio::select! {
+        done = &mut upload => panic!("the upload ended before it was dropped: {:?}", done.err()),
+        () = begun => {}
+    }
+    drop(upload);
+    drop(release);
+    testbed::wait_for(
+        "the dropped upload aborted",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move { in_progress(store).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    assert!(store.list(BUCKET, "sb-5/").await.expect("list").is_empty());
 }
