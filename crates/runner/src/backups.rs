@@ -216,7 +216,7 @@ impl Backups {
                 },
             })?;
         let staging = driver.home().restore_staging(&id);
-        let _ = remove(&staging);
+        let _ = driver.home().remove_staging(&id);
         std::fs::create_dir_all(&staging).map_err(|source| sandbox::SandboxError::Io {
             op: "create",
             path: staging.clone(),
@@ -226,20 +226,20 @@ impl Backups {
         let (image, options, sha256, size) = match staged {
             Ok(s) => s,
             Err(e) => {
-                let _ = remove(&staging);
+                let _ = driver.home().remove_staging(&id);
                 return Err(e);
             }
         };
         // Fully staged: only now does the sandbox it replaces go.
         if exists {
             if let Err(e) = driver.delete(&id).await {
-                let _ = remove(&staging);
+                let _ = driver.home().remove_staging(&id);
                 return Err(e.into());
             }
         }
         let start = req.start.unwrap_or(true);
         let restored = driver.restore(&id, &staging, &image, &options, start).await;
-        let _ = remove(&staging);
+        let _ = driver.home().remove_staging(&id);
         let sandbox = restored?;
         Ok(wire::Restored {
             id: id.to_string(),
@@ -321,14 +321,6 @@ async fn detached<T: Send + 'static>(
     tokio::spawn(call)
         .await
         .map_err(|e| ApiError::Internal(format!("a backup task failed (a bug): {e}")))?
-}
-
-/// Removes a staging dir (and whatever an extraction left in it without write permission).
-fn remove(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 /// A reader that hashes and counts what it reads: the checksum of the whole backup object.

@@ -62,6 +62,12 @@ impl Home {
         self.sandboxes().join(format!("{RESTORE_PREFIX}{id}"))
     }
 
+    /// Removes the staging dir of a restore of `id` (directories without write permission
+    /// included); missing: not an error.
+    pub fn remove_staging(&self, id: &SandboxId) -> std::io::Result<()> {
+        remove_all(&self.restore_staging(id))
+    }
+
     /// Removes what restores cut short (a runner killed midway) left staged; returns their
     /// names.
     pub fn clear_staging(&self) -> std::io::Result<Vec<String>> {
