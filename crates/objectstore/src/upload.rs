@@ -3,7 +3,8 @@
 //! The producer runs on a blocking thread and writes into a [`PartWriter`]: each full part (16
 //! MiB by default) is handed over a channel of one slot to the async side, which uploads up to
 //! `concurrency` parts at once. With every slot taken the producer blocks: at most
-//! `concurrency + 2` parts are in memory. The writer hashes everything written (sha256) and
+//! `concurrency + 2` parts are in memory. A thread of its own hashes the parts as they come
+//! (sha256), off the producer's thread, and the writer counts them.
 //! counts it. An object smaller than one part is sent with a single `PutObject`.
 //!
 //! The object exists only once the producer returned `Ok` and every part was stored
@@ -15,6 +16,7 @@ use std::io::{self, Write};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -89,7 +91,6 @@ pub struct PartWriter {
     buf: Vec<u8>,
     part_size: usize,
     tx: mpsc::Sender<Message>,
-    hash: Sha256,
     size: u64,
 }
 
@@ -117,7 +118,6 @@ impl Write for PartWriter {
         }
         let n = data.len().min(self.part_size - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.hash.update(&data[..n]);
         self.size += n as u64;
         Ok(n)
     }
@@ -150,15 +150,13 @@ impl Store {
                 buf: Vec::with_capacity(part_size),
                 part_size,
                 tx,
-                hash: Sha256::new(),
                 size: 0,
             };
             let value = produce(&mut w)?;
             let rest = std::mem::take(&mut w.buf);
             // Refused only once the async side failed; it reports why.
             let _ = w.hand_over(Message::Last(rest));
-            let sha256 = format!("sha256:{}", hex::encode(w.hash.finalize()));
-            Ok((value, sha256, w.size))
+            Ok((value, w.size))
         });
         let mut sending = Sending {
             store: self,
@@ -169,6 +167,7 @@ impl Store {
             parts: JoinSet::new(),
             done: Vec::new(),
             held: None,
+            hasher: Some(Hasher::start()),
         };
         let stored = sending.run(rx).await;
         // The channel is closed now: a producer still writing fails at its next part.
@@ -176,7 +175,7 @@ impl Store {
         match (stored, produced) {
             (Err(e), _) => Err(UploadError::Store(e)),
             (Ok(_), Ok(Err(e))) => Err(UploadError::Producer(e)),
-            (Ok(Some(parts)), Ok(Ok((value, sha256, size)))) => Ok((
+            (Ok(Some((parts, sha256))), Ok(Ok((value, size)))) => Ok((
                 value,
                 Uploaded {
                     bucket: bucket.into(),
@@ -209,13 +208,45 @@ struct Sending<'a> {
     /// Parts stored.
     done: Vec<CompletedPart>,
     /// The first part, held until it is known whether the object is a single `PutObject`.
-    held: Option<Vec<u8>>,
+    held: Option<Bytes>,
+    /// Hashes the object as its parts come.
+    hasher: Option<Hasher>,
+}
+
+/// The sha256 of an object, computed on a blocking thread of its own from its parts in order.
+struct Hasher {
+    tx: mpsc::Sender<Bytes>,
+    digest: tokio::task::JoinHandle<String>,
+}
+
+impl Hasher {
+    fn start() -> Self {
+        // Two parts queued at most: the parts are shared with their uploads, not copied.
+        let (tx, mut rx) = mpsc::channel::<Bytes>(2);
+        let digest = tokio::task::spawn_blocking(move || {
+            let mut hash = Sha256::new();
+            while let Some(part) = rx.blocking_recv() {
+                hash.update(&part);
+            }
+            format!("sha256:{}", hex::encode(hash.finalize()))
+        });
+        Self { tx, digest }
+    }
+
+    /// `sha256:<hex>` of everything fed; `None` if its thread failed.
+    async fn finish(self) -> Option<String> {
+        drop(self.tx);
+        self.digest.await.ok()
+    }
 }
 
 impl Sending<'_> {
-    /// Receives the producer's parts and stores them: `Some(parts)` once the object is stored,
-    /// `None` when the producer stopped without finishing (then nothing is stored).
-    async fn run(&mut self, mut rx: mpsc::Receiver<Message>) -> Result<Option<usize>, StoreError> {
+    /// Receives the producer's parts and stores them: `Some((parts, sha256))` once the object
+    /// is stored, `None` when the producer stopped without finishing (then nothing is stored).
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Message>,
+    ) -> Result<Option<(usize, String)>, StoreError> {
         let result = self.receive(&mut rx).await;
         if !matches!(result, Ok(Some(_))) {
             drop(rx);
@@ -227,40 +258,69 @@ impl Sending<'_> {
     async fn receive(
         &mut self,
         rx: &mut mpsc::Receiver<Message>,
-    ) -> Result<Option<usize>, StoreError> {
+    ) -> Result<Option<(usize, String)>, StoreError> {
         loop {
-            match rx.recv().await {
+            let (data, last) = match rx.recv().await {
                 None => return Ok(None),
-                Some(Message::Part(data)) => match self.held.take() {
-                    None if self.upload_id.is_none() => self.held = Some(data),
-                    held => {
-                        if let Some(first) = held {
-                            self.begin().await?;
-                            self.send(first).await?;
-                        }
-                        self.send(data).await?;
-                    }
-                },
-                Some(Message::Last(data)) => {
-                    if self.upload_id.is_none() && self.held.is_none() {
-                        self.put(data).await?;
-                        return Ok(Some(1));
-                    }
-                    if let Some(first) = self.held.take() {
-                        self.begin().await?;
-                        self.send(first).await?;
-                    }
-                    // An empty last part is refused by S3 unless it is the only one.
-                    if !data.is_empty() {
-                        self.send(data).await?;
-                    }
-                    return self.complete().await.map(Some);
-                }
+                Some(Message::Part(data)) => (Bytes::from(data), false),
+                Some(Message::Last(data)) => (Bytes::from(data), true),
+            };
+            if let Some(hasher) = &self.hasher {
+                // Fails only if its thread is gone; `finish` then says so.
+                let _ = hasher.tx.send(data.clone()).await;
             }
+            if !last {
+                self.part(data).await?;
+                continue;
+            }
+            // The digest before the object is completed: a failure here leaves no object.
+            let sha256 = match self.hasher.take() {
+                Some(h) => h.finish().await,
+                None => None,
+            };
+            let sha256 = sha256.ok_or_else(|| StoreError::Refused {
+                at: self.request("hash"),
+                detail: "the thread hashing the object failed (a bug)".into(),
+                source: "no digest".into(),
+            })?;
+            let parts = self.last(data).await?;
+            return Ok(Some((parts, sha256)));
         }
     }
 
-    async fn put(&self, data: Vec<u8>) -> Result<(), StoreError> {
+    /// A full part: held while it may be the whole object, sent otherwise.
+    async fn part(&mut self, data: Bytes) -> Result<(), StoreError> {
+        match self.held.take() {
+            None if self.upload_id.is_none() => self.held = Some(data),
+            held => {
+                if let Some(first) = held {
+                    self.begin().await?;
+                    self.send(first).await?;
+                }
+                self.send(data).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rest of the object, the producer done: stores it; returns the number of parts.
+    async fn last(&mut self, data: Bytes) -> Result<usize, StoreError> {
+        if self.upload_id.is_none() && self.held.is_none() {
+            self.put(data).await?;
+            return Ok(1);
+        }
+        if let Some(first) = self.held.take() {
+            self.begin().await?;
+            self.send(first).await?;
+        }
+        // An empty last part is refused by S3 unless it is the only one.
+        if !data.is_empty() {
+            self.send(data).await?;
+        }
+        self.complete().await
+    }
+
+    async fn put(&self, data: Bytes) -> Result<(), StoreError> {
         self.store
             .client()
             .put_object()
@@ -298,7 +358,7 @@ impl Sending<'_> {
     }
 
     /// Starts uploading the next part, once fewer than `concurrency` are in flight.
-    async fn send(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
+    async fn send(&mut self, data: Bytes) -> Result<(), StoreError> {
         while self.parts.len() >= self.concurrency {
             self.reap().await?;
         }
