@@ -29,6 +29,11 @@ pub const MANIFEST: &str = "manifest.json";
 const DISK: &str = "disk/";
 /// How OCI layers (and this archive) name a whiteout: `.wh.<the name it hides>`.
 const WHITEOUT: &str = ".wh.";
+/// How OCI layers (and this archive) mark an opaque directory: a member of it with this name.
+const OPAQUE: &str = ".wh..wh..opq";
+/// The xattrs overlayfs marks an opaque directory with: as root, and in a user namespace
+/// (`userxattr`).
+const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 /// The largest manifest read (a disk of a million files lists in about 150 MB).
 const MANIFEST_LIMIT: u64 = 256 << 20;
 /// zstd's level: its default, fast enough to keep up with a disk.
@@ -204,6 +209,10 @@ pub struct Member {
     /// Where it points (symlinks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// An opaque directory (overlayfs): nothing of the layers below shows through it. Written
+    /// as OCI layers write it, a member `.wh..wh..opq` in it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opaque: bool,
 }
 
 /// What an archive says about the box, besides its disk.
@@ -300,9 +309,13 @@ fn list(dir: &Path, rel: &str, out: &mut Vec<Member>) -> Result<(), ArchiveError
             size: 0,
             sha256: None,
             target: None,
+            opaque: false,
         };
         if ft.is_dir() {
-            out.push(entry(Kind::Dir));
+            out.push(Member {
+                opaque: is_opaque(&path),
+                ..entry(Kind::Dir)
+            });
             list(&path, &format!("{member}/"), out)?;
         } else if ft.is_file() {
             let (sha256, size) = checksum(&path)?;
@@ -334,6 +347,13 @@ fn list(dir: &Path, rel: &str, out: &mut Vec<Member>) -> Result<(), ArchiveError
         }
     }
     Ok(())
+}
+
+/// Does overlayfs take the directory at `path` as opaque?
+fn is_opaque(path: &Path) -> bool {
+    OPAQUE_XATTRS
+        .iter()
+        .any(|name| xattr::get(path, name).ok().flatten().as_deref() == Some(b"y"))
 }
 
 /// `sha256:<hex>` and the size of the file at `path`.
@@ -412,6 +432,15 @@ fn append<W: Write>(
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
             tar.append_data(&mut header, &name, io::empty())
+                .map_err(ArchiveError::Write)?;
+            if !m.opaque {
+                return Ok(());
+            }
+            let mut marker = tar::Header::new_gnu();
+            marker.set_entry_type(tar::EntryType::Regular);
+            marker.set_mode(0o600);
+            marker.set_size(0);
+            tar.append_data(&mut marker, format!("{name}/{OPAQUE}"), io::empty())
         }
         Kind::Symlink => {
             header.set_entry_type(tar::EntryType::Symlink);
@@ -540,7 +569,12 @@ fn read<R: Read>(input: R, into: Option<&Path>) -> Result<Manifest, ArchiveError
     }
     let manifest: Manifest = serde_json::from_value(value).map_err(ArchiveError::Manifest)?;
     let mut expected: BTreeMap<&str, &Member> = BTreeMap::new();
+    // Opaque directories whose marker has not come yet.
+    let mut opaque: BTreeMap<&str, &Member> = BTreeMap::new();
     for m in &manifest.members {
+        if m.opaque && m.kind == Kind::Dir {
+            opaque.insert(&m.path, m);
+        }
         if !is_inside(&m.path) {
             return Err(ArchiveError::OutsideRoot {
                 member: m.path.clone(),
@@ -564,6 +598,20 @@ fn read<R: Read>(input: R, into: Option<&Path>) -> Result<Manifest, ArchiveError
         let Some(rel) = member.strip_prefix(DISK).filter(|r| is_inside(r)) else {
             return Err(ArchiveError::OutsideRoot { member });
         };
+        if let Some(dir) = rel.strip_suffix(OPAQUE).and_then(|d| d.strip_suffix('/')) {
+            // The marker of an opaque dir listed as such and already extracted.
+            let Some(m) = opaque
+                .remove(dir)
+                .filter(|_| !expected.contains_key(dir) && entry.size() == 0)
+                .filter(|_| entry.header().entry_type() == tar::EntryType::Regular)
+            else {
+                return Err(ArchiveError::Unlisted { member });
+            };
+            if let Some(x) = &mut extract {
+                x.opaque(&member, m)?;
+            }
+            continue;
+        }
         let kind = match entry.header().entry_type() {
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Symlink => Kind::Symlink,
@@ -663,6 +711,11 @@ fn read<R: Read>(input: R, into: Option<&Path>) -> Result<Manifest, ArchiveError
     if let Some(missing) = expected.keys().next() {
         return Err(ArchiveError::Missing {
             member: format!("{DISK}{missing}"),
+        });
+    }
+    if let Some(dir) = opaque.keys().next() {
+        return Err(ArchiveError::Missing {
+            member: format!("{DISK}{dir}/{OPAQUE}"),
         });
     }
     if let Some(x) = extract {
@@ -771,6 +824,18 @@ impl Extract<'_> {
             path: path.clone(),
             source: e.into(),
         })
+    }
+
+    /// Marks the extracted directory `m` opaque, as overlayfs reads it: `trusted.overlay.opaque`
+    /// as root, `user.overlay.opaque` otherwise (an overlay mounted with `userxattr`).
+    fn opaque(&mut self, member: &str, m: &Member) -> Result<(), ArchiveError> {
+        let path = self.place(member, m)?;
+        let name = if nix::unistd::geteuid().is_root() {
+            OPAQUE_XATTRS[0]
+        } else {
+            OPAQUE_XATTRS[1]
+        };
+        xattr::set(&path, name, b"y").map_err(Self::err(&path))
     }
 
     /// Gives every directory its mode, children before parents.

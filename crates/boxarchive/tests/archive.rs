@@ -337,3 +337,60 @@ fn a_file_changed_during_the_export_is_caught() {
         other => panic!("{:?}", other.map(|r| r.0)),
     }
 }
+
+#[test]
+fn an_opaque_directory_stays_opaque() {
+    // trusted.* xattrs need root; a runner that is not root writes user.overlay.opaque.
+    let name = if nix::unistd::geteuid().is_root() {
+        "trusted.overlay.opaque"
+    } else {
+        "user.overlay.opaque"
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("upper");
+    fs::create_dir_all(src.join("var/cache")).unwrap();
+    fs::write(src.join("var/cache/new"), "only this shows\n").unwrap();
+    if xattr::set(src.join("var/cache"), name, b"y").is_err() {
+        eprintln!("an_opaque_directory_stays_opaque: skipped: this filesystem takes no {name}");
+        return;
+    }
+    let bytes = archive_of(&src);
+    let manifest = verify(bytes.as_slice()).expect("verify");
+    let cache = manifest
+        .members
+        .iter()
+        .find(|m| m.path == "var/cache")
+        .expect("listed");
+    assert!(cache.opaque);
+    assert!(!manifest.members.iter().any(|m| m.path == "var" && m.opaque));
+    let dest = tmp.path().join("restored");
+    install(bytes.as_slice(), &dest).expect("install");
+    assert_eq!(
+        xattr::get(dest.join("var/cache"), name).unwrap().as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(xattr::get(dest.join("var"), name).unwrap(), None);
+    assert_eq!(tree(&dest), tree(&src));
+
+    // A marker in a dir the manifest does not call opaque, and an opaque dir without its
+    // marker: refused, naming the member.
+    let dir = serde_json::json!({"path": "d", "kind": "dir", "mode": 0o755});
+    let marker = ("disk/d/.wh..wh..opq", tar::EntryType::Regular, &b""[..]);
+    let bytes = hostile(
+        &manifest_listing(serde_json::json!([dir])),
+        &[("disk/d", tar::EntryType::Directory, b""), marker],
+    );
+    match refused(&bytes) {
+        ArchiveError::Unlisted { member } => assert_eq!(member, "disk/d/.wh..wh..opq"),
+        e => panic!("{e}"),
+    }
+    let opaque = serde_json::json!({"path": "d", "kind": "dir", "mode": 0o755, "opaque": true});
+    let bytes = hostile(
+        &manifest_listing(serde_json::json!([opaque])),
+        &[("disk/d", tar::EntryType::Directory, b"")],
+    );
+    match refused(&bytes) {
+        ArchiveError::Missing { member } => assert_eq!(member, "disk/d/.wh..wh..opq"),
+        e => panic!("{e}"),
+    }
+}

@@ -12,6 +12,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 
 use crate::auth::{self, Token};
+use crate::backups::Backups;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::forward;
@@ -32,6 +33,14 @@ pub struct App {
     pub sandboxes: Arc<Sandboxes>,
     /// Has the control plane taken its registration since it started? (`/readyz`)
     pub registered: Arc<AtomicBool>,
+    /// Backups to S3, when configured.
+    pub backups: Option<Arc<Backups>>,
+}
+
+impl App {
+    fn backups(&self) -> Result<&Arc<Backups>, ApiError> {
+        self.backups.as_ref().ok_or(ApiError::BackupsOff)
+    }
 }
 
 /// The router: every route behind the token, and the unauthenticated `/healthz`, `/readyz` and
@@ -44,6 +53,8 @@ pub fn router(app: App, token: Token) -> Router {
         .route("/sandboxes/:id", get(get_one).delete(delete))
         .route("/sandboxes/:id/start", post(start))
         .route("/sandboxes/:id/stop", post(stop))
+        .route("/sandboxes/:id/backup", post(backup))
+        .route("/sandboxes/restore", post(restore))
         .route("/sandboxes/:id/exec", post(exec))
         .route(
             "/sandboxes/:id/files",
@@ -148,6 +159,23 @@ async fn stop(
     Path(id): Path<String>,
 ) -> Result<axum::Json<wire::StateChanged>, ApiError> {
     Ok(axum::Json(app.sandboxes.stop(&id).await?))
+}
+
+async fn backup(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Json(req): Json<wire::Backup>,
+) -> Result<(StatusCode, axum::Json<wire::BackedUp>), ApiError> {
+    let done = app.backups()?.backup(&app.sandboxes, &id, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(done)))
+}
+
+async fn restore(
+    State(app): State<App>,
+    Json(req): Json<wire::Restore>,
+) -> Result<(StatusCode, axum::Json<wire::Restored>), ApiError> {
+    let done = app.backups()?.restore(&app.sandboxes, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(done)))
 }
 
 async fn exec(

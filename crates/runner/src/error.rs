@@ -64,6 +64,74 @@ pub enum ApiError {
         /// What failed.
         reason: String,
     },
+    /// No `RUNNER_S3_*` settings: the backup routes are off.
+    #[error("backups are not configured: set RUNNER_S3_ENDPOINT, RUNNER_S3_REGION, RUNNER_S3_ACCESS_KEY_ID and RUNNER_S3_SECRET_ACCESS_KEY in the runner's environment (services/runner-a.yaml)")]
+    BackupsOff,
+    /// The object store failed or could not be reached: nothing was stored or installed.
+    #[error("S3 failed; nothing was {done}, the sandbox is as it was")]
+    Store {
+        /// `stored` (a backup) or `installed` (a restore).
+        done: &'static str,
+        /// Why.
+        #[source]
+        source: Box<objectstore::StoreError>,
+    },
+    /// S3 failed while the backup was read: nothing was installed.
+    #[error("S3 failed while {key} was read; nothing was installed")]
+    BrokeOff {
+        /// The backup.
+        key: String,
+        /// Why (the object store's error inside).
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task of the runner failed (a bug).
+    #[error("{0}")]
+    Internal(String),
+    /// The backup to restore does not exist.
+    #[error(transparent)]
+    NoBackup(Box<objectstore::StoreError>),
+    /// The sandbox's disk could not be archived.
+    #[error("cannot export the disk of sandbox {id}; nothing was stored")]
+    Export {
+        /// The sandbox.
+        id: String,
+        /// Why.
+        #[source]
+        source: boxarchive::ArchiveError,
+    },
+    /// The backup is damaged, altered or of a newer format: nothing was installed.
+    #[error("backup {key} cannot be restored, nothing was installed")]
+    Archive {
+        /// Its key.
+        key: String,
+        /// What is wrong with it, naming the member.
+        #[source]
+        source: boxarchive::ArchiveError,
+    },
+    /// The backup is of another sandbox.
+    #[error("backup {key} is of sandbox {found}, not {id}: a backup is restored under its own id")]
+    OtherBox {
+        /// The id asked for.
+        id: String,
+        /// The backup.
+        key: String,
+        /// The id it holds.
+        found: String,
+    },
+    /// The backup's image no longer resolves to the digest it was made from.
+    #[error("image `{image}` now resolves to {found} in the registry, the backup was made from {expected}: push that image back under this tag to restore it")]
+    ImageChanged {
+        /// The image.
+        image: String,
+        /// The backup's digest.
+        expected: String,
+        /// The registry's.
+        found: String,
+    },
+    /// A restore onto an existing sandbox without `replace`.
+    #[error("sandbox {0} exists: restore with `\"replace\": true` to replace it")]
+    Exists(String),
     /// The box driver failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -96,6 +164,14 @@ impl ApiError {
             Self::Pull { .. } | Self::Forward { .. } => StatusCode::BAD_GATEWAY,
             Self::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Busy(_) => StatusCode::CONFLICT,
+            Self::BackupsOff => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store { .. } | Self::BrokeOff { .. } => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoBackup(_) => StatusCode::NOT_FOUND,
+            Self::Export { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Archive { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::OtherBox { .. } => StatusCode::BAD_REQUEST,
+            Self::ImageChanged { .. } | Self::Exists(_) => StatusCode::CONFLICT,
             Self::Sandbox(e) => sandbox_status(e),
             Self::Driver(e) => driver_status(e),
         }
@@ -117,6 +193,7 @@ fn sandbox_status(e: &SandboxError) -> StatusCode {
             FileError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         },
         SandboxError::Net(..) => StatusCode::BAD_GATEWAY,
+        SandboxError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
         // An image whose `User` a runner that is not root cannot map: the caller's choice.
         SandboxError::Bundle(_, sandbox::BundleError::Unmapped { .. }) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

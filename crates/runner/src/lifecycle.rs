@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::{self, App};
 use crate::auth::Token;
+use crate::backups::Backups;
 use crate::choice::{self, Choice, DriverKind};
 use crate::sandboxes::Sandboxes;
 use crate::settings::Settings;
@@ -93,7 +94,7 @@ pub async fn run(settings: Settings, choice: Choice) -> Result<(), RunError> {
     }
     let boot = sandboxes.boot().await.map_err(RunError::Boot)?;
     eprintln!(
-        "runner: {} on 127.0.0.1:{}, sandboxes on {} ({}): {} adopted, {} resumed, {} kept stopped, {} leftovers cleaned",
+        "runner: {} on 127.0.0.1:{}, sandboxes on {} ({}): {} adopted, {} resumed, {} kept stopped, {} leftovers cleaned, {} staged restores removed",
         settings.name,
         settings.port,
         choice.kind.name(),
@@ -101,7 +102,8 @@ pub async fn run(settings: Settings, choice: Choice) -> Result<(), RunError> {
         boot.adopted.len(),
         boot.resumed.len(),
         boot.stopped.len(),
-        boot.cleaned.len()
+        boot.cleaned.len(),
+        boot.staged.len()
     );
     for (id, why) in &boot.failed {
         eprintln!("runner: sandbox {id} could not be taken back (kept, stopped): {why}");
@@ -110,10 +112,18 @@ pub async fn run(settings: Settings, choice: Choice) -> Result<(), RunError> {
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     registration::spawn(&settings, Arc::clone(&sandboxes), Arc::clone(&registered));
 
+    let backups = settings.backups.as_ref().map(|b| {
+        eprintln!(
+            "runner: backups to s3://{}/ at {}, the last {} kept per sandbox",
+            b.bucket, b.endpoint, b.keep
+        );
+        Arc::new(Backups::new(b))
+    });
     let app = App {
         name: settings.name.clone(),
         sandboxes: Arc::clone(&sandboxes),
         registered,
+        backups,
     };
     let router = api::router(app, Token::new(&settings.token));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

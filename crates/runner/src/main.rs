@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod backups;
 mod choice;
 mod error;
 mod extract;

@@ -25,6 +25,8 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 const EXEC_TIMEOUT_MAX: u64 = 3600;
 /// How long a connection to a sandbox's port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The one DNS label that cannot be a sandbox id: `/sandboxes/restore` is a route.
+const RESERVED_ID: &str = "restore";
 /// How long a sandbox's init has to exit on SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -34,12 +36,12 @@ pub struct Sandboxes {
     /// The stack's registry, `host:port`.
     registry: String,
     capacity: usize,
-    /// Sandboxes with a create, start, stop or delete under way.
+    /// Sandboxes with a create, start, stop, delete, backup or restore under way.
     busy: Mutex<HashSet<SandboxId>>,
 }
 
 /// A sandbox claimed for one life-cycle call; released when dropped.
-struct Claim<'a> {
+pub(crate) struct Claim<'a> {
     busy: &'a Mutex<HashSet<SandboxId>>,
     id: SandboxId,
 }
@@ -61,8 +63,10 @@ pub struct Boot {
     pub resumed: Vec<SandboxId>,
     /// Sandboxes kept stopped.
     pub stopped: Vec<SandboxId>,
-    /// Leftovers of creates cut short, deleted.
+    /// Leftovers of creates and restores cut short, deleted.
     pub cleaned: Vec<SandboxId>,
+    /// Staging dirs of restores cut short, deleted.
+    pub staged: Vec<String>,
     /// Sandboxes that could not be taken back, and why (they are kept, stopped).
     pub failed: Vec<(SandboxId, String)>,
 }
@@ -98,14 +102,28 @@ impl Sandboxes {
         self.capacity
     }
 
-    /// Sandboxes held (started or stopped): the dirs under the home, a file listing.
+    /// Sandboxes held (started or stopped): the dirs under the home named as sandboxes, a file
+    /// listing (a restore's staging dir is not one).
     pub fn count(&self) -> usize {
         std::fs::read_dir(self.driver.home().sandboxes())
-            .map(|d| d.flatten().count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| SandboxId::parse(n).is_ok())
+                    })
+                    .count()
+            })
             .unwrap_or(0)
     }
 
-    fn claim(&self, id: &SandboxId) -> Result<Claim<'_>, ApiError> {
+    /// The box driver.
+    pub(crate) fn box_driver(&self) -> &BoxDriver {
+        &self.driver
+    }
+
+    pub(crate) fn claim(&self, id: &SandboxId) -> Result<Claim<'_>, ApiError> {
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         if !busy.insert(id.clone()) {
             return Err(ApiError::Busy(id.to_string()));
@@ -119,6 +137,11 @@ impl Sandboxes {
     /// Pulls the image and creates the sandbox; an image not in the registry creates nothing.
     pub async fn create(&self, req: wire::CreateSandbox) -> Result<wire::Created, ApiError> {
         let id = parse_id(&req.id)?;
+        if id.as_str() == RESERVED_ID {
+            return Err(ApiError::BadRequest(format!(
+                "`id` is `{RESERVED_ID}`: a route of the runner's API (`POST /sandboxes/{RESERVED_ID}`), never a sandbox's id; choose another"
+            )));
+        }
         let reference = self.image_ref(&req.image)?;
         let options = create_options(&req)?;
         let _claim = self.claim(&id)?;
@@ -134,16 +157,7 @@ impl Sandboxes {
             .driver
             .pull(&reference)
             .await
-            .map_err(|source| match source {
-                PullError::NotFound { .. } => ApiError::ImageNotFound {
-                    image: req.image.clone(),
-                    registry: self.registry.clone(),
-                },
-                source => ApiError::Pull {
-                    image: req.image.clone(),
-                    source,
-                },
-            })?;
+            .map_err(|source| self.pull_error(&req.image, source))?;
         self.driver.create(&id, &image, &options).await?;
         Ok(wire::Created {
             id: id.to_string(),
@@ -177,8 +191,34 @@ impl Sandboxes {
         ImageRef::parse(&full).map_err(|e| bad(e.to_string()))
     }
 
+    /// Pulls `image` (as a caller names it) into the runc driver's image cache; an image not in
+    /// the registry is a 404.
+    pub(crate) async fn pull(&self, image: &str) -> Result<sandbox::Image, ApiError> {
+        let reference = self.image_ref(image)?;
+        let driver = self.driver.runc("restore")?;
+        let pulled = driver
+            .images()
+            .pull(&reference)
+            .await
+            .map_err(|source| self.pull_error(image, source))?;
+        Ok(pulled.image)
+    }
+
+    fn pull_error(&self, image: &str, source: PullError) -> ApiError {
+        match source {
+            PullError::NotFound { .. } => ApiError::ImageNotFound {
+                image: image.to_string(),
+                registry: self.registry.clone(),
+            },
+            source => ApiError::Pull {
+                image: image.to_string(),
+                source,
+            },
+        }
+    }
+
     /// The image as the caller named it: without the stack's registry in front.
-    fn short_image(&self, reference: &str) -> String {
+    pub(crate) fn short_image(&self, reference: &str) -> String {
         reference
             .strip_prefix(&format!("{}/", self.registry))
             .unwrap_or(reference)
@@ -313,8 +353,15 @@ impl Sandboxes {
     }
 
     /// Takes back what a previous runner on this home left: running sandboxes as they are,
-    /// those the last shutdown stopped started again, leftovers of cut-short creates deleted.
+    /// those the last shutdown stopped started again, leftovers of cut-short creates and
+    /// restores deleted (a restore renamed into place but neither started nor stopped is one).
     pub async fn boot(&self) -> Result<Boot, DriverError> {
+        let home = self.driver.home();
+        let staged = home.clear_staging().map_err(|source| SandboxError::Io {
+            op: "remove the restores staged in",
+            path: home.sandboxes(),
+            source,
+        })?;
         let adoption = self.driver.adopt().await?;
         let resume: HashSet<SandboxId> = std::fs::read(self.resume_file())
             .ok()
@@ -323,7 +370,10 @@ impl Sandboxes {
             .iter()
             .filter_map(|s| SandboxId::parse(s).ok())
             .collect();
-        let mut boot = Boot::default();
+        let mut boot = Boot {
+            staged,
+            ..Boot::default()
+        };
         for id in adoption.stale {
             match self.driver.delete(&id).await {
                 Ok(()) => boot.cleaned.push(id),
@@ -403,14 +453,14 @@ impl Sandboxes {
     }
 }
 
-fn state_of(sandbox: &Sandbox) -> SandboxState {
+pub(crate) fn state_of(sandbox: &Sandbox) -> SandboxState {
     match sandbox.status {
         Status::Running => SandboxState::Started,
         _ => SandboxState::Stopped,
     }
 }
 
-fn parse_id(id: &str) -> Result<SandboxId, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<SandboxId, ApiError> {
     SandboxId::parse(id).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 

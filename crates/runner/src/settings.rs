@@ -9,6 +9,47 @@ use crate::choice::DriverSetting;
 
 /// Sandboxes a runner takes when `RUNNER_CAPACITY` is not set.
 pub const DEFAULT_CAPACITY: usize = 20;
+/// The bucket of backups when `RUNNER_BACKUP_BUCKET` is not set.
+pub const DEFAULT_BACKUP_BUCKET: &str = "backups";
+/// Backups kept per sandbox when `RUNNER_BACKUP_KEEP` is not set.
+pub const DEFAULT_BACKUP_KEEP: usize = 3;
+/// The S3 settings, all given or none.
+const S3_VARS: [&str; 4] = [
+    "RUNNER_S3_ENDPOINT",
+    "RUNNER_S3_REGION",
+    "RUNNER_S3_ACCESS_KEY_ID",
+    "RUNNER_S3_SECRET_ACCESS_KEY",
+];
+
+/// Where sandbox backups go (`RUNNER_S3_*`, `RUNNER_BACKUP_*`).
+#[derive(Clone)]
+pub struct BackupSettings {
+    /// `RUNNER_S3_ENDPOINT`: `http://host:port`, path-style.
+    pub endpoint: String,
+    /// `RUNNER_S3_REGION`: the region requests are signed for.
+    pub region: String,
+    /// `RUNNER_S3_ACCESS_KEY_ID`.
+    pub access_key: String,
+    /// `RUNNER_S3_SECRET_ACCESS_KEY`.
+    pub secret_key: String,
+    /// `RUNNER_BACKUP_BUCKET` (default [`DEFAULT_BACKUP_BUCKET`]).
+    pub bucket: String,
+    /// `RUNNER_BACKUP_KEEP`: backups kept per sandbox, 1 to 100 (default [`DEFAULT_BACKUP_KEEP`]).
+    pub keep: usize,
+}
+
+impl fmt::Debug for BackupSettings {
+    /// Everything but the secret key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupSettings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("bucket", &self.bucket)
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Everything the runner reads from its environment.
 #[derive(Clone)]
@@ -34,6 +75,8 @@ pub struct Settings {
     pub driver: DriverSetting,
     /// `RUNNER_BOOT_PROBE`: the boot probe's verdict file `stack` caches, absolute (optional).
     pub boot_probe: Option<PathBuf>,
+    /// Backups to S3: `None` when no `RUNNER_S3_*` is set (the backup routes answer 503).
+    pub backups: Option<BackupSettings>,
 }
 
 impl fmt::Debug for Settings {
@@ -49,6 +92,7 @@ impl fmt::Debug for Settings {
             .field("outbound", &self.outbound)
             .field("driver", &self.driver)
             .field("boot_probe", &self.boot_probe)
+            .field("backups", &self.backups)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +200,7 @@ impl Settings {
                 None
             }
         };
+        let backups = backup_settings(vars, &mut problems);
         if !problems.is_empty() {
             return Err(SettingsError(problems));
         }
@@ -180,8 +225,75 @@ impl Settings {
             outbound,
             driver,
             boot_probe,
+            backups,
         })
     }
+}
+
+/// The backup settings: all four `RUNNER_S3_*` or none (then `None`); problems go to `problems`.
+fn backup_settings(
+    vars: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Option<BackupSettings> {
+    let value = |key: &str| vars.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let given: Vec<&str> = S3_VARS.into_iter().filter(|k| value(k).is_some()).collect();
+    if given.is_empty() {
+        return None;
+    }
+    let missing: Vec<String> = S3_VARS
+        .into_iter()
+        .filter(|k| value(k).is_none())
+        .map(|k| format!("`{k}`"))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} not set while {} is: backups need all four RUNNER_S3_* settings (or none, to have no backups)",
+            missing.join(", "),
+            given.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let endpoint = value("RUNNER_S3_ENDPOINT").unwrap_or_default();
+    if !endpoint.is_empty() {
+        if let Err(why) = http_base(endpoint) {
+            problems.push(format!("`RUNNER_S3_ENDPOINT` {why}"));
+        }
+    }
+    let bucket = value("RUNNER_BACKUP_BUCKET").unwrap_or(DEFAULT_BACKUP_BUCKET);
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.'))
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.']);
+    if !bucket_ok {
+        problems.push(format!(
+            "`RUNNER_BACKUP_BUCKET` is `{bucket}`: an S3 bucket name is 3 to 63 of `a-z`, `0-9`, `-` and `.`"
+        ));
+    }
+    let keep = match value("RUNNER_BACKUP_KEEP") {
+        None => DEFAULT_BACKUP_KEEP,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                problems.push(format!(
+                    "`RUNNER_BACKUP_KEEP` is `{v}`: give the number of backups kept per sandbox, 1 to 100"
+                ));
+                DEFAULT_BACKUP_KEEP
+            }
+        },
+    };
+    Some(BackupSettings {
+        endpoint: endpoint.trim_end_matches('/').to_string(),
+        region: value("RUNNER_S3_REGION").unwrap_or_default().to_string(),
+        access_key: value("RUNNER_S3_ACCESS_KEY_ID")
+            .unwrap_or_default()
+            .to_string(),
+        secret_key: value("RUNNER_S3_SECRET_ACCESS_KEY")
+            .unwrap_or_default()
+            .to_string(),
+        bucket: bucket.to_string(),
+        keep,
+    })
 }
 
 /// An `http://` URL with a host.
@@ -268,6 +380,61 @@ mod tests {
             assert!(text.contains(key), "{key} in {text}");
         }
         assert_eq!(e.len(), 10);
+    }
+
+    #[test]
+    fn backups_are_all_s3_settings_or_none() {
+        let s = Settings::from_vars(&good()).expect("valid");
+        assert!(s.backups.is_none(), "no RUNNER_S3_*: no backups");
+        let mut v = good();
+        v.insert(
+            "RUNNER_S3_ENDPOINT".into(),
+            "http://127.0.0.1:29000/".into(),
+        );
+        v.insert("RUNNER_S3_REGION".into(), "us-east-1".into());
+        v.insert(
+            "RUNNER_S3_ACCESS_KEY_ID".into(),
+            "GKb0c511e0000000000000000d".into(),
+        );
+        v.insert("RUNNER_S3_SECRET_ACCESS_KEY".into(), "b0c511e0".repeat(8));
+        let b = Settings::from_vars(&v)
+            .expect("valid")
+            .backups
+            .expect("backups");
+        assert_eq!(
+            (b.endpoint.as_str(), b.bucket.as_str(), b.keep),
+            (
+                "http://127.0.0.1:29000",
+                DEFAULT_BACKUP_BUCKET,
+                DEFAULT_BACKUP_KEEP
+            )
+        );
+        assert!(
+            !format!("{b:?}").contains("b0c511e0b0c511e0"),
+            "secret hidden"
+        );
+        v.insert("RUNNER_BACKUP_KEEP".into(), "7".into());
+        v.insert("RUNNER_BACKUP_BUCKET".into(), "box-backups".into());
+        let b = Settings::from_vars(&v)
+            .expect("valid")
+            .backups
+            .expect("backups");
+        assert_eq!((b.bucket.as_str(), b.keep), ("box-backups", 7));
+
+        v.remove("RUNNER_S3_REGION");
+        v.remove("RUNNER_S3_SECRET_ACCESS_KEY");
+        v.insert("RUNNER_BACKUP_KEEP".into(), "0".into());
+        v.insert("RUNNER_BACKUP_BUCKET".into(), "Backups".into());
+        let e = Settings::from_vars(&v).expect_err("partial").0;
+        let text = e.join("\n");
+        for key in [
+            "`RUNNER_S3_REGION`, `RUNNER_S3_SECRET_ACCESS_KEY` not set while `RUNNER_S3_ENDPOINT`, `RUNNER_S3_ACCESS_KEY_ID` is",
+            "`RUNNER_BACKUP_KEEP` is `0`",
+            "`RUNNER_BACKUP_BUCKET` is `Backups`",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+        assert_eq!(e.len(), 3);
     }
 
     #[test]

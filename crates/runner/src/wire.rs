@@ -136,6 +136,72 @@ pub struct FileWritten {
     pub size: u64,
 }
 
+/// `POST /sandboxes/{id}/backup`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backup {
+    /// Backups of this sandbox kept, this one included (default `RUNNER_BACKUP_KEEP`), 1 to 100.
+    #[serde(default)]
+    pub keep: Option<usize>,
+}
+
+/// The answer to `POST /sandboxes/{id}/backup`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackedUp {
+    /// The sandbox.
+    pub id: String,
+    /// The bucket the backup is in.
+    pub bucket: String,
+    /// Its key: `<id>/<timestamp>.boxlite`, sorting by time.
+    pub key: String,
+    /// `sha256:<hex>` of the whole object.
+    pub sha256: String,
+    /// The object's size.
+    pub size_bytes: u64,
+    /// When its disk was read (RFC 3339, UTC).
+    pub exported_at: String,
+    /// How long the sandbox was paused while its disk was read (0 when it was stopped, or when
+    /// the runner is not root and cannot pause it).
+    pub paused_ms: u64,
+    /// Older backups of the sandbox deleted, past the number kept.
+    pub pruned: Vec<String>,
+}
+
+/// `POST /sandboxes/restore`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Restore {
+    /// The sandbox id: the archive's box id must be the same.
+    pub id: String,
+    /// The backup's key in the runner's backup bucket.
+    pub key: String,
+    /// Replace a sandbox with this id (default false: refused with 409).
+    #[serde(default)]
+    pub replace: bool,
+    /// Start it once installed (default true).
+    #[serde(default)]
+    pub start: Option<bool>,
+}
+
+/// The answer to `POST /sandboxes/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restored {
+    /// The sandbox id.
+    pub id: String,
+    /// `started`, or `stopped` when asked not to start it.
+    pub state: SandboxState,
+    /// Its image as the backup names it (`repository:tag`).
+    pub image: String,
+    /// The image's digest (the backup's, checked against the registry's).
+    pub digest: String,
+    /// `sha256:<hex>` of the backup object read.
+    pub sha256: String,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
 /// Every error answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -102,6 +102,21 @@ impl BoxDriver {
         }
     }
 
+    /// The runc driver, for what only it does (export and import of a sandbox's disk); a clear
+    /// "not supported yet" for BoxLite boxes.
+    #[cfg_attr(not(feature = "microvm"), allow(unused_variables))]
+    pub fn runc(&self, what: &'static str) -> Result<&Driver, DriverError> {
+        match self {
+            Self::Runc(d) => Ok(d),
+            #[cfg(feature = "microvm")]
+            Self::Microvm(_) => Err(SandboxError::Unsupported {
+                what,
+                driver: "microVM",
+            }
+            .into()),
+        }
+    }
+
     /// Gets `reference` ready to create sandboxes from: runc pulls and unpacks it into the
     /// image cache, BoxLite only resolves it (it pulls on create). An image that is not in the
     /// registry is `PullError::NotFound` either way.

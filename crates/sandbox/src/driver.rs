@@ -90,6 +90,14 @@ pub enum SandboxError {
     /// The sandbox's outbound network (its slirp4netns) could not be started or ended.
     #[error("sandbox {0}: its outbound network (slirp4netns) failed")]
     Outbound(SandboxId, #[source] OutboundError),
+    /// The box driver cannot do this (yet).
+    #[error("{what} is not supported for {driver} boxes yet")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// The driver.
+        driver: &'static str,
+    },
     /// A file of the sandbox's dir could not be written, read or removed.
     #[error("cannot {op} {path}")]
     Io {
@@ -181,6 +189,15 @@ pub struct Adoption {
     /// Sandbox dirs runc has no container for and that were not stopped (a create cut short):
     /// `delete` them.
     pub stale: Vec<SandboxId>,
+}
+
+/// A sandbox as [`Driver::freeze`] left it.
+#[derive(Debug)]
+#[must_use = "thaw what was frozen"]
+pub struct Frozen {
+    /// Was it paused (a running sandbox of a root runner)?
+    pub paused: bool,
+    since: Instant,
 }
 
 /// Settings of a [`Driver`].
@@ -485,7 +502,7 @@ impl Driver {
             }
             Err(e) => return Err(io_err("create", &dir)(e)),
         }
-        match self.create_claimed(id, image, options).await {
+        match self.create_claimed(id, image, options, true).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 let _ = self.delete(id).await;
@@ -494,11 +511,14 @@ impl Driver {
         }
     }
 
+    /// Makes the bundle of a sandbox whose dir is claimed (its `upper/` may hold a restored
+    /// disk already) and, with `launch`, starts it; without, leaves it stopped.
     async fn create_claimed(
         &self,
         id: &SandboxId,
         image: &Image,
         options: &CreateOptions,
+        launch: bool,
     ) -> Result<Sandbox, SandboxError> {
         let lowers = image
             .layers
@@ -551,11 +571,91 @@ impl Driver {
             resolv_conf: record.outbound.then_some(resolv_conf.as_path()),
         };
         write_json(&paths.config, &bundle::config_json(&spec))?;
+        if !launch {
+            fs::write(&paths.stopped, b"").map_err(io_err("write", &paths.stopped))?;
+            self.unmount(id).await?;
+            return self
+                .state(id)
+                .await?
+                .ok_or_else(|| SandboxError::NotFound { id: id.clone() });
+        }
         self.launch(id, &paths, self.wants_outbound(&record))
             .await?;
         self.state(id)
             .await?
             .ok_or_else(|| SandboxError::NotFound { id: id.clone() })
+    }
+
+    /// What an export of sandbox `id` reads: its writable layer (the overlay's upper dir, its
+    /// whole diff against its image) and its record.
+    pub fn export_source(&self, id: &SandboxId) -> Result<(PathBuf, SandboxRecord), SandboxError> {
+        let record = self.record(id)?;
+        // A plain dir of the home, reachable as it is whether or not the runner is root.
+        Ok((self.home.sandbox(id).upper, record))
+    }
+
+    /// Freezes a running sandbox (`runc pause`: the cgroup freezer) so its writable layer can be
+    /// read whole and consistent; a stopped one needs nothing. A runner that is not root has no
+    /// cgroup to freeze: its sandbox keeps running, and [`Frozen::paused`] says so (the export
+    /// then relies on the archive's own check that no file changed while it was read).
+    /// Always [`Driver::thaw`] what this returns, whatever happened in between.
+    pub async fn freeze(&self, id: &SandboxId) -> Result<Frozen, SandboxError> {
+        let running = match self.runc.init(id) {
+            Some(init) => init.is_alive(),
+            None if self.home.sandbox(id).record.is_file() => false,
+            None => return Err(SandboxError::NotFound { id: id.clone() }),
+        };
+        let paused = running && !self.is_rootless();
+        if paused {
+            self.runc
+                .pause(id)
+                .await
+                .map_err(about(id, SandboxError::Runc))?;
+        }
+        Ok(Frozen {
+            paused,
+            since: Instant::now(),
+        })
+    }
+
+    /// Thaws what [`Driver::freeze`] froze (`runc resume`); returns how long it was frozen.
+    pub async fn thaw(&self, id: &SandboxId, frozen: Frozen) -> Result<Duration, SandboxError> {
+        if frozen.paused {
+            self.runc
+                .resume(id)
+                .await
+                .map_err(about(id, SandboxError::Runc))?;
+            return Ok(frozen.since.elapsed());
+        }
+        Ok(Duration::ZERO)
+    }
+
+    /// Installs a restored sandbox `id` from `staged`, a dir under the home's `sandboxes/` (see
+    /// [`Home::restore_staging`]) whose `upper/` holds its verified disk: renames it into place,
+    /// then makes its bundle from `image` and `options` as a create does, and starts it when
+    /// `start` says so (stopped otherwise). Until its container runs or its `stopped` marker is
+    /// written, the dir is what a new driver's [`Driver::adopt`] calls stale and deletes: a
+    /// runner killed midway leaves no half-installed sandbox. On failure nothing of it is left.
+    pub async fn restore(
+        &self,
+        id: &SandboxId,
+        staged: &Path,
+        image: &Image,
+        options: &CreateOptions,
+        start: bool,
+    ) -> Result<Sandbox, SandboxError> {
+        let dir = self.home.sandbox(id).dir;
+        if self.runc_knows(id) || dir.exists() {
+            return Err(SandboxError::AlreadyExists { id: id.clone() });
+        }
+        fs::rename(staged, &dir).map_err(io_err("rename into place", staged))?;
+        match self.create_claimed(id, image, options, start).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = self.delete(id).await;
+                Err(e)
+            }
+        }
     }
 
     /// Does runc have a container `id`? A file read, no runc process.

@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 
 use crate::id::SandboxId;
 
+/// The name of a restore's staging dir, before the id.
+const RESTORE_PREFIX: &str = ".restore-";
+
 /// A runner's home directory and the paths under it:
 ///
 /// ```text
 /// <home>/images/                 the image cache (ImageStore)
 /// <home>/runc/                   runc's --root: one state dir per running container
 /// <home>/holder.json, .lock, .log  a runner that is not root: its namespace holder (crate::userns)
+/// <home>/sandboxes/.restore-<id>/  a restore being staged (never a sandbox: ids have no `.`)
 /// <home>/sandboxes/<id>/
 ///     sandbox.json               what the sandbox was created from
 ///     upper/ work/               its overlayfs writable layer and work dir
@@ -50,6 +54,37 @@ impl Home {
     /// All sandboxes' dirs.
     pub fn sandboxes(&self) -> PathBuf {
         self.root.join("sandboxes")
+    }
+
+    /// Where a restore of sandbox `id` is staged before it is renamed into place: a name no
+    /// sandbox id can take, so nothing lists it as a sandbox.
+    pub fn restore_staging(&self, id: &SandboxId) -> PathBuf {
+        self.sandboxes().join(format!("{RESTORE_PREFIX}{id}"))
+    }
+
+    /// Removes the staging dir of a restore of `id` (directories without write permission
+    /// included); missing: not an error.
+    pub fn remove_staging(&self, id: &SandboxId) -> std::io::Result<()> {
+        remove_all(&self.restore_staging(id))
+    }
+
+    /// Removes what restores cut short (a runner killed midway) left staged; returns their
+    /// names.
+    pub fn clear_staging(&self) -> std::io::Result<Vec<String>> {
+        let mut cleared = Vec::new();
+        let dir = match std::fs::read_dir(self.sandboxes()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cleared),
+            Err(e) => return Err(e),
+        };
+        for entry in dir {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(RESTORE_PREFIX) {
+                remove_all(&self.sandboxes().join(&name))?;
+                cleared.push(name);
+            }
+        }
+        Ok(cleared)
     }
 
     /// The paths of sandbox `id`.

@@ -39,7 +39,8 @@ pub use boxdriver::{BoxDriver, DriverError, SandboxImage};
 pub use bundle::{BundleError, Init, Resources};
 pub use digest::{Digest, DigestError};
 pub use driver::{
-    Adoption, CreateOptions, Driver, DriverConfig, Sandbox, SandboxError, SandboxRecord, Status,
+    Adoption, CreateOptions, Driver, DriverConfig, Frozen, Sandbox, SandboxError, SandboxRecord,
+    Status,
 };
 pub use files::FileError;
 pub use id::{IdError, SandboxId};

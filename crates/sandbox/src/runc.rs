@@ -353,6 +353,20 @@ impl Runc {
         .map(drop)
     }
 
+    /// `runc pause`: freezes every process of the container (the cgroup freezer).
+    pub async fn pause(&self, id: &SandboxId) -> Result<(), RuncError> {
+        self.output("pause", id.as_str(), &[id.as_str().as_ref()])
+            .await
+            .map(drop)
+    }
+
+    /// `runc resume`: thaws a container frozen with [`Runc::pause`].
+    pub async fn resume(&self, id: &SandboxId) -> Result<(), RuncError> {
+        self.output("resume", id.as_str(), &[id.as_str().as_ref()])
+            .await
+            .map(drop)
+    }
+
     /// `runc delete --force`: kills the container if it runs and removes its state and cgroups.
     pub async fn delete(&self, id: &SandboxId) -> Result<(), RuncError> {
         self.output(

@@ -1,14 +1,16 @@
-//! What the integration tests of the platform's crates (`sandbox`, `runner`) share: a real
-//! `docker-registry` on a free loopback port, waits on conditions with deadlines (never bare
+//! What the integration tests of the platform's crates (`sandbox`, `runner`, `objectstore`)
+//! share: a real `docker-registry` and a real Garage (S3) on free loopback ports, waits on conditions with deadlines (never bare
 //! sleeps), the root check of tests that run runc, the benches' percentiles, and an "outside"
 //! network namespace for the tests of a sandbox's outbound network ([`outside`]).
 
+pub mod garage;
 pub mod outside;
 mod registry;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+pub use garage::Garage;
 pub use registry::Registry;
 
 /// Prints why a test skips and returns true when it must: tests that mount, create device nodes

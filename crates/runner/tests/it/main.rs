@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod backups;
 mod bench;
 mod life;
 #[cfg(feature = "microvm")]

@@ -16,11 +16,11 @@ use crate::support::{
 };
 
 /// The unprivileged user the runner runs as.
-const NOBODY: u32 = 65534;
+pub const NOBODY: u32 = 65534;
 
 /// Why this machine cannot run a runner as `NOBODY`, if it cannot: not root (the test cannot
 /// switch users), or no unprivileged user namespaces.
-fn cannot_run_unprivileged() -> Option<String> {
+pub fn cannot_run_unprivileged() -> Option<String> {
     if skip_unless_root("an unprivileged runner") {
         return Some("needs root to start the runner as another user".into());
     }
