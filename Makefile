@@ -32,7 +32,7 @@ acceptance: build ## the shared CLI contract checks
 
 test: deps-microvm build ## the whole suite: unit + integration, microvm feature, CLI contract
 	cargo test --locked --all-targets
-	cargo test --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane -p boxarchive --all-targets
+	cargo test --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane -p boxarchive -p objectstore --all-targets
 	$(MAKE) test-microvm
 	@if [ -x ../shared/acceptance/run ]; then ../shared/acceptance/run $(STACK); else echo "acceptance: ../shared not present, skipped"; fi
 
@@ -50,7 +50,7 @@ test-microvm:    ## the microvm backend's and box driver's tests (booting ones s
 check:           ## formatting and lints, as CI runs them (both builds: default and microvm)
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
-	cargo clippy --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane -p boxarchive --all-targets -- -D warnings
+	cargo clippy --locked -p testbed -p sandbox -p runner -p platform-proto -p control-plane -p boxarchive -p objectstore --all-targets -- -D warnings
 	cargo clippy --locked --all-targets --features microvm -- -D warnings
 	cargo clippy --locked -p sandbox -p runner --all-targets --features runner/microvm -- -D warnings
 
