@@ -558,4 +558,70 @@ async fn bench_backup_and_restore_throughput() {
         up["sizeBytes"],
         rate(restored)
     );
+
+    // The baselines, on the same layer in the same run: what a plain `tar | zstd -3` of it
+    // takes, and what the AWS CLI takes to copy the same bytes to the same Garage and back.
+    let upper = a.home.path().join("sandboxes").join(&id).join("upper");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let tarball = scratch.path().join("layer.tar.zst");
+    let sh = |script: String| {
+        let start = std::time::Instant::now();
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("AWS_ACCESS_KEY_ID", testbed::garage::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", testbed::garage::SECRET_KEY)
+            .env("AWS_DEFAULT_REGION", testbed::garage::REGION)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        start.elapsed()
+    };
+    let zstd = sh(format!(
+        "tar -C {} -cf - . | zstd -3 -q -T1 -o {}",
+        upper.display(),
+        tarball.display()
+    ));
+    let endpoint = bed.garage.endpoint();
+    let aws = which_aws();
+    let (put, get) = match &aws {
+        Some(aws) => (
+            Some(sh(format!(
+                "{aws} --endpoint-url {endpoint} s3 cp --quiet {} s3://{BUCKET}/baseline.tar.zst",
+                tarball.display()
+            ))),
+            Some(sh(format!(
+                "{aws} --endpoint-url {endpoint} s3 cp --quiet s3://{BUCKET}/baseline.tar.zst {}/back",
+                scratch.path().display()
+            ))),
+        ),
+        None => (None, None),
+    };
+    let secs = |d: Option<Duration>| d.map_or("(no aws CLI)".to_string(), |d| format!("{d:.2?}"));
+    println!(
+        "baseline: tar | zstd -3 of the layer {zstd:.2?}; aws s3 cp of the archive up {}, down {}",
+        secs(put),
+        secs(get)
+    );
+    let slower_up = put.map_or(zstd, |p| p.max(zstd));
+    let slower_down = get.map_or(zstd, |g| g.max(zstd));
+    println!(
+        "ratio: backup {:.2} and restore {:.2} of the slower baseline's speed (target >= 0.50)",
+        slower_up.as_secs_f64() / backed_up.as_secs_f64(),
+        slower_down.as_secs_f64() / restored.as_secs_f64()
+    );
+}
+
+/// The AWS CLI, if installed.
+fn which_aws() -> Option<String> {
+    std::process::Command::new("bash")
+        .args(["-c", "command -v aws"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
 }
