@@ -29,7 +29,7 @@ fn project() -> Data {
     Data { p, pg, dex }
 }
 
-fn sql(port: u16, db: &str, query: &str) -> Vec<String> {
+pub(crate) fn sql(port: u16, db: &str, query: &str) -> Vec<String> {
     block_on(async {
         let mut c = sqlx::PgConnection::connect(&format!(
             "postgres://boxlite:boxlite@127.0.0.1:{port}/{db}"
