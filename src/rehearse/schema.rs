@@ -146,15 +146,24 @@ async fn make_copy(
     database: &str,
     copy: &str,
 ) -> Result<&'static str, RehearseError> {
-    let template = sqlx::raw_sql(&format!(
-        "CREATE DATABASE {} TEMPLATE {}",
-        ident(copy),
-        ident(database)
-    ))
-    .execute(&mut *admin)
-    .await;
-    if template.is_ok() {
-        return Ok("template");
+    // PostgreSQL waits 5 s for the template's other sessions to go before it gives up: ask first.
+    let sessions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(database)
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(|e| copy_err("count the database's sessions")(e.to_string()))?;
+    if sessions == 0 {
+        let template = sqlx::raw_sql(&format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            ident(copy),
+            ident(database)
+        ))
+        .execute(&mut *admin)
+        .await;
+        if template.is_ok() {
+            return Ok("template");
+        }
     }
     // Other sessions are connected to the database: dump it into a fresh one instead.
     sqlx::raw_sql(&format!("CREATE DATABASE {}", ident(copy)))
