@@ -366,6 +366,31 @@ impl Snapshot {
                 return Err(corrupt(rel, "the path leaves the snapshot".into()));
             }
         }
+        // Every file a restore will read must be one the manifest vouches for.
+        let listed: std::collections::BTreeSet<&str> = self
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        for s in &self.manifest.services {
+            let needed: Vec<String> = match s.role {
+                Role::Postgres => s
+                    .items
+                    .iter()
+                    .map(|db| format!("{}/{db}.dump", s.dir))
+                    .collect(),
+                Role::Redis => vec![format!("{}/{}", s.dir, take::RDB)],
+                Role::S3 => s.objects.iter().map(|o| o.file.clone()).collect(),
+                Role::Files => Vec::new(),
+            };
+            if let Some(missing) = needed.iter().find(|n| !listed.contains(n.as_str())) {
+                return Err(corrupt(
+                    missing,
+                    "is not in the manifest's file list".into(),
+                ));
+            }
+        }
         for f in &self.manifest.files {
             if !stays_inside(&f.path) {
                 return Err(corrupt(&f.path, "the path leaves the snapshot".into()));
@@ -437,6 +462,57 @@ mod tests {
         assert!(!stays_inside("/etc/passwd"));
         assert!(!stays_inside("a/../../b"));
         assert!(!stays_inside(""));
+    }
+
+    fn snapshot_with(dir: &Path, files: Vec<FileEntry>, items: Vec<String>) -> Snapshot {
+        Snapshot {
+            dir: dir.to_path_buf(),
+            manifest: Manifest {
+                format_version: FORMAT_VERSION,
+                stack: "t".into(),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                services: vec![ServiceEntry {
+                    service: "postgres".into(),
+                    role: Role::Postgres,
+                    how: String::new(),
+                    dir: "postgres".into(),
+                    items,
+                    objects: Vec::new(),
+                }],
+                files,
+            },
+        }
+    }
+
+    #[test]
+    fn verify_names_a_flipped_byte_and_a_file_the_manifest_does_not_vouch_for() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("postgres")).expect("mkdir");
+        let dump = tmp.path().join("postgres/boxlite.dump");
+        std::fs::write(&dump, b"PGDMP data").expect("write");
+        let (sha256, size) = hash_file(&dump).expect("hash");
+        let entry = FileEntry {
+            path: "postgres/boxlite.dump".into(),
+            size,
+            sha256,
+        };
+        let good = snapshot_with(tmp.path(), vec![entry.clone()], vec!["boxlite".into()]);
+        good.verify().expect("intact");
+
+        std::fs::write(&dump, b"PGDMP dat4").expect("flip");
+        let err = good.verify().expect_err("flipped");
+        let text = err.to_string();
+        assert!(
+            text.contains("postgres/boxlite.dump: checksum mismatch"),
+            "{text}"
+        );
+
+        let unlisted = snapshot_with(tmp.path(), vec![entry], vec!["other".into()]);
+        let text = unlisted.verify().expect_err("unlisted").to_string();
+        assert!(
+            text.contains("postgres/other.dump: is not in the manifest"),
+            "{text}"
+        );
     }
 
     #[test]
