@@ -12,7 +12,7 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 use super::roles::{self, Role, StatefulService, BACKUPS_BUCKET};
-use super::take::{self, postgres_url, run_tool, s3_client, s3_err, RDB};
+use super::take::{self, postgres_url, read_body, run_tool, s3_client, s3_err, RDB};
 use super::{private_dir, ServiceEntry, Snapshot, SnapshotError};
 use crate::engine::Engine;
 use crate::spec::Stack;
@@ -299,9 +299,7 @@ async fn restore_s3(
     }
     for o in &entry.objects {
         let path = root.join(&o.file);
-        let body = aws_sdk_s3::primitives::ByteStream::from_path(&path)
-            .await
-            .map_err(s3_err(name, format!("read {}", path.display())))?;
+        let body = read_body(&path)?;
         client
             .put_object()
             .bucket(&o.bucket)

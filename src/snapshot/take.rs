@@ -412,6 +412,14 @@ pub(crate) async fn keys(
     }
 }
 
+/// A file as an object's body. Read whole: a body streamed from a file is sent with
+/// `aws-chunked` encoding and a trailing checksum, which Garage refuses ("Invalid payload
+/// signature").
+pub(crate) fn read_body(path: &Path) -> Result<aws_sdk_s3::primitives::ByteStream, SnapshotError> {
+    let bytes = std::fs::read(path).map_err(SnapshotError::io(path))?;
+    Ok(bytes.into())
+}
+
 /// The body of `bucket/key`.
 pub(crate) async fn get_object(
     service: &str,

@@ -3,7 +3,7 @@
 //! last, so a listing that shows the manifest shows a complete snapshot.
 
 use super::roles::{self, Role};
-use super::take::{s3_client, s3_err};
+use super::take::{read_body, s3_client, s3_err};
 use super::{Snapshot, SnapshotError, MANIFEST};
 use crate::spec::Stack;
 
@@ -51,9 +51,7 @@ pub async fn upload(
     for rel in paths {
         let path = snap.dir.join(rel);
         let key = format!("{base}/{rel}");
-        let body = aws_sdk_s3::primitives::ByteStream::from_path(&path)
-            .await
-            .map_err(s3_err(service, format!("read {}", path.display())))?;
+        let body = read_body(&path)?;
         client
             .put_object()
             .bucket(bucket)
