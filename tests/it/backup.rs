@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::data::sql;
+use crate::data::{kid, sql};
 use crate::harness::{block_on, free_port, Project};
 use crate::platform::s3;
 
@@ -14,13 +14,15 @@ struct Stack {
     p: Project,
     pg: u16,
     redis: u16,
+    dex: u16,
     env: BTreeMap<String, String>,
 }
 
-/// PostgreSQL, Redis, Garage and the registry on free ports, up, with a table made by `setup`,
+/// PostgreSQL, Redis, Garage, the registry and the OIDC provider on free ports, up, with a table made by `setup`,
 /// a Redis key and an object in the `boxlite` bucket.
 fn running(name: &str, setup: &str, key: (&str, &str), object: (&str, &'static [u8])) -> Stack {
-    let (pg, redis, s3, s3a, s3r, reg) = (
+    let (pg, redis, s3, s3a, s3r, reg, dex) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -32,7 +34,8 @@ fn running(name: &str, setup: &str, key: (&str, &str), object: (&str, &'static [
     p.default_service("postgres", 25432, pg)
         .default_service("redis", 26379, redis)
         .default_service_ports("minio", &[(29000, s3), (29001, s3a), (29002, s3r)])
-        .default_service("registry", 25000, reg);
+        .default_service("registry", 25000, reg)
+        .default_service("dex", 25556, dex);
     let r = p.run(&["up"]);
     assert_eq!(r.code, 0, "{}", r.text());
     let env = p.run(&["env", "--json"]).json();
@@ -40,7 +43,13 @@ fn running(name: &str, setup: &str, key: (&str, &str), object: (&str, &'static [
     sql(pg, "boxlite", setup);
     set(redis, key.0, key.1);
     put(&env, object.0, object.1);
-    Stack { p, pg, redis, env }
+    Stack {
+        p,
+        pg,
+        redis,
+        dex,
+        env,
+    }
 }
 
 fn put(env: &BTreeMap<String, String>, key: &str, body: &'static [u8]) {
@@ -126,7 +135,9 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[test]
 fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snapshot() {
-    let Stack { p, pg, redis, env } = running(
+    let Stack {
+        p, pg, redis, env, ..
+    } = running(
         "backup",
         "CREATE TABLE pets (id int PRIMARY KEY, name text); INSERT INTO pets VALUES (1, 'ada'), (2, 'bob')",
         ("greeting", "hello"),
@@ -156,7 +167,7 @@ fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snap
         .iter()
         .filter_map(|s| s["service"].as_str())
         .collect();
-    assert_eq!(services, ["minio", "postgres", "redis", "registry"]);
+    assert_eq!(services, ["dex", "minio", "postgres", "redis", "registry"]);
     let name = dir.file_name().expect("name").to_string_lossy().to_string();
     let ls = p.run(&["backup", "ls"]);
     assert!(ls.stdout.contains(&name), "{}", ls.text());
@@ -202,7 +213,7 @@ fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snap
     assert_eq!(keys(redis), keys0, "keys replaced, not merged");
     assert_eq!(objects(&env), objects0, "objects replaced, not merged");
     let status = p.status();
-    for svc in ["postgres", "redis", "minio", "registry"] {
+    for svc in ["postgres", "redis", "minio", "registry", "dex"] {
         assert_eq!(status[svc]["healthy"], true, "{svc} healthy after restore");
     }
 
@@ -239,12 +250,19 @@ fn restore_refuses_a_snapshot_from_a_newer_format() {
 
 #[test]
 fn rehearse_backup_proves_the_round_trip() {
-    let Stack { p, pg, redis, env } = running(
+    let Stack {
+        p,
+        pg,
+        redis,
+        dex,
+        env,
+    } = running(
         "rehearse",
         "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes SELECT g, md5(g::text) FROM generate_series(1, 50) g",
         ("kept", "yes"),
         ("kept.txt", b"kept"),
     );
+    let signing_key = kid(dex);
     let r = p.run(&["rehearse", "backup", "--json"]);
     assert_eq!(r.code, 0, "{}", r.text());
     let report = r.json();
@@ -274,6 +292,11 @@ fn rehearse_backup_proves_the_round_trip() {
     assert_eq!(sql(pg, "boxlite", "SELECT count(*) FROM notes"), ["50"]);
     assert_eq!(keys(redis), BTreeMap::from([("kept".into(), "yes".into())]));
     assert_eq!(objects(&env).len(), 1, "only ours is left");
+    assert_eq!(
+        kid(dex),
+        signing_key,
+        "the OIDC provider's signing key survives the state dir's deletion"
+    );
 }
 
 /// The real database's ledger and a checksum of its schema and rows.

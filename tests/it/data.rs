@@ -332,7 +332,7 @@ fn nuke_deletes_the_state_dir_and_nothing_else() {
     assert!(beside.exists());
 }
 
-fn kid(port: u16) -> String {
+pub(crate) fn kid(port: u16) -> String {
     block_on(async {
         let jwks: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/dex/keys"))
             .await
