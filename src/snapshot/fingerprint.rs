@@ -231,3 +231,45 @@ fn files(s: &StatefulService<'_>) -> Result<Vec<(String, String)>, SnapshotError
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(entries: &[(&str, &str)]) -> Fingerprint {
+        Fingerprint {
+            entries: entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_difference_names_what_changed_went_missing_or_appeared() {
+        let before = fp(&[
+            ("postgres/table/boxlite.public.users", "rows=2 md5=aa"),
+            ("redis/key/db0/session:1", "sha256:11"),
+            ("minio/object/boxlite/a.txt", "sha256:22"),
+        ]);
+        let after = fp(&[
+            ("postgres/table/boxlite.public.users", "rows=1 md5=bb"),
+            ("minio/object/boxlite/a.txt", "sha256:22"),
+            ("minio/object/boxlite/b.txt", "sha256:33"),
+        ]);
+        assert_eq!(
+            before.diff(&after),
+            [
+                "postgres/table/boxlite.public.users: rows=2 md5=aa before, rows=1 md5=bb after",
+                "redis/key/db0/session:1: missing after restore (was sha256:11)",
+                "minio/object/boxlite/b.txt: new after restore (sha256:33)",
+            ]
+        );
+        assert!(before.diff(&before).is_empty());
+        let counts = before.counts();
+        assert_eq!(
+            (counts.tables, counts.rows, counts.keys, counts.objects),
+            (1, 2, 1, 1)
+        );
+    }
+}
