@@ -188,16 +188,20 @@ async fn redis_keys(s: &StatefulService<'_>) -> Result<Vec<(String, String)>, Sn
         }
         keys.sort();
         keys.dedup();
-        for k in keys {
-            let dump: Option<Vec<u8>> = redis::cmd("DUMP")
-                .arg(&k)
-                .query_async(&mut c)
-                .await
-                .map_err(err("DUMP"))?;
-            out.push((
-                format!("db{db}/{}", String::from_utf8_lossy(&k)),
-                dump.map(|d| sha(&d)).unwrap_or_default(),
-            ));
+        // Pipelined: one round trip per thousand keys, not per key.
+        for batch in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for k in batch {
+                pipe.cmd("DUMP").arg(k);
+            }
+            let dumps: Vec<Option<Vec<u8>>> =
+                pipe.query_async(&mut c).await.map_err(err("DUMP"))?;
+            for (k, dump) in batch.iter().zip(dumps) {
+                out.push((
+                    format!("db{db}/{}", String::from_utf8_lossy(k)),
+                    dump.map(|d| sha(&d)).unwrap_or_default(),
+                ));
+            }
         }
     }
     Ok(out)
