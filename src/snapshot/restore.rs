@@ -80,6 +80,16 @@ pub fn plan(stack: &Stack, snapshot: &Snapshot) -> Result<Vec<String>, SnapshotE
             ),
         });
     }
+    let components: Vec<String> = crate::reset::components(stack).into_iter().collect();
+    if !components.is_empty() {
+        steps.insert(
+            0,
+            format!(
+                "stop {} (those running) while the data is replaced, start them again after",
+                components.join(", ")
+            ),
+        );
+    }
     let left = roles::left_out(stack);
     if !left.is_empty() {
         steps.push(format!("untouched: {}", left.join(", ")));
@@ -120,6 +130,15 @@ pub async fn restore(
         .collect();
     let mut report = RestoreReport::default();
     let mut stopped: BTreeSet<String> = BTreeSet::new();
+    // The platform's components (and what depends on them) hold connections and caches of
+    // the data being replaced: they are stopped first and started again after.
+    let components: Vec<String> = crate::reset::components(engine.stack())
+        .into_iter()
+        .collect();
+    let components = engine.running(&components);
+    if !components.is_empty() {
+        stopped.extend(engine.down(&components).await?);
+    }
     if !offline.is_empty() {
         stopped.extend(engine.down(&offline).await?);
         stopped.extend(offline.iter().cloned());

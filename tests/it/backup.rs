@@ -144,6 +144,16 @@ fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snap
         ("a/one.txt", b"one"),
     );
     let (rows0, keys0, objects0) = (rows(pg), keys(redis), objects(&env));
+    // A component of the platform, connected to the database: stopped and started again.
+    p.service(
+        "web",
+        &format!(
+            "ports: {{ http: {} }}\ndepends_on:\n  postgres: {{ condition: service_healthy }}\nbuild:\n  command: [\"true\"]\n  inputs: [stack.yaml]\nprocess:\n  command: [python3, -m, http.server, \"${{port.http}}\", --bind, 127.0.0.1]\nhealthcheck:\n  http: {{ url: \"http://127.0.0.1:${{port.http}}/\" }}\n  interval: 100ms\n",
+            free_port()
+        ),
+    );
+    assert_eq!(p.run(&["up", "web"]).code, 0);
+    let web = p.pid("web");
 
     let r = p.run(&["backup", "--json"]);
     assert_eq!(r.code, 0, "{}", r.text());
@@ -192,6 +202,11 @@ fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snap
         "{}",
         r.stderr
     );
+    assert!(
+        r.stderr.contains("stop web (those running)"),
+        "{}",
+        r.stderr
+    );
     assert_eq!((rows(pg), keys(redis), objects(&env)), changed);
 
     // Without a terminal and without --yes: refused with the remedy.
@@ -213,7 +228,12 @@ fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snap
     assert_eq!(keys(redis), keys0, "keys replaced, not merged");
     assert_eq!(objects(&env), objects0, "objects replaced, not merged");
     let status = p.status();
-    for svc in ["postgres", "redis", "minio", "registry", "dex"] {
+    assert_ne!(
+        p.pid("web"),
+        web,
+        "the component was stopped and started again"
+    );
+    for svc in ["postgres", "redis", "minio", "registry", "dex", "web"] {
         assert_eq!(status[svc]["healthy"], true, "{svc} healthy after restore");
     }
 
