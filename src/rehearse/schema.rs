@@ -68,11 +68,8 @@ pub async fn rehearse(url: &str, files: &[Migration]) -> Result<SchemaRehearsal,
     drop(real);
     let database = schema::database_of(url);
     let mut report = SchemaRehearsal {
-        copy: format!(
-            "{}_rehearse_{}",
-            &database[..database.len().min(40)],
-            std::process::id()
-        ),
+        // PostgreSQL names are at most 63 bytes.
+        copy: format!("{}_rehearse", database.chars().take(20).collect::<String>()),
         database,
         method: String::new(),
         already: status.applied.len(),
@@ -98,8 +95,13 @@ pub async fn rehearse(url: &str, files: &[Migration]) -> Result<SchemaRehearsal,
     }
     let admin_url = schema::with_database(url, "postgres");
     let mut admin = schema::connect(&admin_url, schema::CONNECT_TIMEOUT).await?;
+    // One rehearsal at a time per server (the lock goes with this connection), so the copy's
+    // fixed name is this rehearsal's, and a copy left by one that was killed is dropped here.
+    sqlx::query("SELECT pg_advisory_lock(hashtext('stack schema rehearse'))")
+        .execute(&mut admin)
+        .await
+        .map_err(SchemaError::Query)?;
     let copy_ident = ident(&report.copy);
-    // A copy left by a rehearsal that was killed would block this one.
     drop_copy(&mut admin, &copy_ident).await?;
     let t = Instant::now();
     let made = make_copy(&mut admin, url, &report.database, &report.copy).await;

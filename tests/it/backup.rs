@@ -326,7 +326,7 @@ fn fingerprint(pg: u16) -> Vec<String> {
         "boxlite",
         "SELECT string_agg(version::text || name || sha256, ',' ORDER BY version) FROM stack_schema_migrations; \
          SELECT md5(string_agg(table_name || '.' || column_name || ':' || data_type, ',' ORDER BY table_name, column_name)) FROM information_schema.columns WHERE table_schema = 'public'; \
-         SELECT count(*) FROM pg_database WHERE datname LIKE '%_rehearse_%'",
+         SELECT count(*) FROM pg_database WHERE datname LIKE '%_rehearse'",
     )
 }
 
