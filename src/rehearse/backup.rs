@@ -23,8 +23,10 @@ pub const SCRATCH: &str = "stack_rehearsal";
 /// What a backup rehearsal found.
 #[derive(Debug, Serialize)]
 pub struct BackupRehearsal {
-    /// The snapshot taken (kept).
+    /// The snapshot taken.
     pub snapshot: String,
+    /// Is it still there? A passing rehearsal deletes it (it holds the known data).
+    pub snapshot_kept: bool,
     /// Timed phases.
     pub phases: Vec<Phase>,
     /// What the fingerprints cover.
@@ -130,10 +132,26 @@ pub async fn rehearse(
 
     let t = Instant::now();
     remove_known(stack).await?;
-    phases.push("remove known data", t, "");
+    // The snapshot holds the known data: once it proved its point it goes, so that a later
+    // `restore latest` cannot bring the scratch rows back. A failed rehearsal keeps it.
+    let snapshot_kept = !differences.is_empty();
+    if !snapshot_kept {
+        std::fs::remove_dir_all(&snapshot.dir)
+            .map_err(crate::snapshot::SnapshotError::io(&snapshot.dir))?;
+    }
+    phases.push(
+        "clean up",
+        t,
+        if snapshot_kept {
+            "known data removed; snapshot kept"
+        } else {
+            "known data and snapshot removed"
+        },
+    );
 
     Ok(BackupRehearsal {
         snapshot: snapshot.dir.display().to_string(),
+        snapshot_kept,
         phases: phases.done,
         counts,
         known_data,

@@ -287,6 +287,12 @@ fn rehearse_backup_proves_the_round_trip() {
     assert_eq!(r.code, 0, "{}", r.text());
     let report = r.json();
     assert_eq!(report["differences"], serde_json::json!([]));
+    assert_eq!(
+        report["snapshot_kept"], false,
+        "a passing rehearsal removes its snapshot"
+    );
+    let snapshot = report["snapshot"].as_str().expect("snapshot");
+    assert!(!std::path::Path::new(snapshot).exists(), "{snapshot}");
     let phases: Vec<&str> = report["phases"]
         .as_array()
         .expect("phases")
