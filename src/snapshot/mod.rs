@@ -435,7 +435,7 @@ impl Snapshot {
 }
 
 /// The snapshots in `dir`, oldest first (names are timestamps). Directories without a readable
-/// manifest are skipped; a missing `dir` holds none.
+/// manifest, and one still being written (`.partial`), are skipped; a missing `dir` holds none.
 pub fn list(dir: &Path) -> Result<Vec<Snapshot>, SnapshotError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -444,6 +444,7 @@ pub fn list(dir: &Path) -> Result<Vec<Snapshot>, SnapshotError> {
     };
     let mut out: Vec<Snapshot> = entries
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
         .filter(|e| e.path().join(MANIFEST).is_file())
         .filter_map(|e| Snapshot::open(&e.path()).ok())
         .collect();
