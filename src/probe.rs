@@ -225,15 +225,7 @@ pub struct Prober {
 impl Prober {
     /// `probe`, with the clients it needs.
     pub fn new(probe: &ProbeSpec) -> Result<Prober, ProbeError> {
-        let s3 = match probe {
-            ProbeSpec::S3 {
-                endpoint,
-                region,
-                access_key,
-                secret_key,
-            } => Some(crate::s3::client(endpoint, region, access_key, secret_key)),
-            _ => None,
-        };
+        let s3 = crate::s3::client_for(probe);
         let postgres = match probe {
             ProbeSpec::Postgres {
                 host,

@@ -33,6 +33,19 @@ pub fn client(
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// A client for the endpoint and key an `s3` healthcheck names; `None` for another probe.
+pub fn client_for(probe: &crate::spec::ProbeSpec) -> Option<aws_sdk_s3::Client> {
+    match probe {
+        crate::spec::ProbeSpec::S3 {
+            endpoint,
+            region,
+            access_key,
+            secret_key,
+        } => Some(client(endpoint, region, access_key, secret_key)),
+        _ => None,
+    }
+}
+
 /// The transport for a plain-http endpoint (the stack's own object store on loopback): one
 /// with an empty trust store. The default one loads and parses every certificate the system
 /// trusts (about 150 files here) before its first request, even when it never speaks TLS, and

@@ -483,40 +483,154 @@ async fn load_locked(
         report.elapsed = t0.elapsed();
         return Ok(report);
     }
+    ensure_ledger(c).await?;
+    for m in &status.pending {
+        let done = apply_one(c, m, false).await?;
+        report.statements += done.statements;
+        report.applied.push(format!("{:04}_{}", m.version, m.name));
+    }
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+/// Creates the ledger table if it is missing.
+pub async fn ensure_ledger(c: &mut PgConnection) -> Result<(), SchemaError> {
     sqlx::raw_sql(&format!(
         "CREATE TABLE IF NOT EXISTS {LEDGER} (version bigint PRIMARY KEY, name text NOT NULL, sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), duration_ms integer NOT NULL)"
     ))
     .execute(&mut *c)
     .await
     .map_err(SchemaError::Query)?;
-    for m in &status.pending {
-        let t = Instant::now();
-        let fail = |e: sqlx::Error| SchemaError::Migration {
-            version: m.version,
-            name: m.name.clone(),
-            source: e,
-        };
-        let mut tx = c.begin().await.map_err(fail)?;
-        sqlx::raw_sql(&m.sql)
-            .execute(&mut *tx)
+    Ok(())
+}
+
+/// A relation lock a migration's transaction held just before it committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldLock {
+    /// `schema.table` (or `oid N` for a relation the migration dropped).
+    pub relation: String,
+    /// PostgreSQL's lock mode (`AccessExclusiveLock`, `ShareLock`, ...).
+    pub mode: String,
+    /// The migration created this relation: nobody else could have been waiting on it.
+    pub created: bool,
+}
+
+/// One migration applied now.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedNow {
+    /// Version.
+    pub version: i64,
+    /// Name.
+    pub name: String,
+    /// Statements in it.
+    pub statements: usize,
+    /// Milliseconds from its `BEGIN` to its `COMMIT`.
+    pub elapsed_ms: u64,
+    /// The relation locks it held before committing (when asked for).
+    pub locks: Vec<HeldLock>,
+}
+
+/// Applies one migration in its own transaction with its ledger row. With `observe_locks`, the
+/// relation locks the transaction holds after the migration's SQL are read from `pg_locks`
+/// before it commits (a lock is held until commit, so that is every lock it took).
+pub async fn apply_one(
+    c: &mut PgConnection,
+    m: &Migration,
+    observe_locks: bool,
+) -> Result<AppliedNow, SchemaError> {
+    let t = Instant::now();
+    let fail = |e: sqlx::Error| SchemaError::Migration {
+        version: m.version,
+        name: m.name.clone(),
+        source: e,
+    };
+    let before: BTreeSet<i64> = if observe_locks {
+        sqlx::query("SELECT oid::int8 FROM pg_class")
+            .fetch_all(&mut *c)
             .await
-            .map_err(fail)?;
-        sqlx::query(&format!(
-            "INSERT INTO {LEDGER} (version, name, sha256, duration_ms) VALUES ($1, $2, $3, $4)"
-        ))
-        .bind(m.version)
-        .bind(&m.name)
-        .bind(&m.sha256)
-        .bind(t.elapsed().as_millis() as i32)
+            .map_err(SchemaError::Query)?
+            .iter()
+            .map(|r| r.get::<i64, _>(0))
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let mut tx = c.begin().await.map_err(fail)?;
+    sqlx::raw_sql(&m.sql)
         .execute(&mut *tx)
         .await
         .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
-        report.statements += statements(&m.sql).len();
-        report.applied.push(format!("{:04}_{}", m.version, m.name));
+    let mut locks = Vec::new();
+    if observe_locks {
+        let rows = sqlx::query(
+            "SELECT l.relation::int8, coalesce(n.nspname || '.' || c.relname, 'oid ' || l.relation::text), l.mode \
+             FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation \
+             LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation' \
+             AND coalesce(n.nspname, '') NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+             ORDER BY 2, 3",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(fail)?;
+        locks = rows
+            .iter()
+            .map(|r| HeldLock {
+                relation: r.get(1),
+                mode: r.get(2),
+                created: !before.contains(&r.get::<i64, _>(0)),
+            })
+            .collect();
     }
-    report.elapsed = t0.elapsed();
-    Ok(report)
+    let elapsed_ms = t.elapsed().as_millis() as u64;
+    sqlx::query(&format!(
+        "INSERT INTO {LEDGER} (version, name, sha256, duration_ms) VALUES ($1, $2, $3, $4)"
+    ))
+    .bind(m.version)
+    .bind(&m.name)
+    .bind(&m.sha256)
+    .bind(elapsed_ms as i32)
+    .execute(&mut *tx)
+    .await
+    .map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    Ok(AppliedNow {
+        version: m.version,
+        name: m.name.clone(),
+        statements: statements(&m.sql).len(),
+        elapsed_ms: t.elapsed().as_millis() as u64,
+        locks,
+    })
+}
+
+/// `url` with its database replaced by `database` (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map(|i| authority_start + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// The database a URL names (`postgres` when it names none).
+pub fn database_of(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    base[authority_start..]
+        .split_once('/')
+        .map(|(_, db)| db.to_string())
+        .filter(|db| !db.is_empty())
+        .unwrap_or_else(|| "postgres".to_string())
 }
 
 /// Drops everything in the `public` schema (tables, types, the ledger) and recreates it empty.
@@ -552,6 +666,18 @@ mod tests {
                 ("type".to_string(), "mood".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn a_url_names_its_database_and_can_name_another() {
+        let url = "postgresql://u:p@h:5/boxlite?sslmode=disable";
+        assert_eq!(database_of(url), "boxlite");
+        assert_eq!(
+            with_database(url, "postgres"),
+            "postgresql://u:p@h:5/postgres?sslmode=disable"
+        );
+        assert_eq!(with_database("postgresql://h:5", "x"), "postgresql://h:5/x");
+        assert_eq!(database_of("postgresql://h:5"), "postgres");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The command line: clap types, the shared [`Ctx`], one file per subcommand, and the mapping of
 //! every error to its exit code. Clap types never leave this module.
 
+mod backup;
 mod boxes;
 mod doctor;
 mod down;
@@ -11,6 +12,7 @@ mod rebuild_box;
 mod rehearse;
 mod reset;
 mod restart;
+mod restore;
 mod schema;
 mod seed;
 mod status;
@@ -79,13 +81,17 @@ enum Command {
     Seed(seed::Args),
     /// Reset data: --soft (runtime rows), --hard (schema, seed, buckets) or --nuke (state dir).
     Reset(reset::Args),
+    /// Snapshot every stateful service's data (`backup ls` lists the snapshots).
+    Backup(backup::Args),
+    /// Replace every stateful service's data with a snapshot's, after verifying it.
+    Restore(restore::Args),
+    /// Run a round trip end to end and prove nothing was lost (`rehearse backup|migration`).
+    Rehearse(rehearse::Args),
     /// Destroy one service's instance and data, recreate and re-initialise it.
     #[command(name = "rebuild-box")]
     RebuildBox(rebuild_box::Args),
     /// `up`, then rebuild and restart a component when its `watch:` files change.
     Watch(watch::Args),
-    /// End-to-end rehearsals on the running stack, verified with checksums: `migration`.
-    Rehearse(rehearse::Args),
     /// Box archives: `box verify FILE` checks one offline.
     #[command(name = "box")]
     BoxArchive(boxes::Args),
@@ -142,9 +148,15 @@ pub enum CliError {
     /// A box archive did not verify (exit 1).
     #[error(transparent)]
     Archive(#[from] crate::boxes::VerifyError),
-    /// A rehearsal could not run (exit 1; bad options: 2).
+    /// The migration rehearsal could not run (exit 1; bad options: 2).
     #[error(transparent)]
-    Rehearsal(#[from] crate::rehearsal::migration::RehearsalError),
+    Rehearsal(#[from] crate::rehearse::migration::RehearsalError),
+    /// A snapshot could not be taken, trusted or restored (exit 1, or the engine's code).
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A rehearsal failed or found a difference (exit 1, or the schema's or engine's code).
+    #[error(transparent)]
+    Rehearse(#[from] crate::rehearse::RehearseError),
 }
 
 /// A command asked for something it cannot do as asked (exit 2).
@@ -156,12 +168,12 @@ pub enum UsageError {
     /// `--backend` names no backend.
     #[error(transparent)]
     Backend(#[from] crate::spec::UnknownBackend),
-    /// A reset without `--yes` and nobody to confirm it.
-    #[error("refusing to reset without `--yes`: stdin is not a terminal, so nobody can confirm")]
-    ResetNeedsYes,
+    /// A destructive command (`reset`, `restore`) without `--yes` and nobody to confirm it.
+    #[error("refusing to {0} without `--yes`: stdin is not a terminal, so nobody can confirm")]
+    NeedsYes(&'static str),
     /// The user answered no.
-    #[error("reset cancelled")]
-    ResetCancelled,
+    #[error("{0} cancelled")]
+    Cancelled(&'static str),
     /// `__box` in a binary built without the microVM backend.
     #[error("this binary has no microVM support: rebuild with `--features microvm`")]
     NoMicrovm,
@@ -200,8 +212,15 @@ impl CliError {
                 ExitStatus::Failure
             }
         };
+        use crate::rehearse::RehearseError;
+        use crate::snapshot::SnapshotError;
         match self {
             Self::Spec(_) | Self::Usage(_) => ExitStatus::Invalid,
+            Self::Snapshot(SnapshotError::Engine(e)) => engine(e),
+            Self::Rehearse(RehearseError::Engine(e))
+            | Self::Rehearse(RehearseError::Snapshot(SnapshotError::Engine(e))) => engine(e),
+            Self::Rehearse(RehearseError::Schema(e)) => schema(e),
+            Self::Rehearse(RehearseError::Reset(ResetError::Engine(e))) => engine(e),
             Self::Connect(ConnectError::NoDatabase) => ExitStatus::Invalid,
             Self::Preflight(_) => ExitStatus::Preflight,
             Self::Engine(e) => engine(e),
@@ -212,7 +231,7 @@ impl CliError {
                 ExitStatus::Invalid
             }
             Self::Watch(crate::watch::WatchError::NothingToWatch) => ExitStatus::Invalid,
-            Self::Rehearsal(crate::rehearsal::migration::RehearsalError::Options(_)) => {
+            Self::Rehearsal(crate::rehearse::migration::RehearsalError::Options(_)) => {
                 ExitStatus::Invalid
             }
             Self::Reset(_)
@@ -222,6 +241,8 @@ impl CliError {
             | Self::Watch(_)
             | Self::Archive(_)
             | Self::Rehearsal(_)
+            | Self::Snapshot(_)
+            | Self::Rehearse(_)
             | Self::Json(_) => ExitStatus::Failure,
         }
     }
@@ -351,6 +372,8 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
             | Command::RebuildBox(_)
             | Command::Doctor(_)
             | Command::Watch(_)
+            | Command::Restore(_)
+            | Command::Rehearse(_)
     );
     let ctx = Ctx::load(&cli, starts).await?;
     match cli.command {
@@ -366,10 +389,32 @@ async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
         Command::Seed(a) => seed::run(a, ctx).await,
         Command::Reset(a) => reset::run(a, ctx).await,
         Command::RebuildBox(a) => rebuild_box::run(a, ctx).await,
-        Command::Watch(a) => watch::run(a, ctx).await,
+        Command::Backup(a) => backup::run(a, ctx).await,
+        Command::Restore(a) => restore::run(a, ctx).await,
         Command::Rehearse(a) => rehearse::run(a, ctx).await,
+        Command::Watch(a) => watch::run(a, ctx).await,
         Command::Supervise { .. } | Command::BoxArchive(_) => Ok(ExitStatus::Ok),
         Command::Box { .. } => Err(UsageError::NoMicrovm.into()),
+    }
+}
+
+/// Asks on the terminal before a destructive `verb` unless `yes`; refuses without a terminal.
+pub(crate) fn confirm(yes: bool, verb: &'static str) -> Result<(), CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError::NeedsYes(verb).into());
+    }
+    eprint!("proceed? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(UsageError::Cancelled(verb).into())
     }
 }
 

@@ -1,8 +1,11 @@
-//! `stack rehearse migration`: the end-to-end rehearsals (library: `crate::rehearsal`).
+//! `stack rehearse backup|migration`: the end-to-end rehearsals (library: `crate::rehearse`),
+//! each a table of timed phases (`--json`: a report) and exit 1 naming any difference.
+
+use std::path::PathBuf;
 
 use super::{CliError, Ctx};
 use crate::exit::ExitStatus;
-use crate::rehearsal::{self, migration};
+use crate::rehearse::{self, migration};
 
 /// Arguments of `rehearse`.
 #[derive(Debug, clap::Args)]
@@ -13,6 +16,13 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Back up, `reset --nuke`, `up`, restore, then compare every table, key, object and file;
+    /// exit 1 naming any difference.
+    Backup {
+        /// Where to keep the snapshot (default: `.stack-backups/` beside stack.yaml).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
     /// Move sandboxes with known content to the other runner through the control plane and
     /// back, and prove that nothing was lost (ids, file hashes, exec, preview URLs); exit 1 on
     /// any difference.
@@ -34,6 +44,7 @@ enum Command {
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     match args.command {
+        Command::Backup { to } => backup(to, ctx).await,
         Command::Migration {
             sandboxes,
             size,
@@ -55,19 +66,14 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
             let json = ctx.json;
             let report = migration::run(&ctx.exports(), &options, |p| {
                 if !json {
-                    eprintln!(
-                        "  {:<8} {:>9}  {}",
-                        p.name,
-                        rehearsal::human(p.ms),
-                        p.detail
-                    );
+                    eprintln!("  {:<8} {:>9}  {}", p.name, rehearse::human(p.ms), p.detail);
                 }
             })
             .await?;
             if json {
                 super::print_json(&report, true)?;
             } else {
-                print!("{}", rehearsal::table(&report.phases));
+                print!("{}", rehearse::render(&report.phases));
                 for m in &report.mismatches {
                     println!("MISMATCH {m}");
                 }
@@ -78,8 +84,8 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
                     println!(
                         "ok: {} sandboxes moved there and back, nothing lost (per move p50 {}, p95 {})",
                         report.sandboxes,
-                        rehearsal::human(report.migrate_p50_ms),
-                        rehearsal::human(report.migrate_p95_ms)
+                        rehearse::human(report.migrate_p50_ms),
+                        rehearse::human(report.migrate_p95_ms)
                     );
                 } else {
                     println!(
@@ -94,4 +100,28 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
             })
         }
     }
+}
+
+async fn backup(to: Option<PathBuf>, ctx: Ctx) -> Result<ExitStatus, CliError> {
+    let dest = to.unwrap_or_else(|| crate::snapshot::default_dir(&ctx.stack.root));
+    let json = ctx.json;
+    let engine = ctx.engine();
+    let report = rehearse::backup::rehearse(&engine, &dest, super::interrupt_token()).await?;
+    if json {
+        super::print_json(&report, true)?;
+    } else {
+        print!("{}", rehearse::render(&report.phases));
+        if report.differences.is_empty() {
+            println!(
+                "rehearse backup: passed: {} tables ({} rows), {} keys, {} objects, {} files identical after the round trip",
+                report.counts.tables,
+                report.counts.rows,
+                report.counts.keys,
+                report.counts.objects,
+                report.counts.files
+            );
+        }
+    }
+    report.check()?;
+    Ok(ExitStatus::Ok)
 }

@@ -1,10 +1,9 @@
 //! `stack reset --soft|--hard|--nuke [--dry-run] [--yes]`: the plan of the tier (see
 //! `crate::reset`), a confirmation, then the reset.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
-use super::{CliError, Ctx, UsageError};
+use super::{CliError, Ctx};
 use crate::exit::ExitStatus;
 use crate::reset::{self, Tier};
 use crate::schema;
@@ -42,24 +41,6 @@ impl Args {
     }
 }
 
-fn confirm(args: &Args) -> Result<(), CliError> {
-    if args.yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(UsageError::ResetNeedsYes.into());
-    }
-    eprint!("proceed? [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(UsageError::ResetCancelled.into())
-    }
-}
-
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let tier = args.tier();
     // Nuke needs no migrations: it must work on a project whose schema is broken.
@@ -76,7 +57,7 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
         eprintln!("(dry run: nothing changed)");
         return Ok(ExitStatus::Ok);
     }
-    confirm(&args)?;
+    super::confirm(args.yes, "reset")?;
     let t0 = Instant::now();
     match tier {
         Tier::Soft => reset::soft(&ctx.exports().database_url(None)?, &files).await?,

@@ -20,11 +20,17 @@ enum Command {
     Load,
     /// List applied and pending migrations, and what a load would refuse.
     Status,
+    /// Apply the pending migrations to a copy of the database (dropped after), reporting each
+    /// one's time and locks; the database itself is untouched.
+    Rehearse,
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     let files = schema::discover(&schema::migrations_dir(&ctx.stack.root))?;
     let url = ctx.exports().database_url(args.database_url)?;
+    if let Command::Rehearse = args.command {
+        return rehearse(&url, &files, ctx.json).await;
+    }
     let mut conn = schema::connect(&url, schema::CONNECT_TIMEOUT).await?;
     match args.command {
         Command::Load => {
@@ -62,6 +68,40 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
                 }
             }
         }
+        Command::Rehearse => {}
     }
+    Ok(ExitStatus::Ok)
+}
+
+async fn rehearse(
+    url: &str,
+    files: &[schema::Migration],
+    json: bool,
+) -> Result<ExitStatus, CliError> {
+    let report = crate::rehearse::schema::rehearse(url, files).await?;
+    if json {
+        super::print_json(&report, true)?;
+    } else if report.migrations.is_empty() && report.failure.is_none() {
+        println!(
+            "schema rehearse: no pending migration ({} applied): nothing to rehearse",
+            report.already
+        );
+    } else {
+        print!("{}", crate::rehearse::render(&report.phases));
+        for m in &report.migrations {
+            println!("{:04}_{}: {} ms, locks:", m.version, m.name, m.elapsed_ms);
+            for l in &m.locks {
+                let new = if l.created { " (created by it)" } else { "" };
+                println!("  {:<24} {}{new}", l.mode, l.relation);
+            }
+        }
+        if report.failure.is_none() {
+            println!(
+                "schema rehearse: passed on the copy {} (dropped); {} untouched",
+                report.copy, report.database
+            );
+        }
+    }
+    report.into_result()?;
     Ok(ExitStatus::Ok)
 }

@@ -56,6 +56,23 @@ impl Engine {
         &self.layout
     }
 
+    /// The services among `names` whose instance runs now (starting or running).
+    pub fn running(&self, names: &[String]) -> Vec<String> {
+        use crate::supervisor::record::State;
+        names
+            .iter()
+            .filter(|n| {
+                self.stack.services.get(*n).is_some_and(|s| {
+                    matches!(
+                        self.backend.inspect(s).state,
+                        State::Running | State::Starting
+                    )
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Takes the state dir's lock, which every command that changes what runs holds, waiting
     /// (and saying so) while another `stack` command has it.
     fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {

@@ -29,7 +29,7 @@ fn project() -> Data {
     Data { p, pg, dex }
 }
 
-fn sql(port: u16, db: &str, query: &str) -> Vec<String> {
+pub(crate) fn sql(port: u16, db: &str, query: &str) -> Vec<String> {
     block_on(async {
         let mut c = sqlx::PgConnection::connect(&format!(
             "postgres://boxlite:boxlite@127.0.0.1:{port}/{db}"
@@ -252,7 +252,7 @@ fn up_loads_and_seeds_seed_is_idempotent_and_resets_keep_what_they_promise() {
             "boxlite",
             "SELECT count(*) FROM stack_schema_migrations"
         ),
-        vec!["4"]
+        vec![migrations().to_string()]
     );
     let left = block_on(async {
         s3.list_objects_v2()
@@ -333,7 +333,7 @@ fn nuke_deletes_the_state_dir_and_nothing_else() {
     assert!(beside.exists());
 }
 
-fn kid(port: u16) -> String {
+pub(crate) fn kid(port: u16) -> String {
     block_on(async {
         let jwks: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/dex/keys"))
             .await
@@ -384,7 +384,7 @@ fn rebuild_box_recreates_one_service_and_reruns_what_depends_on_it() {
             "boxlite",
             "SELECT count(*) FROM stack_schema_migrations"
         ),
-        vec!["4"],
+        vec![migrations().to_string()],
         "schema reloaded"
     );
     assert_eq!(counts(pg), vec!["3", "3", "3", "1", "1"], "and seeded");
@@ -397,4 +397,13 @@ fn rebuild_box_recreates_one_service_and_reruns_what_depends_on_it() {
         "{}",
         r.stderr
     );
+}
+
+/// How many migrations the repository has (each a `NNNN_name.sql` in sql/migrations).
+fn migrations() -> usize {
+    std::fs::read_dir(crate::harness::repository().join("sql/migrations"))
+        .expect("sql/migrations")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".sql"))
+        .count()
 }

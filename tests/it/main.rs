@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backup;
 mod boxes;
 mod components;
 mod control_plane;

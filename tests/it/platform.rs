@@ -80,7 +80,7 @@ fn platform() -> Platform {
     }
 }
 
-fn s3(env: &BTreeMap<String, String>) -> aws_sdk_s3::Client {
+pub(crate) fn s3(env: &BTreeMap<String, String>) -> aws_sdk_s3::Client {
     stack::s3::client(
         &env["S3_ENDPOINT"],
         &env["AWS_REGION"],

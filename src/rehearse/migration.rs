@@ -133,7 +133,7 @@ pub async fn run(
     let api = ControlPlane::from_exports(exports)?;
     let s3 = exports.s3_client().ok().flatten();
     let mut phases = Phases::default();
-    phases.start();
+    let t0 = Instant::now();
     let runners: Vec<Value> = api.call(Method::GET, "/runners", None).await?;
     let ready: Vec<Runner> = runners
         .iter()
@@ -162,8 +162,8 @@ pub async fn run(
         }));
     };
     let (source, target) = (source.clone(), target.clone());
-    phases.end("runners", format!("{} → {}", source.name, target.name));
-    if let Some(p) = phases.list().last() {
+    phases.push("runners", t0, format!("{} → {}", source.name, target.name));
+    if let Some(p) = phases.done.last() {
         progress(p);
     }
 
@@ -196,20 +196,21 @@ pub async fn run(
         report.failure = Some(e.to_string());
     }
     if !options.keep {
-        phases.start();
+        let t0 = Instant::now();
         let (deleted, objects, problems) = clean_up(&api, s3.as_ref(), &created).await;
         for p in problems {
             report.mismatches.push(format!("cleanup: {p}"));
         }
-        phases.end(
+        phases.push(
             "cleanup",
+            t0,
             format!("{deleted} sandboxes deleted, {objects} backup objects removed"),
         );
-        if let Some(p) = phases.list().last() {
+        if let Some(p) = phases.done.last() {
             progress(p);
         }
     }
-    report.phases = phases.list().to_vec();
+    report.phases = phases.done;
     report.ok = report.failure.is_none() && report.mismatches.is_empty();
     Ok(report)
 }
@@ -225,15 +226,15 @@ async fn rehearse(
     created: &mut Vec<String>,
     progress: &mut impl FnMut(&Phase),
 ) -> Result<(), ApiError> {
-    let mut step = |phases: &mut Phases, name: &str, detail: String| {
-        phases.end(name, detail);
-        if let Some(p) = phases.list().last() {
+    let mut step = |phases: &mut Phases, name: &str, t0: Instant, detail: String| {
+        phases.push(name, t0, detail);
+        if let Some(p) = phases.done.last() {
             progress(p);
         }
     };
 
     // Create them on the source, all at once.
-    phases.start();
+    let t0 = Instant::now();
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -277,11 +278,12 @@ async fn rehearse(
     step(
         phases,
         "create",
+        t0,
         format!("{} sandboxes on {}", created.len(), source.name),
     );
 
     // Known content in each, its hashes taken inside and here.
-    phases.start();
+    let t0 = Instant::now();
     let mut subjects = Vec::new();
     for id in created.iter() {
         let page = format!("rehearsal {id} {}\n", random_hex(8));
@@ -327,6 +329,7 @@ async fn rehearse(
     step(
         phases,
         "write",
+        t0,
         format!(
             "{} MiB + {} KiB uploaded in each, {} preview URLs answer",
             options.size_mb,
@@ -336,7 +339,7 @@ async fn rehearse(
     );
 
     // There, one at a time (each move's own time is what is measured).
-    phases.start();
+    let t0 = Instant::now();
     let mut there = Vec::new();
     for s in &subjects {
         let moved: Value = api
@@ -359,6 +362,7 @@ async fn rehearse(
     step(
         phases,
         "migrate",
+        t0,
         format!(
             "{} moved to {}; per sandbox p50 {}, p95 {}",
             there.len(),
@@ -367,13 +371,13 @@ async fn rehearse(
             human(report.migrate_p95_ms)
         ),
     );
-    phases.start();
+    let t0 = Instant::now();
     let checked = verify(api, &subjects, target, &mut report.mismatches).await?;
-    step(phases, "verify", checked);
+    step(phases, "verify", t0, checked);
 
     // And back: a drain when the target holds only the rehearsal's sandboxes, else one by one
     // (a drain would move other sandboxes too).
-    phases.start();
+    let t0 = Instant::now();
     let back = if target.sandboxes == 0 {
         let drained: Value = api
             .call(
@@ -432,10 +436,10 @@ async fn rehearse(
             target.name
         )
     };
-    step(phases, "back", back);
-    phases.start();
+    step(phases, "back", t0, back);
+    let t0 = Instant::now();
     let checked = verify(api, &subjects, source, &mut report.mismatches).await?;
-    step(phases, "verify", checked);
+    step(phases, "verify", t0, checked);
     Ok(())
 }
 
