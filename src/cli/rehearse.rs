@@ -22,6 +22,10 @@ enum Command {
         /// Where to keep the snapshot (default: `.stack-backups/` beside stack.yaml).
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// Do not ask (required when stdin is not a terminal): the rehearsal deletes the state
+        /// dir on the way.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Move sandboxes with known content to the other runner through the control plane and
     /// back, and prove that nothing was lost (ids, file hashes, exec, preview URLs); exit 1 on
@@ -44,7 +48,7 @@ enum Command {
 
 pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     match args.command {
-        Command::Backup { to } => backup(to, ctx).await,
+        Command::Backup { to, yes } => backup(to, yes, ctx).await,
         Command::Migration {
             sandboxes,
             size,
@@ -57,13 +61,15 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
                 image,
                 keep,
             };
-            if !ctx.json {
+            let json = ctx.json;
+            if !json {
                 eprintln!(
                     "rehearse migration: {sandboxes} sandboxes × {size} MiB ({}), there and back",
                     options.image
                 );
+                eprintln!("  {:<8} {:>9}  detail", "phase", "time");
             }
-            let json = ctx.json;
+            // Each phase is printed as it ends: this is the table.
             let report = migration::run(&ctx.exports(), &options, |p| {
                 if !json {
                     eprintln!("  {:<8} {:>9}  {}", p.name, rehearse::human(p.ms), p.detail);
@@ -73,7 +79,6 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
             if json {
                 super::print_json(&report, true)?;
             } else {
-                print!("{}", rehearse::render(&report.phases));
                 for m in &report.mismatches {
                     println!("MISMATCH {m}");
                 }
@@ -102,7 +107,17 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     }
 }
 
-async fn backup(to: Option<PathBuf>, ctx: Ctx) -> Result<ExitStatus, CliError> {
+async fn backup(to: Option<PathBuf>, yes: bool, ctx: Ctx) -> Result<ExitStatus, CliError> {
+    if !ctx.json || !yes {
+        eprintln!(
+            "rehearse backup will take a snapshot, delete the state dir {} (`reset --nuke`), start \
+             the stack cold, restore the snapshot and compare every datum; what a snapshot leaves \
+             out is lost on the way: the runners' sandboxes (their rows are restored, their disks \
+             are not)",
+            ctx.layout.root().display()
+        );
+    }
+    super::confirm(yes, "rehearse a backup")?;
     let dest = to.unwrap_or_else(|| crate::snapshot::default_dir(&ctx.stack.root));
     let json = ctx.json;
     let engine = ctx.engine();

@@ -39,7 +39,13 @@ pub async fn run(args: Args, ctx: Ctx) -> Result<ExitStatus, CliError> {
     }
     super::confirm(args.yes, "restore")?;
     let json = ctx.json;
-    let report = restore::restore(&ctx.engine(), verified, super::interrupt_token()).await?;
+    let report = restore::restore(
+        &ctx.engine(),
+        verified,
+        restore::Restart::Everything,
+        super::interrupt_token(),
+    )
+    .await?;
     if json {
         super::print_json(&report, true)?;
     } else {

@@ -66,6 +66,25 @@ pub async fn rehearse(
     let stack = engine.stack();
     let mut phases = Phases::default();
 
+    // The platform's components write all along (registrations, heartbeats, audit rows): they
+    // are stopped from the first fingerprint to the last, so that both compare data at rest,
+    // and started again at the end.
+    let t = Instant::now();
+    let components: Vec<String> = crate::reset::components(stack).into_iter().collect();
+    let quiet = engine.running(&components);
+    if !quiet.is_empty() {
+        engine.down(&quiet).await?;
+    }
+    phases.push(
+        "quiesce",
+        t,
+        if quiet.is_empty() {
+            "no component running".to_string()
+        } else {
+            format!("stopped {}", quiet.join(", "))
+        },
+    );
+
     let t = Instant::now();
     let known_data = write_known(stack).await?;
     phases.push("write known data", t, known_data.join("; "));
@@ -102,8 +121,26 @@ pub async fn rehearse(
     );
 
     let t = Instant::now();
-    let up = engine.up(&[], cancel.clone()).await?;
-    phases.push("up", t, format!("{} services started", up.started.len()));
+    let data_services: Vec<String> = stack
+        .services
+        .keys()
+        .filter(|s| !components.contains(s))
+        .cloned()
+        .collect();
+    let started = if data_services.is_empty() {
+        0
+    } else {
+        engine
+            .up(&data_services, cancel.clone())
+            .await?
+            .started
+            .len()
+    };
+    phases.push(
+        "up",
+        t,
+        format!("{started} services started (the components after the compare)"),
+    );
 
     let t = Instant::now();
     let verified = snapshot.verified()?;
@@ -114,7 +151,13 @@ pub async fn rehearse(
     );
 
     let t = Instant::now();
-    let restored = restore::restore(engine, verified, cancel).await?;
+    let restored = restore::restore(
+        engine,
+        verified,
+        restore::Restart::DataServices,
+        cancel.clone(),
+    )
+    .await?;
     phases.push("restore", t, restored.services.join("; "));
 
     let t = Instant::now();
@@ -147,6 +190,17 @@ pub async fn rehearse(
         } else {
             "known data and snapshot removed"
         },
+    );
+
+    let t = Instant::now();
+    let up = engine.up(&[], cancel).await?;
+    phases.push(
+        "up",
+        t,
+        format!(
+            "{} services started, the stack whole again",
+            up.started.len()
+        ),
     );
 
     Ok(BackupRehearsal {

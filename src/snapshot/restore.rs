@@ -108,11 +108,23 @@ pub struct RestoreReport {
     pub elapsed_ms: u64,
 }
 
-/// Replaces the data of `engine`'s stack with the verified snapshot's; every service that was
-/// stopped for it is started again and waited on until healthy.
+/// What a restore starts again once the data is in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Every service it stopped, the platform's components included.
+    Everything,
+    /// The data services only: the components stay stopped, so nothing writes to the restored
+    /// data until the caller starts them (a rehearsal compares it first).
+    DataServices,
+}
+
+/// Replaces the data of `engine`'s stack with the verified snapshot's; the services stopped for
+/// it are started again (all, or the data services only, per `restart`) and waited on until
+/// healthy.
 pub async fn restore(
     engine: &Engine,
     snapshot: Verified<'_>,
+    restart: Restart,
     cancel: CancellationToken,
 ) -> Result<RestoreReport, SnapshotError> {
     let t0 = Instant::now();
@@ -135,9 +147,9 @@ pub async fn restore(
     let components: Vec<String> = crate::reset::components(engine.stack())
         .into_iter()
         .collect();
-    let components = engine.running(&components);
-    if !components.is_empty() {
-        stopped.extend(engine.down(&components).await?);
+    let running = engine.running(&components);
+    if !running.is_empty() {
+        stopped.extend(engine.down(&running).await?);
     }
     if !offline.is_empty() {
         stopped.extend(engine.down(&offline).await?);
@@ -163,6 +175,9 @@ pub async fn restore(
             _ => restore_s3(s, entry, &snapshot.dir).await?,
         };
         report.services.push(line);
+    }
+    if restart == Restart::DataServices {
+        stopped.retain(|s| !components.contains(s));
     }
     if !stopped.is_empty() {
         let names: Vec<String> = stopped.into_iter().collect();

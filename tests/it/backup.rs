@@ -283,7 +283,11 @@ fn rehearse_backup_proves_the_round_trip() {
         ("kept.txt", b"kept"),
     );
     let signing_key = kid(dex);
-    let r = p.run(&["rehearse", "backup", "--json"]);
+    // It deletes the state dir on the way: nobody to confirm, no `--yes`, nothing done.
+    let r = p.run(&["rehearse", "backup"]);
+    assert_eq!(r.code, 2, "{}", r.text());
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    let r = p.run(&["rehearse", "backup", "--yes", "--json"]);
     assert_eq!(r.code, 0, "{}", r.text());
     let report = r.json();
     assert_eq!(report["differences"], serde_json::json!([]));
