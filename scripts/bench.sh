@@ -11,10 +11,12 @@
 #      restore of a sandbox with BENCH_ARCHIVE_MB (1024) written, against `tar | zstd -3` of the
 #      same layer and `aws s3 cp` of the same bytes, measured in the same run;
 #   5. moves: `stack rehearse migration --sandboxes 10 --size 100` on the default stack (target:
-#      p50 <= 2 s per sandbox moved; the reference measured 35-42 s).
+#      p50 <= 2 s per sandbox moved; the reference measured 35-42 s);
+#   6. whole-stack snapshots: `stack backup` and `stack restore latest --yes` of the default stack
+#      (platform tier included), and the whole `stack rehearse backup`.
 #
 #   BENCH_RUNS=5 scripts/bench.sh        # BENCH_TIER=infrastructure|platform: one tier only
-#   BENCH_ONLY=stack|sandboxes|api|archive|migration scripts/bench.sh
+#   BENCH_ONLY=stack|sandboxes|api|archive|migration|snapshot scripts/bench.sh
 # The default stack's ports must be free (`stack down` first). Ratios, never assertions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +73,18 @@ for k in ("stopMs", "backupMs", "restoreMs", "switchMs"):
 for p in r["phases"]:
     print(f"  {p['name']:8} {p['ms'] / 1000:7.2f} s  {p['detail']}")
 EOF
+fi
+
+if [ -z "$only" ] || [ "$only" = snapshot ]; then
+  [ -n "${state:-}" ] || platform_up
+  echo
+  echo "whole-stack snapshots of the default stack:"
+  snapshots=$state/snapshots
+  timed() { local t0; t0=$(date +%s.%N); "$@" >/dev/null 2>"$state/timed.log" || { cat "$state/timed.log" >&2; exit 1; }; python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f} s')" "$t0" "$(date +%s.%N)"; }
+  echo "  stack backup                 $(timed "${stack[@]}" backup --to "$snapshots")"
+  latest=$(ls -d "$snapshots"/*/ | tail -n 1)
+  echo "  stack restore --yes          $(timed "${stack[@]}" restore "$latest" --yes)"
+  echo "  stack rehearse backup        $(timed "${stack[@]}" rehearse backup --yes --to "$snapshots")"
 fi
 
 if [ -z "$only" ] || [ "$only" = api ]; then

@@ -197,6 +197,21 @@ fn sandboxes_are_backed_up_restored_and_moved_between_runners_with_nothing_lost(
                 .is_some_and(|n| n > 8 << 20 >> 1),
             "{backup}"
         );
+        // `stack box verify` reads it from S3 as a stream and checks every member.
+        let verified = p.run(&["--json", "box", "verify", &format!("s3://backups/{key}")]);
+        assert_eq!(verified.code, 0, "{}", verified.text());
+        assert_eq!(verified.json()["boxId"], id.as_str(), "{}", verified.text());
+        let missing = p.run(&[
+            "box",
+            "verify",
+            &format!("s3://backups/{id}/missing.boxlite"),
+        ]);
+        assert_eq!(missing.code, 1, "{}", missing.text());
+        assert!(
+            missing.stderr.contains("cannot read s3://backups/"),
+            "{}",
+            missing.text()
+        );
         let (status, list) = api.get(&format!("/sandbox/{id}/backups")).await;
         assert_eq!(status, 200, "{list}");
         assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
@@ -420,6 +435,37 @@ fn sandboxes_are_backed_up_restored_and_moved_between_runners_with_nothing_lost(
         assert_eq!(open, 0, "every move settled");
         eprintln!("control plane killed in phase {phase}: the sandbox ended on {holder}");
     });
+    // The rehearsal a user runs: the same round trip from the command line, proven by hash.
+    let r = p.run(&[
+        "--json",
+        "rehearse",
+        "migration",
+        "--sandboxes",
+        "2",
+        "--size",
+        "4",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["mismatches"], json!([]), "{report}");
+    assert_eq!(
+        report["moves"].as_array().map(Vec::len),
+        Some(4),
+        "{report}"
+    );
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|ph| ph["name"].as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        ["runners", "create", "write", "migrate", "verify", "back", "verify", "cleanup"]
+    );
+    let r = p.run(&["rehearse", "migration", "--sandboxes", "0"]);
+    assert_eq!(r.code, 2, "{}", r.text());
     let down = p.run(&["down"]);
     assert_eq!(down.code, 0, "{}", down.text());
 }
