@@ -171,12 +171,7 @@ fn backup_then_restore_replaces_rows_keys_and_objects_and_refuses_a_damaged_snap
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
             .expect("json");
     assert_eq!(manifest["format_version"], 1);
-    let services: Vec<&str> = manifest["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .filter_map(|s| s["service"].as_str())
-        .collect();
+    let services = crate::harness::fields(&manifest, "services", "service");
     assert_eq!(services, ["dex", "minio", "postgres", "redis", "registry"]);
     let name = dir.file_name().expect("name").to_string_lossy().to_string();
     let ls = p.run(&["backup", "ls"]);
@@ -297,12 +292,7 @@ fn rehearse_backup_proves_the_round_trip() {
     );
     let snapshot = report["snapshot"].as_str().expect("snapshot");
     assert!(!std::path::Path::new(snapshot).exists(), "{snapshot}");
-    let phases: Vec<&str> = report["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .filter_map(|ph| ph["name"].as_str())
-        .collect();
+    let phases = crate::harness::fields(&report, "phases", "name");
     for phase in ["backup", "reset --nuke", "up", "restore", "compare"] {
         assert!(phases.contains(&phase), "{phase} in {phases:?}");
     }

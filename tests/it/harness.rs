@@ -461,3 +461,13 @@ pub fn is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// The string field `field` of every object in the array `value[key]`, in order.
+pub fn fields<'a>(value: &'a serde_json::Value, key: &str, field: &str) -> Vec<&'a str> {
+    value[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array `{key}` in {value}"))
+        .iter()
+        .filter_map(|v| v[field].as_str())
+        .collect()
+}

@@ -454,12 +454,7 @@ fn sandboxes_are_backed_up_restored_and_moved_between_runners_with_nothing_lost(
         Some(4),
         "{report}"
     );
-    let phases: Vec<&str> = report["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .filter_map(|ph| ph["name"].as_str())
-        .collect();
+    let phases = crate::harness::fields(&report, "phases", "name");
     assert_eq!(
         phases,
         ["runners", "create", "write", "migrate", "verify", "back", "verify", "cleanup"]
