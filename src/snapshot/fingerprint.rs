@@ -1,5 +1,6 @@
 //! A fingerprint of the live data of every stateful service, to prove two states identical:
-//! every table's row count and the md5 of its rows in order, every Redis key's `DUMP`, every
+//! every table's row count and the md5 of its rows in order, every persistent Redis key's
+//! `DUMP` (keys with a time to live are volatile and left out), every
 //! object's sha256, every file of a file-kept service (for a registry: every blob, manifest and
 //! tag link, so every manifest digest). Keys name what they cover
 //! (`postgres/boxlite/public.users`), so a difference names what changed.
@@ -188,11 +189,28 @@ async fn redis_keys(s: &StatefulService<'_>) -> Result<Vec<(String, String)>, Sn
         }
         keys.sort();
         keys.dedup();
-        // Pipelined: one round trip per thousand keys, not per key.
+        // Pipelined: two round trips per thousand keys, not one per key.
         for batch in keys.chunks(1000) {
+            // A key with a time to live (a liveness mark, a preview token, a cache entry) is
+            // volatile: whether it is still there depends on when it is looked at, not on
+            // what was backed up. Only persistent keys are compared.
             let mut pipe = redis::pipe();
             for k in batch {
-                pipe.cmd("DUMP").arg(k);
+                pipe.cmd("PTTL").arg(k);
+            }
+            let ttls: Vec<i64> = pipe.query_async(&mut c).await.map_err(err("PTTL"))?;
+            let batch: Vec<&Vec<u8>> = batch
+                .iter()
+                .zip(ttls)
+                .filter(|(_, ttl)| *ttl == -1)
+                .map(|(k, _)| k)
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for k in &batch {
+                pipe.cmd("DUMP").arg(*k);
             }
             let dumps: Vec<Option<Vec<u8>>> =
                 pipe.query_async(&mut c).await.map_err(err("DUMP"))?;

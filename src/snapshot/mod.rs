@@ -251,6 +251,9 @@ pub fn private_dir(dir: &Path) -> Result<(), SnapshotError> {
         .map_err(SnapshotError::io(dir))
 }
 
+/// Where a snapshot keeps the secrets it carries (the admin API key).
+pub const SECRETS: &str = "secrets";
+
 /// Opens `path` for writing (created or truncated) with mode 0600.
 pub fn private_file(path: &Path) -> Result<std::fs::File, SnapshotError> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -176,6 +176,26 @@ pub async fn restore(
         };
         report.services.push(line);
     }
+    // The admin API key the restored database holds the hash of (see `take`).
+    let key = snapshot
+        .dir
+        .join(super::SECRETS)
+        .join(crate::seed::ADMIN_API_KEY);
+    if key.is_file() {
+        let to = engine
+            .layout()
+            .secrets_dir()
+            .join(crate::seed::ADMIN_API_KEY);
+        let bytes = std::fs::read(&key).map_err(SnapshotError::io(&key))?;
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(SnapshotError::io(dir))?;
+        }
+        let mut file = super::private_file(&to)?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(SnapshotError::io(&to))?;
+        report
+            .services
+            .push("the admin API key: put back".to_string());
+    }
     if restart == Restart::DataServices {
         stopped.retain(|s| !components.contains(s));
     }

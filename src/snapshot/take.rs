@@ -104,6 +104,7 @@ async fn write(stack: &Stack, dir: &Path, created_at: String) -> Result<Manifest
         }
         services.push(entry);
     }
+    take_admin_key(stack, dir)?;
     let files = list_files(dir)?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -119,6 +120,23 @@ async fn write(stack: &Stack, dir: &Path, created_at: String) -> Result<Manifest
     })?;
     std::fs::write(private_path(&path)?, text).map_err(SnapshotError::io(&path))?;
     Ok(manifest)
+}
+
+/// The admin API key goes with the data: the database holds only its hash, so a snapshot
+/// restored onto a new state dir (after `reset --nuke`, or on another machine) brings back the
+/// key that hash is of, and the `ADMIN_API_KEY` scripts use keeps working. The stack's other
+/// generated secrets are internal and made again consistently.
+fn take_admin_key(stack: &Stack, dir: &Path) -> Result<(), SnapshotError> {
+    let from = crate::layout::Layout::new(stack.state_dir.clone())
+        .secrets_dir()
+        .join(crate::seed::ADMIN_API_KEY);
+    let Ok(key) = std::fs::read(&from) else {
+        return Ok(());
+    };
+    let to_dir = dir.join(super::SECRETS);
+    private_dir(&to_dir)?;
+    let to = to_dir.join(crate::seed::ADMIN_API_KEY);
+    std::fs::write(private_path(&to)?, key).map_err(SnapshotError::io(&to))
 }
 
 /// Creates `path` with mode 0600 (so a later write keeps that mode) and returns it.

@@ -461,6 +461,24 @@ fn sandboxes_are_backed_up_restored_and_moved_between_runners_with_nothing_lost(
     );
     let r = p.run(&["rehearse", "migration", "--sandboxes", "0"]);
     assert_eq!(r.code, 2, "{}", r.text());
+
+    // The backup rehearsal on the whole platform: identical data at rest, and afterwards the
+    // admin API key `stack env` gives is still the one the restored database knows.
+    let r = p.run(&["rehearse", "backup", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    let after = p.run(&["env", "--json"]).json();
+    assert_eq!(after["ADMIN_API_KEY"], env["ADMIN_API_KEY"], "the same key");
+    let status = block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{caddy}/api/runners"))
+            .bearer_auth(after["ADMIN_API_KEY"].as_str().unwrap_or_default())
+            .send()
+            .await
+            .expect("through caddy")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200, "the admin key works after the round trip");
     let down = p.run(&["down"]);
     assert_eq!(down.code, 0, "{}", down.text());
 }
