@@ -464,7 +464,9 @@ fn sandboxes_are_backed_up_restored_and_moved_between_runners_with_nothing_lost(
 
     // The backup rehearsal on the whole platform: identical data at rest, and afterwards the
     // admin API key `stack env` gives is still the one the restored database knows.
-    let r = p.run(&["rehearse", "backup", "--yes"]);
+    // It starts the components again after the nuke: they are built (nothing changed, so
+    // cargo only checks) where the test built them.
+    let r = p.run_building(&["rehearse", "backup", "--yes"]);
     assert_eq!(r.code, 0, "{}", r.text());
     let after = p.run(&["env", "--json"]).json();
     assert_eq!(after["ADMIN_API_KEY"], env["ADMIN_API_KEY"], "the same key");
