@@ -718,6 +718,10 @@ fn read<R: Read>(input: R, into: Option<&Path>) -> Result<Manifest, ArchiveError
             member: format!("{DISK}{dir}/{OPAQUE}"),
         });
     }
+    // The tar ends before the compressed stream does: reading the stream to its end checks
+    // zstd's own checksum of everything (the tar's padding and end blocks included), so a
+    // damaged byte anywhere is refused, not only one inside a member.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(ArchiveError::Corrupt)?;
     if let Some(x) = extract {
         x.finish()?;
     }
