@@ -79,12 +79,14 @@ if [ -z "$only" ] || [ "$only" = snapshot ]; then
   [ -n "${state:-}" ] || platform_up
   echo
   echo "whole-stack snapshots of the default stack:"
-  snapshots=$state/snapshots
-  timed() { local t0; t0=$(date +%s.%N); "$@" >/dev/null 2>"$state/timed.log" || { cat "$state/timed.log" >&2; exit 1; }; python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f} s')" "$t0" "$(date +%s.%N)"; }
+  # Outside the state dir: the rehearsal deletes that on the way.
+  snapshots=$(mktemp -d /tmp/stack-bench-snapshots.XXXXXX)
+  timed() { local t0; t0=$(date +%s.%N); "$@" >/dev/null 2>"$snapshots.log" || { cat "$snapshots.log" >&2; return 1; }; python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f} s')" "$t0" "$(date +%s.%N)"; }
   echo "  stack backup                 $(timed "${stack[@]}" backup --to "$snapshots")"
   latest=$(ls -d "$snapshots"/*/ | tail -n 1)
   echo "  stack restore --yes          $(timed "${stack[@]}" restore "$latest" --yes)"
   echo "  stack rehearse backup        $(timed "${stack[@]}" rehearse backup --yes --to "$snapshots")"
+  rm -rf "$snapshots" "$snapshots.log"
 fi
 
 if [ -z "$only" ] || [ "$only" = api ]; then
