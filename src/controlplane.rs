@@ -56,6 +56,18 @@ pub enum ApiError {
     },
 }
 
+/// A command run in a sandbox that did not exit 0.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{command}` exited {exit_code}: {stderr}")]
+pub struct ExecFailed {
+    /// The command.
+    pub command: String,
+    /// Its exit code (-1 when the answer had none).
+    pub exit_code: i64,
+    /// What it wrote on stderr.
+    pub stderr: String,
+}
+
 /// A client of the control plane, as the admin.
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -143,8 +155,13 @@ impl ControlPlane {
         })
     }
 
-    /// Runs `command` in sandbox `id`: its stdout, or why it did not exit 0.
-    pub async fn exec(&self, id: &str, command: &str) -> Result<Result<String, String>, ApiError> {
+    /// Runs `command` in sandbox `id`: its stdout, or how it failed when it did not exit 0 (the
+    /// call itself worked: the outer error is the API's).
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &str,
+    ) -> Result<Result<String, ExecFailed>, ApiError> {
         let body = serde_json::json!({ "command": command, "timeout": 600 });
         let out: Value = self
             .call(
@@ -156,11 +173,11 @@ impl ControlPlane {
         Ok(if out["exitCode"] == 0 {
             Ok(out["result"].as_str().unwrap_or_default().to_string())
         } else {
-            Err(format!(
-                "`{command}` exited {}: {}",
-                out["exitCode"],
-                out["stderr"].as_str().unwrap_or_default().trim()
-            ))
+            Err(ExecFailed {
+                command: command.to_string(),
+                exit_code: out["exitCode"].as_i64().unwrap_or(-1),
+                stderr: out["stderr"].as_str().unwrap_or_default().trim().to_string(),
+            })
         })
     }
 

@@ -507,11 +507,43 @@ async fn verify(
     ))
 }
 
+/// Why a preview URL did not serve what it should.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    /// The control plane handed out something that is not a URL.
+    #[error("its preview URL `{url}` does not parse: {source}")]
+    Unparsable {
+        /// What it handed out.
+        url: String,
+        /// Why.
+        #[source]
+        source: url::ParseError,
+    },
+    /// It serves another page.
+    #[error("its preview URL serves {found:?}, not {expected:?}")]
+    Differs {
+        /// What it serves.
+        found: String,
+        /// What the sandbox's web server was given.
+        expected: String,
+    },
+    /// It does not answer with a page within 5 s.
+    #[error("its preview URL {url} does not serve the page within 5 s: {last}")]
+    NoPage {
+        /// The URL.
+        url: String,
+        /// The last answer or error.
+        last: String,
+    },
+}
+
 /// Fetches the subject's preview URL (through Caddy, `*.localhost` on loopback) and compares
 /// the page; waits up to 5 s for the web server to listen.
-async fn fetch_preview(api: &ControlPlane, s: &Subject) -> Result<(), String> {
-    let url = reqwest::Url::parse(&s.preview)
-        .map_err(|e| format!("its preview URL `{}` does not parse: {e}", s.preview))?;
+async fn fetch_preview(api: &ControlPlane, s: &Subject) -> Result<(), PreviewError> {
+    let url = url::Url::parse(&s.preview).map_err(|source| PreviewError::Unparsable {
+        url: s.preview.clone(),
+        source,
+    })?;
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(80);
     let started = Instant::now();
@@ -525,11 +557,14 @@ async fn fetch_preview(api: &ControlPlane, s: &Subject) -> Result<(), String> {
             .await;
         match resp {
             Ok(r) if r.status().is_success() => {
-                let body = r.text().await.unwrap_or_default();
-                return if body == s.page {
+                let found = r.text().await.unwrap_or_default();
+                return if found == s.page {
                     Ok(())
                 } else {
-                    Err(format!("its preview URL serves {body:?}, not {:?}", s.page))
+                    Err(PreviewError::Differs {
+                        found,
+                        expected: s.page.clone(),
+                    })
                 };
             }
             Ok(r) => last = format!("answered {}", r.status()),
@@ -537,7 +572,10 @@ async fn fetch_preview(api: &ControlPlane, s: &Subject) -> Result<(), String> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Err(format!("its preview URL {} {last}", s.preview))
+    Err(PreviewError::NoPage {
+        url: s.preview.clone(),
+        last,
+    })
 }
 
 /// Deletes the sandboxes and their backups' objects: (sandboxes, objects, problems).
