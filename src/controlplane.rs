@@ -176,7 +176,11 @@ impl ControlPlane {
             Err(ExecFailed {
                 command: command.to_string(),
                 exit_code: out["exitCode"].as_i64().unwrap_or(-1),
-                stderr: out["stderr"].as_str().unwrap_or_default().trim().to_string(),
+                stderr: out["stderr"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
             })
         })
     }

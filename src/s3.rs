@@ -18,7 +18,9 @@ pub fn client(
 ) -> aws_sdk_s3::Client {
     let mut conf = aws_sdk_s3::Config::builder();
     if endpoint.starts_with("http://") {
-        conf.set_http_client(Some(plain_http_client()));
+        // The transport with an empty trust store: no system certificates parsed per client
+        // (`stack up` builds one for each S3 probe).
+        conf.set_http_client(Some(objectstore::plain_http_client()));
     }
     let conf = conf
         .behavior_version(BehaviorVersion::latest())
@@ -44,24 +46,6 @@ pub fn client_for(probe: &crate::spec::ProbeSpec) -> Option<aws_sdk_s3::Client> 
         } => Some(client(endpoint, region, access_key, secret_key)),
         _ => None,
     }
-}
-
-/// The transport for a plain-http endpoint (the stack's own object store on loopback): one
-/// with an empty trust store. The default one loads and parses every certificate the system
-/// trusts (about 150 files here) before its first request, even when it never speaks TLS, and
-/// `stack up` builds a client for each S3 probe.
-fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-    // Building a context with no certificates to parse cannot fail; if it ever did, the
-    // default context (the system's store) still works, only slower.
-    let tls = TlsContext::builder()
-        .with_trust_store(TrustStore::empty())
-        .build()
-        .unwrap_or_default();
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-        .tls_context(tls)
-        .build_https()
 }
 
 /// Why an S3 request failed; the message includes the server's answer (or the transport's

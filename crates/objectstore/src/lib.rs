@@ -174,8 +174,8 @@ impl Store {
 
 /// The transport for a plain-http endpoint (the stack's own object store on loopback): one with
 /// an empty trust store. The default one loads and parses every certificate the system trusts
-/// before its first request, even when it never speaks TLS.
-fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+/// before its first request, even when it never speaks TLS. `stack`'s own S3 client uses it too.
+pub fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
     // A context with no certificates to parse cannot fail to build; if it ever did, the default
     // context (the system's store) still works, only slower.
